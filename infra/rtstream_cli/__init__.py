@@ -1,0 +1,1 @@
+"""The `rtstream` command and the local system it runs."""

@@ -1,0 +1,94 @@
+"""Every Redis key and channel name, and its TTL, is built here and only here.
+
+One function per key (the channels_redis ``_group_key`` rule): when a name or a
+lifetime changes, it changes in one place. Values are plain data; the Redis
+adapters apply them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import NamedTuple
+
+from .settings import Settings
+
+PREFIX = "rt"
+
+
+class RedisKey(NamedTuple):
+    name: str
+    # None: the key lives as long as Redis keeps it (bounded by other means)
+    ttl_seconds: int | None
+
+
+# ---- publishing: the seed-compatible raw channel -------------------------------
+
+RAW_CHANNEL_PATTERN = "*:entity:*"
+
+
+def raw_channel(topic: str, entity_id: str) -> str:
+    """``PUBLISH {topic}:entity:{entityId}`` from any backend, no SDK needed."""
+    return f"{topic}:entity:{entity_id}"
+
+
+def parse_raw_channel(channel: str) -> tuple[str, str] | None:
+    """``"transactions.new:entity:e1"`` -> ``("transactions.new", "e1")``; None if not one."""
+    topic, sep, entity_id = channel.partition(":entity:")
+    if not sep or not topic or not entity_id:
+        return None
+    return topic, entity_id
+
+
+# ---- history and fan-out streams ----------------------------------------------
+
+
+def history(entity_id: str, settings: Settings) -> RedisKey:
+    """Per-entity stream of events; ids are the replay cursor. Length is capped at
+    ``history_maxlen``; the key expires ``history_ttl_seconds`` after the last event."""
+    return RedisKey(f"{PREFIX}:history:{entity_id}", settings.history_ttl_seconds)
+
+
+def partition_of(entity_id: str, settings: Settings) -> int:
+    """Stable entity -> fan-out partition; one entity's events stay in one ordered stream."""
+    return zlib.crc32(entity_id.encode()) % max(1, settings.fanout_partitions)
+
+
+def fanout_stream(partition: int) -> RedisKey:
+    """Work stream read by the fan-out workers (consumer group); capped by MAXLEN."""
+    return RedisKey(f"{PREFIX}:fanout:{partition}", None)
+
+
+FANOUT_GROUP = "fanout"
+
+
+def fanout_lease(partition: int) -> RedisKey:
+    """Which worker owns a partition; renewed while the owner lives."""
+    return RedisKey(f"{PREFIX}:lease:fanout:{partition}", 10)
+
+
+def ingest_dedup(digest: str) -> RedisKey:
+    """Marks a raw PUBLISH as ingested, so several workers record it once."""
+    return RedisKey(f"{PREFIX}:ingested:{digest}", 30)
+
+
+# ---- limits and presence ------------------------------------------------------
+
+
+def rate_bucket(connection_id: str) -> RedisKey:
+    """Token bucket of one connection's inbound messages (shared by Lambda invocations)."""
+    return RedisKey(f"{PREFIX}:rate:{connection_id}", 60)
+
+
+def rate_violations(connection_id: str) -> RedisKey:
+    """Count of refused messages of one connection; too many closes it."""
+    return RedisKey(f"{PREFIX}:rate-violations:{connection_id}", 60)
+
+
+def presence(entity_id: str, settings: Settings) -> RedisKey:
+    """Sorted set of an entity's live connections scored by last heartbeat."""
+    return RedisKey(f"{PREFIX}:presence:{entity_id}", settings.presence_ttl_seconds)
+
+
+def metrics_counter(name: str) -> RedisKey:
+    """Process-shared counters for the local /metrics (reconnects, deliveries)."""
+    return RedisKey(f"{PREFIX}:metrics:{name}", None)

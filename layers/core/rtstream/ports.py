@@ -1,0 +1,108 @@
+"""Ports: the small interfaces the core talks to.
+
+Each has an in-memory implementation in :mod:`rtstream.inmemory` (for tests and
+the core's own logic) and a real adapter in :mod:`rtstream.adapters`. Adapters
+raise only :mod:`rtstream.errors` types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from .models import Connection, Event, Subscription
+
+
+@runtime_checkable
+class ConnectionRegistry(Protocol):
+    """Connections and their subscriptions (DynamoDB on AWS)."""
+
+    def add_connection(self, connection: Connection) -> None: ...
+
+    def get_connection(self, connection_id: str) -> Connection | None: ...
+
+    def remove_connection(self, connection_id: str) -> Connection | None:
+        """Delete the connection and every subscription of it; return what was removed."""
+        ...
+
+    def count_user_connections(self, user_id: str, now_s: int) -> int:
+        """Live (not expired) connections of a user."""
+        ...
+
+    def count_entity_connections(self, entity_id: str, now_s: int) -> int: ...
+
+    def put_subscription(self, subscription: Subscription) -> None: ...
+
+    def remove_subscription(self, connection_id: str, entity_id: str, topic: str) -> bool: ...
+
+    def connection_subscriptions(self, connection_id: str) -> list[Subscription]: ...
+
+    def subscribers(self, entity_id: str, topic: str) -> list[Subscription]:
+        """Subscriptions to exactly ``topic`` (``*`` is its own topic): one Query."""
+        ...
+
+    def clear_pending_replay(self, connection_id: str, entity_id: str, topic: str, marker: str) -> None:
+        """Activate a subscription whose replay marker the fan-out has reached."""
+        ...
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """Per-entity history plus the fan-out work streams (Redis on AWS)."""
+
+    def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
+        """Assign an id, record in history, queue for fan-out: atomically."""
+        ...
+
+    def replay(self, entity_id: str, since: str, until: str | None = None) -> list[Event]:
+        """Events with ``since < id <= until`` in order; :class:`ReplayGap` if
+        anything after ``since`` is no longer retained."""
+        ...
+
+    def request_replay(self, subscription: Subscription, since: str) -> str:
+        """Queue a replay marker in the entity's fan-out stream; returns the marker."""
+        ...
+
+
+@runtime_checkable
+class Pusher(Protocol):
+    """Sends one message to one connection (API Gateway @connections on AWS)."""
+
+    def post(self, connection_id: str, data: bytes) -> None:
+        """Raises ConnectionGone (410), Throttled (429), BackendUnavailable (5xx)."""
+        ...
+
+    def delete(self, connection_id: str) -> None: ...
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    def allow(self, key: str, rate_per_second: float, burst: int) -> bool:
+        """Take one token from ``key``'s bucket; False when empty."""
+        ...
+
+
+@runtime_checkable
+class PresenceStore(Protocol):
+    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> None: ...
+
+    def leave(self, entity_id: str, user_id: str, connection_id: str) -> None: ...
+
+    def online(self, entity_id: str) -> list[dict[str, Any]]:
+        """``[{"userId", "connections", "transports"}]`` of live (unexpired) connections."""
+        ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    def now_ms(self) -> int: ...
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        import time
+
+        return time.time_ns() // 1_000_000
+
+
+Events = Sequence[Event]
