@@ -60,7 +60,13 @@ class EventLog(Protocol):
         ...
 
     def request_replay(self, subscription: Subscription, since: str) -> str:
-        """Queue a replay marker in the entity's fan-out stream; returns the marker."""
+        """Queue a ``replay`` entry for ``subscription`` (whose ``pending_replay``
+        is the marker) in its entity's fan-out stream, with ``until`` = the
+        entity's last history id read atomically; returns the stream entry id."""
+        ...
+
+    def notify_changed(self, entity_id: str, topics: Sequence[str], connection_id: str) -> None:
+        """Queue a ``changed`` entry: subscriptions of ``entity_id`` to ``topics`` changed."""
         ...
 
 
