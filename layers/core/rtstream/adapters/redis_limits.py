@@ -1,0 +1,131 @@
+"""Redis adapters for the limits and presence ports, shared by every Lambda
+invocation, container and process (state that one process alone cannot hold).
+
+Each operation is one Lua script, so concurrent invocations cannot race, and
+each uses Redis's own clock (``TIME``), so skewed Lambda clocks cannot bend a
+bucket or expire a live connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import keys
+from ..errors import BackendUnavailable
+from ..presence import Member, changes, decode_member, encode_member, summarize
+from ..settings import Settings
+
+_TOKEN_BUCKET = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return allowed
+"""
+
+_INCR_WITH_TTL = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
+return n
+"""
+
+# KEYS[1] presence zset. ARGV: op ('beat'|'leave'|'read'), member, ttl_ms.
+# 'beat'/'leave' return {members before, live members after}, dropping expired
+# members (connections whose $disconnect never arrived) in the same step, so
+# their users' offline events come out of the next change in that entity.
+# 'read' changes nothing and returns {{}, live members}.
+_PRESENCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+local cutoff = now - ttl
+if ARGV[1] == 'read' then
+  return {{}, redis.call('ZRANGEBYSCORE', KEYS[1], cutoff, '+inf')}
+end
+local before = redis.call('ZRANGE', KEYS[1], 0, -1)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
+if ARGV[1] == 'beat' then
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+else
+  redis.call('ZREM', KEYS[1], ARGV[2])
+end
+local after = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #after > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return {before, after}
+"""
+
+
+def _translate(exc: Exception) -> BackendUnavailable:
+    return BackendUnavailable(f"redis: {exc.__class__.__name__}: {exc}")
+
+
+class RedisRateLimiter:
+    """Token bucket per connection (``keys.rate_bucket``) and a count of refused
+    messages (``keys.rate_violations``) that decides when a flooder is closed."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self._bucket = client.register_script(_TOKEN_BUCKET)
+        self._incr = client.register_script(_INCR_WITH_TTL)
+
+    def allow(self, connection_id: str, rate_per_second: float, burst: int) -> bool:
+        key = keys.rate_bucket(connection_id)
+        try:
+            return bool(self._bucket(keys=[key.name], args=[rate_per_second, burst, key.ttl_seconds]))
+        except Exception as exc:  # redis.RedisError and connection errors
+            raise _translate(exc) from exc
+
+    def record_violation(self, connection_id: str) -> int:
+        key = keys.rate_violations(connection_id)
+        try:
+            return int(self._incr(keys=[key.name], args=[key.ttl_seconds]))
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+
+class RedisPresence:
+    """Presence per entity in a sorted set scored by last heartbeat (``keys.presence``)."""
+
+    def __init__(self, client: Any, settings: Settings):
+        self._client = client
+        self._settings = settings
+        self._script = client.register_script(_PRESENCE)
+
+    def _run(self, entity_id: str, op: str, member: str) -> tuple[list[Member], list[Member]]:
+        key = keys.presence(entity_id, self._settings)
+        try:
+            before, after = self._script(keys=[key.name], args=[op, member, key.ttl_seconds * 1000])
+        except Exception as exc:
+            raise _translate(exc) from exc
+        decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731
+        return decode(before), decode(after)
+
+    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict]:
+        """Mark the connection live now; returns presence changes (join etc.)."""
+        before, after = self._run(entity_id, "beat", encode_member(user_id, connection_id, transport))
+        return changes(before, after)
+
+    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str = "websocket") -> list[dict]:
+        before, after = self._run(entity_id, "leave", encode_member(user_id, connection_id, transport))
+        return changes(before, after)
+
+    def online(self, entity_id: str) -> list[dict]:
+        _, after = self._run(entity_id, "read", "")
+        return summarize(after)
