@@ -1,0 +1,146 @@
+"""Per-entity history: entry format and the pure replay rule shared by every reader.
+
+History is one stream per entity (``keys.history``). Its entries carry the event
+fields; the stream id is the event id (the replay cursor). Readers (the fan-out
+worker, the SSE server, Lambdas; sync or async Redis clients, or the in-memory
+log) fetch two things in one atomic step and hand them to :func:`replay_events`:
+
+- the stream's *horizon*: the highest id that is no longer retained. Redis keeps
+  it as ``max-deleted-entry-id`` (``XINFO STREAM``), which ``MAXLEN`` trimming
+  advances; when a history stream is (re)created after expiring, the append
+  script sets it to the new stream's first id, so ids from an expired stream are
+  recognised as lost too;
+- the entries with ``since < id <= until`` (``XRANGE key (since until``).
+
+Rule: anything after ``since`` is gone iff ``since < horizon``, or the stream no
+longer exists at all (expired with its TTL). Ids compare numerically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import InvalidMessage, ReplayGap
+from .models import Event, iso_timestamp, parse_event_id
+
+EventId = tuple[int, int]
+ZERO_ID: EventId = (0, 0)
+
+
+def id_key(event_id: str) -> EventId:
+    """Numeric sort key of an id; "" / "0" count as the beginning of time."""
+    if event_id in ("", "0", "-"):
+        return ZERO_ID
+    return parse_event_id(event_id)
+
+
+def format_id(key: EventId) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+def require_cursor(since: Any) -> str:
+    """A client's replay cursor, validated (coded error, never a ValueError)."""
+    if not isinstance(since, str):
+        raise InvalidMessage("since must be an event id string like '1764090000000-0'")
+    try:
+        parse_event_id(since)
+    except ValueError:
+        raise InvalidMessage(f"malformed event id {since[:40]!r}") from None
+    return since
+
+
+# ---- entries ------------------------------------------------------------------
+
+
+def entry_fields(topic: str, data: Mapping[str, Any], source: str, published_at_ms: int) -> dict[str, str]:
+    """Fields of one history entry (the id is the stream's own)."""
+    return {
+        "topic": topic,
+        "source": source,
+        "ts": iso_timestamp(published_at_ms),
+        "pub": str(published_at_ms),
+        "data": json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+    }
+
+
+def _s(fields: Mapping[Any, Any], name: str) -> str:
+    value = fields.get(name, fields.get(name.encode()))
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)
+
+
+def event_from_entry(entity_id: str, entry_id: str | bytes, fields: Mapping[Any, Any]) -> Event:
+    """A history entry (bytes or str keys/values, dict or flat list) -> Event."""
+    if isinstance(entry_id, bytes):
+        entry_id = entry_id.decode()
+    if isinstance(fields, (list, tuple)):
+        fields = dict(zip(fields[0::2], fields[1::2]))
+    return Event(
+        id=entry_id,
+        entity_id=entity_id,
+        topic=_s(fields, "topic"),
+        data=json.loads(_s(fields, "data") or "{}"),
+        source=_s(fields, "source") or "unknown",
+        timestamp=_s(fields, "ts"),
+        published_at_ms=int(_s(fields, "pub") or 0),
+    )
+
+
+# ---- replay -------------------------------------------------------------------
+
+
+def check_retained(since: str, *, exists: bool, horizon: str | None) -> None:
+    """Raise :class:`ReplayGap` when an event after ``since`` may have been dropped."""
+    if not exists:
+        raise ReplayGap(f"history before {since} has expired; reload state")
+    if horizon and id_key(since) < id_key(horizon):
+        raise ReplayGap(f"history after {since} is no longer retained (oldest lost id {horizon}); reload state")
+
+
+def replay_events(
+    entity_id: str,
+    since: str,
+    until: str | None,
+    *,
+    exists: bool,
+    horizon: str | None,
+    entries: Iterable[tuple[Any, Any]],
+) -> list[Event]:
+    """Events with ``since < id <= until`` in id order. ``until`` None = no upper
+    bound; ``until == ""`` = the entity had no history when the replay was
+    requested, so a cursor into it refers to expired history (gap).
+
+    ``entries`` are ``(id, fields)`` pairs as XRANGE returns them (extra ones
+    outside the bounds are ignored, so a reader may over-fetch).
+    """
+    lower = id_key(since)
+    if until == "":
+        check_retained(since, exists=False, horizon=None)
+    upper = id_key(until) if until is not None else None
+    if upper is not None and upper <= lower:
+        # Nothing was published after the cursor when the replay was requested:
+        # nothing can be missing, whatever the stream looks like now.
+        return []
+    check_retained(since, exists=exists, horizon=horizon)
+    out: list[Event] = []
+    for entry_id, fields in entries:
+        event = event_from_entry(entity_id, entry_id, fields)
+        key = parse_event_id(event.id)
+        if key <= lower or (upper is not None and key > upper):
+            continue
+        out.append(event)
+    out.sort(key=lambda e: parse_event_id(e.id))
+    return out
+
+
+def parse_replay_reply(reply: Any) -> tuple[bool, str | None, list[tuple[Any, Any]]]:
+    """Decode the reply of the Redis replay script: ``{exists, horizon, entries}``."""
+    exists_raw, horizon_raw, entries = reply[0], reply[1], reply[2] or []
+    exists = bool(int(exists_raw))
+    horizon = horizon_raw.decode() if isinstance(horizon_raw, bytes) else (horizon_raw or None)
+    if horizon in ("0-0", ""):
+        horizon = None
+    return exists, horizon, [(e[0], e[1]) for e in entries]
