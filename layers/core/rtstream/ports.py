@@ -83,16 +83,27 @@ class Pusher(Protocol):
 
 @runtime_checkable
 class RateLimiter(Protocol):
-    def allow(self, key: str, rate_per_second: float, burst: int) -> bool:
-        """Take one token from ``key``'s bucket; False when empty."""
+    """Inbound message limits per connection (Redis on AWS: shared by every invocation)."""
+
+    def allow(self, connection_id: str, rate_per_second: float, burst: int) -> bool:
+        """Take one token from the connection's bucket; False when empty."""
+        ...
+
+    def record_violation(self, connection_id: str) -> int:
+        """Count one refused message; returns the recent count (decides a close)."""
         ...
 
 
 @runtime_checkable
 class PresenceStore(Protocol):
-    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> None: ...
+    """Live connections per entity, expiring without heartbeats (see rtstream.presence).
 
-    def leave(self, entity_id: str, user_id: str, connection_id: str) -> None: ...
+    ``heartbeat`` and ``leave`` return the presence payloads (join/leave/changed)
+    the change caused, for the service to publish on the ``presence`` topic."""
+
+    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict[str, Any]]: ...
+
+    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict[str, Any]]: ...
 
     def online(self, entity_id: str) -> list[dict[str, Any]]:
         """``[{"userId", "connections", "transports"}]`` of live (unexpired) connections."""

@@ -122,7 +122,7 @@ class RedisPresence:
         before, after = self._run(entity_id, "beat", encode_member(user_id, connection_id, transport))
         return changes(before, after)
 
-    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str = "websocket") -> list[dict]:
+    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict]:
         before, after = self._run(entity_id, "leave", encode_member(user_id, connection_id, transport))
         return changes(before, after)
 
