@@ -1,0 +1,214 @@
+"""The WebSocket use cases, transport-independent: connect, disconnect, and one
+client message in, reply frames out. Every I/O goes through the ports.
+
+Security rules enforced here (and only here, so every runtime gets them):
+
+- the entity of a subscription is ALWAYS the principal's, never the frame's;
+- subscriptions per connection, connections per user and per entity are capped;
+- agents may only subscribe, unsubscribe and ping;
+- inbound messages are rate limited per connection; a connection that keeps
+  flooding is flagged for closing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import protocol
+from .errors import Forbidden, InvalidMessage, NotSubscribed, RateLimited, RealtimeError, TooManyConnections, TooManySubscriptions
+from .models import Connection, Principal, Subscription
+from .ports import Clock, ConnectionRegistry, EventLog, PresenceStore, RateLimiter, SystemClock
+from .settings import Settings
+from .topics import PRESENCE
+
+security_log = logging.getLogger("rtstream.security")
+log = logging.getLogger("rtstream.service")
+
+# Agents act for users but may only follow events (seed: allowed_operations = subscribe_to_updates).
+AGENT_ALLOWED = (protocol.Subscribe, protocol.Unsubscribe, protocol.Ping)
+# API Gateway never keeps a connection longer than max_connection_seconds; the
+# slack covers clock skew and the $disconnect that may arrive late.
+TTL_SLACK_SECONDS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Frames to answer with; ``close`` when the transport should drop the connection."""
+
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    close: bool = False
+
+
+class RealtimeService:
+    def __init__(
+        self,
+        *,
+        registry: ConnectionRegistry,
+        settings: Settings,
+        event_log: EventLog | None = None,
+        rate_limiter: RateLimiter | None = None,
+        presence: PresenceStore | None = None,
+        clock: Clock = SystemClock(),
+    ):
+        self.registry = registry
+        self.settings = settings
+        self.event_log = event_log
+        self.rate_limiter = rate_limiter
+        self.presence = presence
+        self.clock = clock
+
+    # ---- connection lifecycle --------------------------------------------------
+
+    def connect(
+        self,
+        principal: Principal,
+        connection_id: str,
+        *,
+        transport: str = "websocket",
+        source_ip: str = "",
+        now_ms: int | None = None,
+    ) -> Connection:
+        now_ms = self.clock.now_ms() if now_ms is None else now_ms
+        now_s = now_ms // 1000
+        s = self.settings
+        if self.registry.count_user_connections(principal.user_id, now_s) >= s.max_connections_per_user:
+            security_log.warning("connection limit reached for user %s (limit %d)", principal.user_id, s.max_connections_per_user)
+            raise TooManyConnections(f"at most {s.max_connections_per_user} concurrent connections per user")
+        if self.registry.count_entity_connections(principal.entity_id, now_s) >= s.max_connections_per_entity:
+            security_log.warning("connection limit reached for entity %s (limit %d)", principal.entity_id, s.max_connections_per_entity)
+            raise TooManyConnections(f"at most {s.max_connections_per_entity} concurrent connections per entity")
+        connection = Connection(
+            connection_id=connection_id,
+            principal=principal,
+            transport=transport,  # type: ignore[arg-type]
+            connected_at_ms=now_ms,
+            source_ip=source_ip,
+            expires_at=now_s + s.max_connection_seconds + TTL_SLACK_SECONDS,
+        )
+        self.registry.add_connection(connection)
+        if self.presence is not None:
+            changes = self.presence.heartbeat(principal.entity_id, principal.user_id, connection_id, transport)
+            self._publish_presence(principal.entity_id, changes)
+        return connection
+
+    def disconnect(self, connection_id: str) -> Connection | None:
+        subscriptions = self.registry.connection_subscriptions(connection_id)
+        connection = self.registry.remove_connection(connection_id)
+        if self.event_log is not None:
+            by_entity: dict[str, list[str]] = {}
+            for sub in subscriptions:
+                by_entity.setdefault(sub.entity_id, []).append(sub.topic)
+            for entity_id, topics in by_entity.items():
+                self.event_log.notify_changed(entity_id, sorted(set(topics)), connection_id)
+        if connection is not None and self.presence is not None:
+            changes = self.presence.leave(connection.entity_id, connection.user_id, connection_id, connection.transport)
+            self._publish_presence(connection.entity_id, changes)
+        return connection
+
+    # ---- messages --------------------------------------------------------------
+
+    def handle_message(self, connection_id: str, principal: Principal, body: str | bytes) -> list[dict[str, Any]]:
+        """Reply frames for one client message; coded errors become error frames."""
+        return self.handle(connection_id, principal, body).frames
+
+    def handle(self, connection_id: str, principal: Principal, body: str | bytes) -> Reply:
+        if self.rate_limiter is not None and not self._allow(connection_id):
+            return Reply([RateLimited(f"more than {self.settings.rate_per_second:g} messages/s").to_frame()], close=self._too_many_violations(connection_id))
+        try:
+            frame = protocol.parse_client_frame(body, max_bytes=self.settings.max_frame_bytes)
+            if principal.is_agent and not isinstance(frame, AGENT_ALLOWED):
+                security_log.warning("agent %s of entity %s attempted a forbidden operation", principal.user_id, principal.entity_id)
+                raise Forbidden("agents may only subscribe, unsubscribe and ping")
+            return Reply(self._dispatch(connection_id, principal, frame))
+        except RealtimeError as exc:
+            return Reply([exc.to_frame()])
+
+    def _dispatch(self, connection_id: str, principal: Principal, frame: protocol.ClientFrame) -> list[dict[str, Any]]:
+        if isinstance(frame, protocol.Subscribe):
+            return self.subscribe(connection_id, principal, frame)
+        if isinstance(frame, protocol.Unsubscribe):
+            return self.unsubscribe(connection_id, principal, frame.topic)
+        if isinstance(frame, protocol.Ping):
+            if self.presence is not None:
+                # a ping is the WebSocket heartbeat; it may also expire others' stale entries
+                changes = self.presence.heartbeat(principal.entity_id, principal.user_id, connection_id, "websocket")
+                self._publish_presence(principal.entity_id, changes)
+            return [protocol.pong(self.clock.now_ms())]
+        users = self.presence.online(principal.entity_id) if self.presence is not None else []
+        return [protocol.presence_reply(users)]
+
+    def subscribe(self, connection_id: str, principal: Principal, frame: protocol.Subscribe) -> list[dict[str, Any]]:
+        entity_id = principal.entity_id  # never from the frame
+        if frame.since is not None and self.event_log is None:
+            raise InvalidMessage("'since' replay is not available on this endpoint")
+        existing = self.registry.connection_subscriptions(connection_id)
+        others = {s.topic for s in existing if s.topic != frame.topic}
+        if len(others) >= self.settings.max_subscriptions:
+            if principal.is_agent:
+                security_log.warning(
+                    "excessive subscriptions by agent %s of entity %s (limit %d)", principal.user_id, entity_id, self.settings.max_subscriptions
+                )
+            raise TooManySubscriptions(f"at most {self.settings.max_subscriptions} subscriptions per connection")
+        subscription = Subscription(
+            connection_id=connection_id,
+            entity_id=entity_id,
+            topic=frame.topic,
+            user_id=principal.user_id,
+            filters=frame.filters,
+            pending_replay=uuid.uuid4().hex if frame.since is not None else None,
+            expires_at=self._expires_at(connection_id),
+        )
+        self.registry.put_subscription(subscription)
+        if frame.since is None:
+            if self.event_log is not None:
+                self.event_log.notify_changed(entity_id, [frame.topic], connection_id)
+            return [protocol.subscribed(frame.topic)]
+        assert self.event_log is not None
+        try:
+            # The fan-out answers `subscribed`, the replay, then live events (DESIGN.md "Replay seam").
+            self.event_log.request_replay(subscription, frame.since)
+        except RealtimeError:
+            # A pending subscription nobody will activate would silently drop events.
+            self.registry.remove_subscription(connection_id, entity_id, frame.topic)
+            raise
+        return []
+
+    def unsubscribe(self, connection_id: str, principal: Principal, topic: str) -> list[dict[str, Any]]:
+        if not self.registry.remove_subscription(connection_id, principal.entity_id, topic):
+            raise NotSubscribed(f"not subscribed to {topic}")
+        if self.event_log is not None:
+            self.event_log.notify_changed(principal.entity_id, [topic], connection_id)
+        return [protocol.unsubscribed(topic)]
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def _expires_at(self, connection_id: str) -> int:
+        connection = self.registry.get_connection(connection_id)
+        if connection is not None and connection.expires_at:
+            return connection.expires_at
+        return self.clock.now_ms() // 1000 + self.settings.max_connection_seconds + TTL_SLACK_SECONDS
+
+    def _allow(self, connection_id: str) -> bool:
+        assert self.rate_limiter is not None
+        return self.rate_limiter.allow(connection_id, self.settings.rate_per_second, self.settings.rate_burst)
+
+    def _too_many_violations(self, connection_id: str) -> bool:
+        assert self.rate_limiter is not None
+        count = self.rate_limiter.record_violation(connection_id)
+        if count < max(1, self.settings.rate_violations_before_close):
+            return False
+        security_log.warning("connection %s keeps exceeding the message rate (%d refusals); closing it", connection_id, count)
+        return True
+
+    def _publish_presence(self, entity_id: str, changes: list[dict[str, Any]]) -> None:
+        """Best effort: a presence event must never refuse a connect or a disconnect."""
+        if self.event_log is None:
+            return
+        for data in changes:
+            try:
+                self.event_log.append(entity_id, PRESENCE, data, "rtstream", record_history=False)
+            except RealtimeError as exc:
+                log.warning("presence event for entity %s not published: %s", entity_id, exc.code)
