@@ -1,0 +1,235 @@
+"""Pure client logic: cursor and dedupe, backoff, transport choice, subscribe
+frames and SSE decoding. No I/O, so the asyncio client (``client.py``) stays a
+thin wrapper and the browser module (``static/rtstream.js``) mirrors the same
+rules line for line."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from rtstream.models import parse_event_id
+
+EVENT_TOPICS = ("transactions.new", "agent.action.completed", "balance.updated", "sync.completed")
+WILDCARD = "*"
+
+
+def event_id_key(event_id: Any) -> tuple[int, int] | None:
+    """``"1764090000000-3"`` -> ``(1764090000000, 3)``: ids compare numerically,
+    never as strings (``"9-0"`` < ``"10-0"``). None for a missing/malformed id."""
+    try:
+        return parse_event_id(event_id)
+    except ValueError:
+        return None
+
+
+class Cursor:
+    """The last event id delivered; the resume point and the dedupe rule.
+
+    Per entity, ids only increase, and the client keeps all its topics in one
+    ordered stream (see :func:`subscribe_frame`), so "drop ids <= last" removes
+    exactly the duplicates a resume or an at-least-once redelivery produces."""
+
+    def __init__(self, last_id: str | None = None):
+        if last_id is not None and event_id_key(last_id) is None:
+            raise ValueError(f"malformed event id {last_id!r}")
+        self.last_id = last_id
+        self._last_key = event_id_key(last_id) if last_id else None
+
+    def accept(self, event_id: Any) -> bool:
+        """True if the event is new (and advance); False for a duplicate.
+        Frames without a valid id (e.g. presence) carry no cursor and always pass."""
+        key = event_id_key(event_id)
+        if key is None:
+            return True
+        if self._last_key is not None and key <= self._last_key:
+            return False
+        self._last_key = key
+        self.last_id = event_id
+        return True
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)).
+    Full jitter spreads a crowd of clients that lost the same server."""
+    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    return rand() * ceiling
+
+
+@dataclass
+class TransportChooser:
+    """Which transport the next connection attempt uses.
+
+    ``auto``: WebSocket first; after ``ws_failures_before_fallback`` consecutive
+    WebSocket attempts that never got as far as a confirmed subscription, SSE.
+    While on SSE, WebSocket is tried again at the next reconnect once
+    ``ws_retry_after`` seconds have passed, or when SSE keeps failing too (then
+    the server is probably down and either may come back first)."""
+
+    mode: str = "auto"  # auto | ws | sse
+    ws_failures_before_fallback: int = 2
+    ws_retry_after: float = 300.0
+    current: str = field(init=False, default="ws")
+    _ws_failures: int = field(init=False, default=0)
+    _sse_failures: int = field(init=False, default=0)
+    _fell_back_at: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "ws", "sse"):
+            raise ValueError(f"transport must be auto, ws or sse, got {self.mode!r}")
+        self.current = "sse" if self.mode == "sse" else "ws"
+
+    def choose(self, now: float) -> str:
+        if self.mode != "auto":
+            return self.mode
+        if self.current == "sse" and self._fell_back_at is not None and now - self._fell_back_at >= self.ws_retry_after:
+            self.current = "ws"
+            self._ws_failures = 0
+            self._fell_back_at = None
+        return self.current
+
+    def failed(self, transport: str, now: float) -> None:
+        if self.mode != "auto":
+            return
+        if transport == "ws":
+            self._ws_failures += 1
+            if self._ws_failures >= self.ws_failures_before_fallback:
+                self.current = "sse"
+                self._sse_failures = 0
+                self._fell_back_at = now
+        else:
+            self._sse_failures += 1
+            if self._sse_failures >= self.ws_failures_before_fallback:
+                self.current = "ws"
+                self._ws_failures = 0
+                self._fell_back_at = None
+
+    def opened(self, transport: str) -> None:
+        if transport == "ws":
+            self._ws_failures = 0
+        else:
+            self._sse_failures = 0
+
+
+def normalize_topics(topics: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(topics, str):
+        topics = [t for t in topics.split(",") if t]
+    out = tuple(dict.fromkeys(t.strip() for t in topics if t and t.strip()))
+    if not out:
+        return (WILDCARD,)
+    return out
+
+
+def subscribe_frame(topics: tuple[str, ...], filters: Mapping[str, Any] | None, since: str | None) -> dict[str, Any]:
+    """One WebSocket subscription for all the wanted topics.
+
+    Several topics become ``*`` with a ``types`` filter: one subscription means
+    one replay and one ordered stream, so a single cursor resumes all of them
+    (separate subscriptions would interleave one topic's replay after another
+    topic's live events)."""
+    filters = dict(filters or {})
+    if WILDCARD in topics or len(topics) > 1:
+        topic = WILDCARD
+        wanted = [t for t in topics if t != WILDCARD]
+        if wanted and WILDCARD not in topics:
+            types = filters.get("types")
+            filters["types"] = [t for t in wanted if types is None or t in types]
+    else:
+        topic = topics[0]
+    frame: dict[str, Any] = {"type": "subscribe", "topic": topic}
+    if filters:
+        frame["filters"] = filters
+    if since:
+        frame["since"] = since
+    return frame
+
+
+def sse_query(topics: tuple[str, ...], filters: Mapping[str, Any] | None) -> dict[str, str]:
+    params = {"topics": ",".join(topics)}
+    for name in ("types", "sources"):
+        values = (filters or {}).get(name)
+        if values is not None:
+            params[name] = ",".join(values)
+    if (filters or {}).get("minAmount") is not None:
+        params["minAmount"] = str(filters["minAmount"])  # type: ignore[index]
+    return params
+
+
+def with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    query.extend(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@dataclass
+class SseMessage:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry_ms: int | None = None
+
+
+class SseDecoder:
+    """Line-by-line ``text/event-stream`` decoder (WHATWG rules: ``field: value``,
+    one optional space, multi-line ``data`` joined by newlines, ``:`` comments,
+    a blank line dispatches)."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+        self.retry_ms: int | None = None
+
+    def feed(self, line: str) -> SseMessage | None:
+        if line == "":
+            if not self._data:
+                self._event, self._id = "", None
+                return None
+            message = SseMessage(event=self._event or "message", data="\n".join(self._data), id=self._id, retry_ms=self.retry_ms)
+            self._event, self._data, self._id = "", [], None
+            return message
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+
+def frame_from_sse(message: SseMessage) -> dict[str, Any] | None:
+    """The protocol frame an SSE message carries: the same JSON a WebSocket
+    event frame has (``data`` is the wire event); a bare payload is wrapped
+    using the SSE ``event``/``id`` fields."""
+    import json
+
+    try:
+        payload = json.loads(message.data)
+    except ValueError:
+        return None
+    if isinstance(payload, dict) and payload.get("type") in ("event", "error"):
+        if payload.get("type") == "event" and "id" not in payload and message.id:
+            payload["id"] = message.id
+        return payload
+    if message.event == "error" and isinstance(payload, dict):
+        return {"type": "error", **payload}
+    return {"type": "event", "topic": message.event, "id": message.id, "data": payload}
+
+
+def is_replayed(event_id: Any, *, resumed: bool, session_started_ms: int) -> bool:
+    """An event counts as replayed when it arrives on a resumed session and was
+    published before the session began (ids start with the publish time in ms)."""
+    key = event_id_key(event_id)
+    return resumed and key is not None and key[0] < session_started_ms
