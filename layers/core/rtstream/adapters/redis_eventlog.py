@@ -1,0 +1,234 @@
+"""Redis :class:`~rtstream.ports.EventLog`: history streams + fan-out work streams.
+
+One Lua script per operation, loaded with ``register_script`` (EVALSHA):
+
+- ``append.lua``: [dedup ``SET NX EX`` for raw ingest] + ``XADD`` history
+  (trimmed to ``history_maxlen`` in small batches, recording the last trimmed
+  id as the horizon) + ``PEXPIRE`` + ``XADD`` the ``event`` entry to the entity's
+  partition stream (``MAXLEN ~``). A history stream created afresh gets its
+  ``max-deleted-entry-id`` set to its first id, so cursors into an expired
+  stream are recognised as gaps (see :mod:`rtstream.history`).
+- ``replay.lua``: existence, horizon and ``XRANGE (since until`` in one step.
+- ``request_replay.lua``: ``until`` = last history id, read atomically with the
+  ``XADD`` of the ``replay`` entry.
+
+Entry formats stay in :mod:`rtstream.streams` / :mod:`rtstream.history`: the
+scripts receive ready field/value pairs and only add the ids they generate.
+The ``*_call`` functions build script arguments and are shared by the sync
+adapter here and the worker's ``redis.asyncio`` wrapper (:class:`AsyncRedisEventLog`).
+Redis errors become :class:`BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from .. import keys, streams
+from ..errors import BackendUnavailable
+from ..history import entry_fields, parse_replay_reply, replay_events
+from ..models import Event, Subscription
+from ..settings import Settings
+
+_HERE = Path(__file__).resolve().parent
+
+ScriptCall = tuple[list[str], list[str]]
+
+
+@functools.cache
+def lua(name: str) -> str:
+    return (_HERE / f"{name}.lua").read_text()
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        out += [k, v]
+    return out
+
+
+# ---- script arguments (pure) -------------------------------------------------------
+
+
+def append_call(
+    settings: Settings,
+    entity_id: str,
+    topic: str,
+    data: dict[str, Any],
+    source: str,
+    now_ms: int,
+    *,
+    record_history: bool = True,
+    dedup_digest: str | None = None,
+) -> tuple[ScriptCall, Event]:
+    """Script keys/args for an append, and the event minus its id."""
+    hist = keys.history(entity_id, settings)
+    part = keys.fanout_stream(keys.partition_of(entity_id, settings))
+    fields = entry_fields(topic, data, source, now_ms)
+    event = Event(id="", entity_id=entity_id, topic=topic, data=data, source=source, timestamp=fields["ts"], published_at_ms=now_ms)
+    queued = streams.encode_event(event)
+    del queued["id"]  # the script inserts the history id
+    dedup_ttl = "0"
+    call_keys = [hist.name, part.name]
+    if dedup_digest is not None:
+        dedup = keys.ingest_dedup(dedup_digest)
+        call_keys.append(dedup.name)
+        dedup_ttl = str(dedup.ttl_seconds or 30)
+    hist_pairs = _flat(fields)
+    args = [
+        str(settings.history_maxlen),
+        str((hist.ttl_seconds or 0) * 1000),
+        str(settings.fanout_stream_maxlen),
+        "1" if record_history else "0",
+        dedup_ttl,
+        str(len(hist_pairs) // 2),
+        *hist_pairs,
+        *_flat(queued),
+    ]
+    return (call_keys, args), event
+
+
+def replay_call(settings: Settings, entity_id: str, since: str, until: str | None) -> ScriptCall:
+    return [keys.history(entity_id, settings).name], [since, until if until else "+"]
+
+
+def request_replay_call(settings: Settings, subscription: Subscription, since: str) -> ScriptCall:
+    req = streams.ReplayRequest(
+        marker=subscription.pending_replay or "",
+        connection_id=subscription.connection_id,
+        entity_id=subscription.entity_id,
+        topic=subscription.topic,
+        filters=subscription.filters,
+        since=since,
+        until="",
+    )
+    fields = streams.encode_replay(req)
+    del fields["until"]  # read by the script, atomically with the XADD
+    part = keys.fanout_stream(keys.partition_of(subscription.entity_id, settings))
+    return [keys.history(subscription.entity_id, settings).name, part.name], [str(settings.fanout_stream_maxlen), *_flat(fields)]
+
+
+def changed_fields(entity_id: str, topics: Sequence[str], connection_id: str) -> dict[str, str]:
+    return streams.encode_changed(streams.SubscriptionsChanged(entity_id=entity_id, topics=tuple(topics), connection_id=connection_id))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _finish_append(reply: Any, event: Event) -> Event | None:
+    if reply is None or reply is False:
+        return None  # dedup: already ingested
+    return Event(
+        id=_text(reply),
+        entity_id=event.entity_id,
+        topic=event.topic,
+        data=event.data,
+        source=event.source,
+        timestamp=event.timestamp,
+        published_at_ms=event.published_at_ms,
+    )
+
+
+def _now_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+# ---- sync adapter ---------------------------------------------------------------------
+
+
+class RedisEventLog:
+    """:class:`~rtstream.ports.EventLog` over a redis-py client (injected)."""
+
+    def __init__(self, client: "redis.Redis", settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self._append = client.register_script(lua("append"))
+        self._replay = client.register_script(lua("replay"))
+        self._request_replay = client.register_script(lua("request_replay"))
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> "RedisEventLog":
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10), settings)
+
+    def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
+        (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), record_history=record_history)
+        try:
+            return _finish_append(self._append(keys=k, args=a), event)  # type: ignore[return-value]
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis append failed: {exc}") from exc
+
+    def ingest_once(self, digest: str, entity_id: str, topic: str, data: dict[str, Any], source: str) -> Event | None:
+        """Append unless this raw publish (``digest``) was already ingested (then None)."""
+        (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), dedup_digest=digest)
+        try:
+            return _finish_append(self._append(keys=k, args=a), event)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis ingest failed: {exc}") from exc
+
+    def replay(self, entity_id: str, since: str, until: str | None = None) -> list[Event]:
+        k, a = replay_call(self.settings, entity_id, since, until)
+        try:
+            reply = self._replay(keys=k, args=a)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis replay failed: {exc}") from exc
+        exists, horizon, entries = parse_replay_reply(reply)
+        return replay_events(entity_id, since, until, exists=exists, horizon=horizon, entries=entries)
+
+    def request_replay(self, subscription: Subscription, since: str) -> str:
+        k, a = request_replay_call(self.settings, subscription, since)
+        try:
+            return _text(self._request_replay(keys=k, args=a))
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis request_replay failed: {exc}") from exc
+
+    def notify_changed(self, entity_id: str, topics: Sequence[str], connection_id: str) -> None:
+        part = keys.fanout_stream(keys.partition_of(entity_id, self.settings))
+        try:
+            self.client.xadd(part.name, changed_fields(entity_id, topics, connection_id), maxlen=self.settings.fanout_stream_maxlen, approximate=True)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis notify_changed failed: {exc}") from exc
+
+
+# ---- async twin of the I/O only (same scripts, same argument builders) ---------------------
+
+
+class AsyncRedisEventLog:
+    """The worker's and SSE server's view: ``redis.asyncio`` client, same scripts."""
+
+    def __init__(self, client: "redis.asyncio.Redis", settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self._append = client.register_script(lua("append"))
+        self._replay = client.register_script(lua("replay"))
+
+    async def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
+        (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), record_history=record_history)
+        try:
+            return _finish_append(await self._append(keys=k, args=a), event)  # type: ignore[return-value]
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis append failed: {exc}") from exc
+
+    async def ingest_once(self, digest: str, entity_id: str, topic: str, data: dict[str, Any], source: str) -> Event | None:
+        (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), dedup_digest=digest)
+        try:
+            return _finish_append(await self._append(keys=k, args=a), event)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis ingest failed: {exc}") from exc
+
+    async def replay(self, entity_id: str, since: str, until: str | None = None) -> list[Event]:
+        """Events with ``since < id <= until``; :class:`ReplayGap` when history was lost."""
+        k, a = replay_call(self.settings, entity_id, since, until)
+        try:
+            reply = await self._replay(keys=k, args=a)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis replay failed: {exc}") from exc
+        exists, horizon, entries = parse_replay_reply(reply)
+        return replay_events(entity_id, since, until, exists=exists, horizon=horizon, entries=entries)

@@ -1,0 +1,167 @@
+"""Fan-out planning: which connection gets which bytes. Pure, no I/O.
+
+The worker reads the ordered partition streams (:mod:`rtstream.streams`) and,
+for each entry, asks this module what to send:
+
+- an ``event``: the subscribers of ``(entity, topic)`` and, unless it is
+  ``presence``, ``(entity, '*')``; each connection at most once, if one of its
+  subscriptions is active (not waiting for a replay marker the reader has not
+  reached) and its filters keep the event. The wire bytes are built once and
+  shared by every delivery.
+- a ``replay``: ``subscribed``, then the replayed history (filtered like live
+  events) or a ``replay_gap`` error, in that order, to one connection.
+- a ``changed``: nothing to send; the subscriber cache drops the entity's
+  entries for those topics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from . import streams
+from .errors import ReplayGap
+from .models import Event, Filters, Subscription
+from .topics import PRESENCE, WILDCARD
+
+Entry = Event | streams.ReplayRequest | streams.SubscriptionsChanged
+
+
+@dataclass(frozen=True, slots=True)
+class EventDeliveries:
+    """One event's posts: the same ``data`` to every connection in ``connection_ids``."""
+
+    event: Event
+    data: bytes
+    connection_ids: tuple[str, ...]
+
+
+def decode_entry(entry_id: str | bytes, fields: dict) -> Entry | None:
+    """Decode a work-stream entry; an event queued without history takes the entry's id."""
+    if isinstance(entry_id, bytes):
+        entry_id = entry_id.decode()
+    entry = streams.decode(fields)
+    if isinstance(entry, Event) and not entry.id:
+        entry = replace(entry, id=entry_id)
+    return entry
+
+
+def lookup_topics(event: Event) -> tuple[str, ...]:
+    """Subscription topics an event is delivered to (``*`` never carries presence)."""
+    if event.topic == PRESENCE or event.topic == WILDCARD:
+        return (event.topic,)
+    return (event.topic, WILDCARD)
+
+
+def topic_covers(subscribed: str, event_topic: str) -> bool:
+    if subscribed == event_topic:
+        return True
+    return subscribed == WILDCARD and event_topic != PRESENCE
+
+
+def keeps(filters: Filters, event: Event) -> bool:
+    return filters.empty or filters.matches(event.topic, event.source, event.data)
+
+
+def is_active(subscription: Subscription, reached_markers: "set[str] | frozenset[str]" = frozenset()) -> bool:
+    """A subscription waiting for its replay marker gets nothing live until the
+    reader has passed that marker (the replay delivers those events instead)."""
+    return subscription.pending_replay is None or subscription.pending_replay in reached_markers
+
+
+def plan_event(
+    event: Event,
+    subscriptions: Iterable[Subscription],
+    reached_markers: "set[str] | frozenset[str]" = frozenset(),
+) -> EventDeliveries:
+    targets: dict[str, None] = {}
+    for sub in subscriptions:
+        if sub.entity_id != event.entity_id or sub.connection_id in targets:
+            continue
+        if not topic_covers(sub.topic, event.topic) or not is_active(sub, reached_markers):
+            continue
+        if keeps(sub.filters, event):
+            targets[sub.connection_id] = None
+    data = event.wire_json().encode() if targets else b""
+    return EventDeliveries(event, data, tuple(targets))
+
+
+def subscribed_frame(topic: str) -> bytes:
+    return json.dumps({"type": "subscribed", "topic": topic}, separators=(",", ":")).encode()
+
+
+def replay_frames(request: streams.ReplayRequest, replayed: Sequence[Event] | ReplayGap) -> list[bytes]:
+    """What a ``replay`` entry sends to its connection, in order."""
+    frames = [subscribed_frame(request.topic)]
+    if isinstance(replayed, ReplayGap):
+        frames.append(json.dumps(replayed.to_frame(), separators=(",", ":")).encode())
+        return frames
+    for event in replayed:
+        if event.entity_id == request.entity_id and topic_covers(request.topic, event.topic) and keeps(request.filters, event):
+            frames.append(event.wire_json().encode())
+    return frames
+
+
+class SubscriberCache:
+    """Subscribers per ``(entity, topic)``, bounded (LRU).
+
+    Coherent because every subscription change queues a ``changed`` or
+    ``replay`` entry in the same ordered stream as the entity's events: the
+    reader invalidates at that point, before any later event.
+    """
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._items: OrderedDict[tuple[str, str], list[Subscription]] = OrderedDict()
+
+    def get(self, entity_id: str, topic: str) -> list[Subscription] | None:
+        key = (entity_id, topic)
+        subs = self._items.get(key)
+        if subs is not None:
+            self._items.move_to_end(key)
+        return subs
+
+    def put(self, entity_id: str, topic: str, subscriptions: list[Subscription]) -> None:
+        key = (entity_id, topic)
+        self._items[key] = subscriptions
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_keys:
+            self._items.popitem(last=False)
+
+    def invalidate(self, entity_id: str, topics: Iterable[str]) -> None:
+        for topic in topics:
+            self._items.pop((entity_id, topic), None)
+
+    def remove_connection(self, connection_id: str) -> None:
+        """A pruned connection: drop it from every cached list."""
+        for key, subs in list(self._items.items()):
+            if any(s.connection_id == connection_id for s in subs):
+                self._items[key] = [s for s in subs if s.connection_id != connection_id]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class MarkerSet:
+    """Replay markers a reader has passed (bounded, oldest forgotten first).
+
+    Lets live delivery start right after the marker even before the registry's
+    ``clear_pending_replay`` write is visible to the next read.
+    """
+
+    def __init__(self, max_items: int = 100_000) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, marker: str) -> None:
+        self._items[marker] = None
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def __contains__(self, marker: object) -> bool:
+        return marker in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,135 @@
+"""RedisEventLog against a real Redis: ids, history bounds, gaps, replay seam entries."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from rtstream import keys, streams
+from rtstream.adapters.redis_eventlog import AsyncRedisEventLog, RedisEventLog
+from rtstream.errors import BackendUnavailable, ReplayGap
+from rtstream.fanout import decode_entry
+from rtstream.models import Event, Filters, Subscription, parse_event_id
+from rtstream.publishing import raw_digest
+from rtstream.settings import Settings
+
+TX = {"transactionId": "t1", "amount": 5, "merchant": "Cafe"}
+
+
+def partition_events(client, settings, entity):
+    part = keys.fanout_stream(keys.partition_of(entity, settings)).name
+    return [decode_entry(i, f) for i, f in client.xrange(part)]
+
+
+def test_append_records_history_and_queues_the_same_event(redis_client):
+    settings = Settings()
+    log = RedisEventLog(redis_client, settings)
+    a = log.append("e1", "transactions.new", TX, "sdk")
+    b = log.append("e1", "transactions.new", {**TX, "amount": 7}, "sdk")
+    assert parse_event_id(a.id) < parse_event_id(b.id)
+    queued = partition_events(redis_client, settings, "e1")
+    assert queued == [a, b]
+    hist = keys.history("e1", settings)
+    ttl = redis_client.pttl(hist.name)
+    assert 0 < ttl <= settings.history_ttl_seconds * 1000
+    assert [e.id for e in log.replay("e1", a.id)] == [b.id]
+    assert log.replay("e1", a.id)[0].data["amount"] == 7
+
+
+def test_history_is_bounded_and_older_cursors_are_gaps(redis_client):
+    settings = Settings().replace(history_maxlen=10)
+    log = RedisEventLog(redis_client, settings)
+    ids = [log.append("e1", "transactions.new", TX, "sdk").id for _ in range(400)]
+    length = redis_client.xlen(keys.history("e1", settings).name)
+    assert 10 <= length <= 11  # trimmed in small batches
+    with pytest.raises(ReplayGap):
+        log.replay("e1", ids[0])
+    oldest_kept = redis_client.xrange(keys.history("e1", settings).name, count=1)[0][0].decode()
+    tail = log.replay("e1", oldest_kept)
+    assert [e.id for e in tail] == ids[ids.index(oldest_kept) + 1 :]
+
+
+def test_expired_history_is_a_gap_even_after_new_events(redis_client):
+    settings = Settings().replace(history_ttl_seconds=1)
+    log = RedisEventLog(redis_client, settings)
+    old = log.append("e1", "transactions.new", TX, "sdk").id
+    redis_client.delete(keys.history("e1", settings).name)  # what the TTL does
+    with pytest.raises(ReplayGap):
+        log.replay("e1", old)
+    time.sleep(0.002)  # a real TTL expiry is seconds later, never in the same ms
+    new = log.append("e1", "transactions.new", TX, "sdk").id
+    with pytest.raises(ReplayGap):
+        log.replay("e1", old)
+    assert log.replay("e1", new) == []
+
+
+def test_replay_until_bounds_the_range(redis_client):
+    log = RedisEventLog(redis_client, Settings())
+    ids = [log.append("e1", "transactions.new", TX, "sdk").id for _ in range(5)]
+    assert [e.id for e in log.replay("e1", ids[0], ids[2])] == ids[1:3]
+    assert log.replay("e1", ids[3], ids[3]) == []
+
+
+def test_request_replay_reads_until_atomically(redis_client):
+    settings = Settings()
+    log = RedisEventLog(redis_client, settings)
+    a = log.append("e1", "transactions.new", TX, "sdk")
+    sub = Subscription("c1", "e1", "*", "u1", Filters(types=("transactions.new",)), pending_replay="m-1")
+    log.request_replay(sub, "1-0")
+    log.notify_changed("e1", ["balance.updated", "*"], "c2")
+    fresh = Subscription("c3", "e9", "*", "u1", pending_replay="m-2")
+    log.request_replay(fresh, "1-0")
+    entries = partition_events(redis_client, settings, "e1")
+    assert entries[0] == a
+    assert entries[1] == streams.ReplayRequest("m-1", "c1", "e1", "*", Filters(types=("transactions.new",)), "1-0", a.id)
+    assert entries[2] == streams.SubscriptionsChanged("e1", ("balance.updated", "*"), "c2")
+    e9 = [e for e in partition_events(redis_client, settings, "e9") if isinstance(e, streams.ReplayRequest)]
+    assert e9[0].until == ""
+
+
+def test_ingest_once_records_a_raw_publish_once(redis_client):
+    log = RedisEventLog(redis_client, Settings())
+    digest = raw_digest("transactions.new:entity:e1", b'{"x":1}')
+    assert log.ingest_once(digest, "e1", "transactions.new", TX, "redis") is not None
+    assert log.ingest_once(digest, "e1", "transactions.new", TX, "redis") is None
+    assert 0 < redis_client.ttl(keys.ingest_dedup(digest).name) <= 30
+    assert redis_client.xlen(keys.history("e1", Settings()).name) == 1
+
+
+def test_unrecorded_events_take_the_work_stream_id(redis_client):
+    settings = Settings()
+    log = RedisEventLog(redis_client, settings)
+    ev = log.append("e1", "presence", {"userId": "u", "state": "online", "connections": 1, "transports": ["websocket"]}, "system", record_history=False)
+    assert not redis_client.exists(keys.history("e1", settings).name)
+    [queued] = partition_events(redis_client, settings, "e1")
+    assert isinstance(queued, Event) and queued.id == ev.id and queued.topic == "presence"
+
+
+def test_redis_down_is_backend_unavailable():
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    log = RedisEventLog(client, Settings())
+    with pytest.raises(BackendUnavailable):
+        log.append("e1", "transactions.new", TX, "sdk")
+    with pytest.raises(BackendUnavailable):
+        log.replay("e1", "1-0")
+
+
+async def test_async_log_shares_scripts_and_rule(redis_url, redis_client):
+    import redis.asyncio as aioredis
+
+    settings = Settings().replace(history_maxlen=5)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        log = AsyncRedisEventLog(client, settings)
+        ids = [(await log.append("e2", "transactions.new", TX, "sdk")).id for _ in range(3)]
+        assert [e.id for e in await log.replay("e2", ids[0])] == ids[1:]
+        await client.delete(keys.history("e2", settings).name)
+        with pytest.raises(ReplayGap):
+            await log.replay("e2", ids[0])
+    finally:
+        await client.aclose()
