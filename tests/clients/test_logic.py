@@ -1,0 +1,112 @@
+"""Pure client rules: numeric id order and dedupe, full-jitter backoff, transport
+fallback, one ordered subscription, SSE decoding."""
+
+import pytest
+
+from rtstream_client.logic import (
+    Cursor,
+    SseDecoder,
+    TransportChooser,
+    backoff_delay,
+    frame_from_sse,
+    is_replayed,
+    normalize_topics,
+    sse_query,
+    subscribe_frame,
+    with_query,
+)
+
+
+def test_cursor_compares_ids_numerically_and_drops_duplicates():
+    cursor = Cursor()
+    assert cursor.accept("9-0")
+    assert cursor.accept("10-0")  # string order would call this older
+    assert not cursor.accept("10-0")
+    assert not cursor.accept("9-5")
+    assert cursor.accept("10-1")
+    assert cursor.last_id == "10-1"
+    assert cursor.accept(None)  # frames without a cursor always pass
+    assert cursor.last_id == "10-1"
+
+
+def test_cursor_refuses_a_malformed_start():
+    with pytest.raises(ValueError):
+        Cursor("yesterday")
+
+
+def test_backoff_is_full_jitter_and_capped():
+    assert backoff_delay(0, base=0.5, cap=30, rand=lambda: 0.999) < 0.5
+    assert backoff_delay(3, base=0.5, cap=30, rand=lambda: 1.0) == 4.0
+    assert backoff_delay(50, base=0.5, cap=30, rand=lambda: 1.0) == 30
+    assert backoff_delay(50, base=0.5, cap=30, rand=lambda: 0.0) == 0.0
+
+
+def test_chooser_falls_back_to_sse_after_repeated_ws_failures_and_retries_ws_later():
+    c = TransportChooser("auto", ws_failures_before_fallback=2, ws_retry_after=100)
+    assert c.choose(0) == "ws"
+    c.failed("ws", 1)
+    assert c.choose(1) == "ws"
+    c.failed("ws", 2)
+    assert c.choose(3) == "sse"
+    c.opened("sse")
+    assert c.choose(50) == "sse"
+    assert c.choose(102) == "ws"  # time to try the WebSocket again
+
+
+def test_chooser_alternates_when_both_fail_and_fixed_modes_never_switch():
+    c = TransportChooser("auto", ws_failures_before_fallback=1)
+    c.failed("ws", 0)
+    assert c.choose(0) == "sse"
+    c.failed("sse", 0)
+    assert c.choose(0) == "ws"
+    fixed = TransportChooser("ws")
+    for _ in range(5):
+        fixed.failed("ws", 0)
+    assert fixed.choose(0) == "ws"
+    with pytest.raises(ValueError):
+        TransportChooser("carrier-pigeon")
+
+
+def test_several_topics_become_one_wildcard_subscription_with_types():
+    topics = normalize_topics(["transactions.new", "balance.updated"])
+    frame = subscribe_frame(topics, {"minAmount": 5}, "17-0")
+    assert frame == {
+        "type": "subscribe",
+        "topic": "*",
+        "filters": {"minAmount": 5, "types": ["transactions.new", "balance.updated"]},
+        "since": "17-0",
+    }
+    assert subscribe_frame(("transactions.new",), None, None) == {"type": "subscribe", "topic": "transactions.new"}
+    assert subscribe_frame(normalize_topics("*"), None, None) == {"type": "subscribe", "topic": "*"}
+    assert normalize_topics([]) == ("*",)
+
+
+def test_sse_query_and_url_token():
+    assert sse_query(("transactions.new", "sync.completed"), {"sources": ["a", "b"], "minAmount": 10}) == {
+        "topics": "transactions.new,sync.completed",
+        "sources": "a,b",
+        "minAmount": "10",
+    }
+    assert with_query("ws://h:1/dev?x=1&token=old", token="t.k.n") == "ws://h:1/dev?x=1&token=t.k.n"
+
+
+def test_sse_decoder_follows_the_event_stream_rules():
+    d = SseDecoder()
+    lines = ["retry: 2000", "", ": heartbeat", "", "id: 5-0", "event: transactions.new", 'data: {"type":"event",', 'data: "topic":"transactions.new","id":"5-0","data":{"amount":1}}', ""]
+    messages = [m for m in (d.feed(line) for line in lines) if m]
+    assert len(messages) == 1
+    assert d.retry_ms == 2000
+    frame = frame_from_sse(messages[0])
+    assert frame["id"] == "5-0" and frame["data"] == {"amount": 1}
+    # a bare payload is wrapped with the SSE id and event name
+    bare = frame_from_sse(type(messages[0])(event="balance.updated", data='{"change":2}', id="6-0"))
+    assert bare == {"type": "event", "topic": "balance.updated", "id": "6-0", "data": {"change": 2}}
+    gap = frame_from_sse(type(messages[0])(event="error", data='{"code":"replay_gap","message":"gone"}'))
+    assert gap["type"] == "error" and gap["code"] == "replay_gap"
+    assert frame_from_sse(type(messages[0])(data="not json")) is None
+
+
+def test_replayed_means_published_before_a_resumed_session_started():
+    assert is_replayed("1000-0", resumed=True, session_started_ms=2000)
+    assert not is_replayed("3000-0", resumed=True, session_started_ms=2000)
+    assert not is_replayed("1000-0", resumed=False, session_started_ms=2000)
