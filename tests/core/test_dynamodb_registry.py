@@ -1,0 +1,192 @@
+"""DynamoDBRegistry against DynamoDB in a moto server, tables from template.yaml."""
+
+from __future__ import annotations
+
+import time
+
+import boto3
+import pytest
+
+from rtstream.adapters.dynamodb import DynamoDBRegistry, translate_error
+from rtstream.errors import BackendUnavailable, Throttled
+from rtstream.models import Connection, Filters, Principal, Subscription
+from rtstream.ports import ConnectionRegistry
+
+
+@pytest.fixture
+def registry(dynamodb_client, tables):
+    return DynamoDBRegistry(dynamodb_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"])
+
+
+def later(seconds=3600):
+    return int(time.time()) + seconds
+
+
+def conn(cid, user="u1", entity="e1", role="user", expires_at=None):
+    return Connection(cid, Principal(user, entity, role), connected_at_ms=1_764_090_000_123, source_ip="198.51.100.7", expires_at=later() if expires_at is None else expires_at)
+
+
+def sub(cid, entity="e1", topic="*", **kw):
+    kw.setdefault("expires_at", later())
+    return Subscription(cid, entity, topic, user_id="u1", **kw)
+
+
+def test_is_a_registry(registry):
+    assert isinstance(registry, ConnectionRegistry)
+
+
+def test_connection_roundtrip_with_ttl_attribute(registry, dynamodb_client, tables):
+    c = conn("c1", role="agent")
+    registry.add_connection(c)
+    assert registry.get_connection("c1") == c
+    raw = dynamodb_client.get_item(TableName=tables["ConnectionsTable"], Key={"connectionId": {"S": "c1"}})["Item"]
+    assert raw["ttl"] == {"N": str(c.expires_at)}
+    assert raw["userId"] == {"S": "u1"} and raw["entityId"] == {"S": "e1"} and raw["connectedAt"] == {"N": "1764090000123"}
+    ttl = dynamodb_client.describe_time_to_live(TableName=tables["ConnectionsTable"])["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == "ttl" and ttl["TimeToLiveStatus"] in ("ENABLED", "ENABLING")
+
+
+def test_expired_records_are_invisible(registry):
+    registry.add_connection(conn("old", expires_at=int(time.time()) - 10))
+    registry.put_subscription(sub("old", expires_at=int(time.time()) - 10))
+    assert registry.get_connection("old") is None
+    assert registry.subscribers("e1", "*") == []
+    assert registry.count_user_connections("u1", int(time.time())) == 0
+
+
+def test_counts_use_indexes_and_ttl(registry):
+    now = int(time.time())
+    registry.add_connection(conn("c1"))
+    registry.add_connection(conn("c2"))
+    registry.add_connection(conn("c3", user="u2"))
+    registry.add_connection(conn("c4", entity="e2"))
+    registry.add_connection(conn("c5", expires_at=now - 1))
+    assert registry.count_user_connections("u1", now) == 3
+    assert registry.count_user_connections("u2", now) == 1
+    assert registry.count_entity_connections("e1", now) == 3
+    assert registry.count_entity_connections("nobody", now) == 0
+
+
+def test_subscriptions_by_channel(registry, dynamodb_client, tables):
+    registry.add_connection(conn("c1"))
+    s = sub("c1", topic="transactions.new", filters=Filters(types=("transactions.new",), sources=("pool",), min_amount=2.5))
+    registry.put_subscription(s)
+    registry.put_subscription(sub("c2", topic="transactions.new"))
+    registry.put_subscription(sub("c1", topic="*"))
+    registry.put_subscription(sub("c9", entity="e2", topic="transactions.new"))
+    assert sorted(x.connection_id for x in registry.subscribers("e1", "transactions.new")) == ["c1", "c2"]
+    got = next(x for x in registry.subscribers("e1", "transactions.new") if x.connection_id == "c1")
+    assert got == s
+    raw = dynamodb_client.get_item(TableName=tables["SubscriptionsTable"], Key={"channel": {"S": "e1#transactions.new"}, "connectionId": {"S": "c1"}})["Item"]
+    assert raw["entityId"] == {"S": "e1"} and raw["topic"] == {"S": "transactions.new"} and "ttl" in raw
+    assert [x.topic for x in registry.connection_subscriptions("c1")] == ["*", "transactions.new"]
+    assert registry.connection_subscriptions("c2")[0].topic == "transactions.new"  # found via byConnection index
+
+
+def test_subscribers_is_one_paginated_query(registry, dynamodb_client, tables, monkeypatch):
+    for i in range(30):
+        registry.put_subscription(sub(f"c{i:02d}", topic="balance.updated"))
+    calls = []
+    real_query = dynamodb_client.query
+
+    def counting_query(**kwargs):
+        calls.append(kwargs)
+        kwargs = dict(kwargs, Limit=7)  # force pages
+        return real_query(**kwargs)
+
+    monkeypatch.setattr(dynamodb_client, "query", counting_query)
+    found = registry.subscribers("e1", "balance.updated")
+    assert len(found) == 30
+    assert all(c["KeyConditionExpression"] == "channel = :ch" and "IndexName" not in c for c in calls)
+    assert len(calls) == 5  # 30 items / 7 per page: one logical query, paginated
+
+
+def test_remove_subscription(registry):
+    registry.add_connection(conn("c1"))
+    registry.put_subscription(sub("c1", topic="sync.completed"))
+    assert registry.remove_subscription("c1", "e1", "sync.completed") is True
+    assert registry.remove_subscription("c1", "e1", "sync.completed") is False
+    assert registry.connection_subscriptions("c1") == []
+    assert registry.subscribers("e1", "sync.completed") == []
+
+
+def test_put_subscription_never_creates_a_stub_connection(registry):
+    registry.put_subscription(sub("ghost"))
+    assert registry.get_connection("ghost") is None
+
+
+def test_remove_connection_removes_all_its_subscriptions(registry):
+    registry.add_connection(conn("c1"))
+    registry.add_connection(conn("c2"))
+    for topic in ("*", "transactions.new", "balance.updated", "presence"):
+        registry.put_subscription(sub("c1", topic=topic))
+    registry.put_subscription(sub("c2", topic="*"))
+    removed = registry.remove_connection("c1")
+    assert removed is not None and removed.connection_id == "c1"
+    assert registry.connection_subscriptions("c1") == []
+    assert [s.connection_id for s in registry.subscribers("e1", "*")] == ["c2"]
+    assert registry.remove_connection("c1") is None
+
+
+def test_remove_connection_also_finds_orphan_subscriptions(registry):
+    registry.put_subscription(sub("orphan", topic="*"))  # no connection record
+    assert registry.remove_connection("orphan") is None
+    assert registry.subscribers("e1", "*") == []
+
+
+def test_clear_pending_replay_only_for_matching_marker(registry):
+    registry.put_subscription(sub("c1", pending_replay="m1"))
+    registry.clear_pending_replay("c1", "e1", "*", "other")
+    assert registry.subscribers("e1", "*")[0].pending_replay == "m1"
+    registry.clear_pending_replay("c1", "e1", "*", "m1")
+    assert registry.subscribers("e1", "*")[0].pending_replay is None
+    registry.clear_pending_replay("nobody", "e1", "*", "m1")  # absent: no error, no stub
+    assert len(registry.subscribers("e1", "*")) == 1
+
+
+def test_missing_table_is_backend_unavailable(dynamodb_client):
+    broken = DynamoDBRegistry(dynamodb_client, connections_table="does-not-exist", subscriptions_table="nope")
+    with pytest.raises(BackendUnavailable) as info:
+        broken.get_connection("c1")
+    assert info.value.code == "unavailable"
+
+
+def test_unreachable_endpoint_is_backend_unavailable():
+    from botocore.config import Config
+
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url="http://127.0.0.1:9",  # discard port: nothing listens
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=0.5, read_timeout=0.5),
+    )
+    with pytest.raises(BackendUnavailable):
+        DynamoDBRegistry(client, connections_table="t", subscriptions_table="s").get_connection("c1")
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("ProvisionedThroughputExceededException", Throttled),
+        ("ThrottlingException", Throttled),
+        ("RequestLimitExceeded", Throttled),
+        ("ResourceNotFoundException", BackendUnavailable),
+        ("InternalServerError", BackendUnavailable),
+        ("AccessDeniedException", BackendUnavailable),
+    ],
+)
+def test_client_errors_translated(code, expected):
+    from botocore.exceptions import ClientError
+
+    err = ClientError({"Error": {"Code": code, "Message": "x"}}, "Query")
+    translated = translate_error(err)
+    assert type(translated) is expected
+    assert code in translated.message
+
+
+def test_programming_errors_are_not_masked():
+    from botocore.exceptions import ParamValidationError
+
+    err = ParamValidationError(report="bad")
+    assert translate_error(err) is err
+    assert isinstance(translate_error(KeyError("x")), KeyError)
