@@ -1,0 +1,102 @@
+"""``python -m rtstream_sse``: the SSE container task.
+
+Configuration from the environment (``Settings.from_env`` and
+:class:`~rtstream_sse.config.SSEConfig`). With ``CONNECTIONS_TABLE`` set, the
+per-user limit is counted in the shared DynamoDB registry (so WebSocket and SSE
+share it); ``AWS_ENDPOINT_URL`` points boto3 at a local emulator.
+
+SIGTERM / SIGINT: stop accepting, tell every client to reconnect (``retry:``
+hint) and end the streams, then exit. Clients resume with ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import uvicorn
+
+from rtstream.settings import Settings
+
+from .app import SSEApplication, create_app
+from .config import SSEConfig
+
+log = logging.getLogger("rtstream_sse")
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, with the SSE drain between "stop accepting" and "wait for connections"."""
+
+    def __init__(self, config: uvicorn.Config, app: SSEApplication, grace_seconds: float):
+        super().__init__(config)
+        self.rt_app = app
+        self.grace_seconds = grace_seconds
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections while clients are told to go
+        ended = self.rt_app.rt.drain()
+        log.info("shutdown: told %d SSE client(s) to reconnect", ended)
+        deadline = asyncio.get_running_loop().time() + self.grace_seconds
+        while self.server_state.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+
+def build_app(env: dict[str, str] | None = None) -> SSEApplication:
+    env = dict(os.environ if env is None else env)
+    settings = Settings.from_env(env)
+    config = SSEConfig.from_env(env)
+    import redis
+
+    from rtstream.adapters.redis_eventlog import RedisEventLog
+    from rtstream.adapters.redis_limits import RedisPresence
+
+    sync_redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    presence = RedisPresence(sync_redis, settings)
+    registry = None
+    if env.get("CONNECTIONS_TABLE"):
+        import boto3
+
+        from rtstream.adapters.dynamodb import DynamoDBRegistry
+
+        dynamodb = boto3.client("dynamodb", endpoint_url=env.get("AWS_ENDPOINT_URL") or None)
+        registry = DynamoDBRegistry(dynamodb, connections_table=settings.connections_table, subscriptions_table=settings.subscriptions_table)
+    return create_app(settings, config=config, registry=registry, presence=presence, event_log=RedisEventLog(sync_redis, settings))
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("RTSTREAM_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = SSEConfig.from_env()
+    app = build_app()
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        loop=loop,
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=os.environ.get("RTSTREAM_UVICORN_LOG_LEVEL", "warning"),
+        backlog=4096,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=max(1, int(config.shutdown_grace_seconds)),
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+    )
+    server = GracefulServer(uv_config, app, config.shutdown_grace_seconds)
+    print(f"SSE: http://{config.host}:{config.port}/events", flush=True)
+    server.run()
+
+
+if __name__ == "__main__":
+    main()

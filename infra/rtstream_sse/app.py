@@ -1,0 +1,451 @@
+"""The SSE server's composition root: a Starlette app.
+
+- ``GET /events``: the stream (see :class:`EventsEndpoint`); served before the
+  Starlette middleware stack on purpose, so every write to a client is one
+  coroutine step into the server's ``send``, nothing wrapped around it;
+- ``GET /presence``, ``/healthz``, ``/metrics``;
+- the dashboard: ``/``, ``/static/{file}``, ``/dashboard/config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import mimetypes
+import random
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from rtstream import keys, protocol
+from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
+from rtstream.errors import BackendUnavailable, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
+from rtstream.history import id_key
+from rtstream.models import Event, Principal
+from rtstream.settings import Settings
+
+from . import frames
+from .config import SSEConfig
+from .hub import Client, Hub
+from .metrics import SSEMetrics
+from .query import EventsRequest, parse_events_request
+from .reader import PartitionReader
+
+log = logging.getLogger("rtstream_sse")
+
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    # proxies (nginx and friends) must not buffer the stream
+    (b"x-accel-buffering", b"no"),
+]
+STATIC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class History:
+    """What a stream start needs from history, through the shared async adapter."""
+
+    def __init__(self, client: Any, settings: Settings):
+        from rtstream.adapters.redis_eventlog import AsyncRedisEventLog
+
+        self.client = client
+        self.settings = settings
+        self.log = AsyncRedisEventLog(client, settings)
+
+    async def replay(self, entity_id: str, since: str) -> list[Event]:
+        """Events after ``since``; :class:`ReplayGap` if some are no longer kept."""
+        return await self.log.replay(entity_id, since)
+
+    async def last_id(self, entity_id: str) -> str | None:
+        """The entity's newest history id (the cursor of a client starting now)."""
+        try:
+            last = await self.client.xrevrange(keys.history(entity_id, self.settings).name, count=1)
+        except Exception as exc:  # redis errors and OSError
+            raise BackendUnavailable(f"redis history read failed: {exc}") from exc
+        if not last:
+            return None
+        raw = last[0][0]
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _json_error(exc: RealtimeError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status, headers=headers)
+
+
+def _error_headers(exc: RealtimeError) -> dict[str, str]:
+    if isinstance(exc, Unauthorized):
+        return {"www-authenticate": 'Bearer realm="rtstream"'}
+    if exc.status in (429, 503):
+        return {"retry-after": "5"}
+    return {}
+
+
+class EventsEndpoint:
+    """``GET /events`` (raw ASGI)."""
+
+    def __init__(self, state: "ServerState"):
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        st = self.state
+        request = Request(scope)
+        cors = st.cors_headers(request.headers.get("origin"))
+        if request.method == "OPTIONS":
+            await Response(status_code=204, headers={**cors, **st.preflight_headers(request)})(scope, receive, send)
+            return
+        if request.method != "GET":
+            await Response(status_code=405, headers={"allow": "GET, OPTIONS", **cors})(scope, receive, send)
+            return
+        try:
+            client, req = await self._open(request, send)
+        except RealtimeError as exc:
+            st.metrics.connections_refused[exc.code] += 1
+            await _json_error(exc, {**_error_headers(exc), **cors})(scope, receive, send)
+            return
+        watcher = asyncio.ensure_future(self._watch_disconnect(receive, client))
+        try:
+            await self._stream(client, req, request, send, cors)
+        finally:
+            watcher.cancel()
+            st.hub.disconnected(client)
+            await st.release(client)
+
+    async def _open(self, request: Request, send: Any) -> tuple[Client, EventsRequest]:
+        st = self.state
+        if st.hub.draining:
+            raise BackendUnavailable("server is shutting down; reconnect")
+        principal = await st.verify(extract_token(request.query_params, request.headers))
+        req = parse_events_request(request.query_params, request.headers)
+        connection_id = f"sse-{uuid.uuid4().hex}"
+        await st.admit(principal, connection_id, request.client.host if request.client else "")
+        # Streams are recycled before the registry's record would expire (it
+        # assumes no connection outlives max_connection_seconds); jitter spreads them.
+        age = st.settings.max_connection_seconds * random.uniform(0.9, 1.0)
+        client = Client(connection_id, principal, req.topics, req.filters, send, expires_at=time.monotonic() + age)
+        st.hub.add(client)  # live events are buffered from here on
+        return client, req
+
+    async def _stream(self, client: Client, req: EventsRequest, request: Request, send: Any, cors: dict[str, str]) -> None:
+        st = self.state
+        prefix = [frames.retry(st.config.retry_ms)]
+        after = None
+        replayed = 0
+        since = req.last_event_id
+        try:
+            if since is not None:
+                st.metrics.replays += 1
+                events = await st.history.replay(client.principal.entity_id, since)
+                after = id_key(events[-1].id) if events else id_key(since)
+                for event in events:
+                    if client.wants(event):
+                        prefix.append(frames.event(event))
+                        replayed += 1
+            else:
+                cursor = await st.history.last_id(client.principal.entity_id)
+                if cursor is not None:
+                    prefix.append(frames.cursor(cursor))
+                    after = id_key(cursor)
+        except ReplayGap as gap:
+            # Tell the client to reload state, then carry on with live events.
+            st.metrics.replay_gaps += 1
+            prefix.append(frames.error(gap.to_frame()))
+            after = None
+        except RealtimeError as exc:
+            st.hub.drop(client, "error")
+            st.metrics.connections_refused[exc.code] += 1
+            await _json_error(exc, {**_error_headers(exc), **cors})(request.scope, request.receive, send)
+            return
+        if client.close_reason is not None:  # gone while we read history
+            return
+        headers = STREAM_HEADERS + [(k.encode(), v.encode()) for k, v in cors.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        st.hub.go_live(client, b"".join(prefix), after, replayed)
+        await client.done
+
+    async def _watch_disconnect(self, receive: Any, client: Client) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        self.state.hub.disconnected(client)
+
+
+class ServerState:
+    """Everything the routes share; built by :func:`create_app`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: SSEConfig,
+        *,
+        redis_url: str,
+        verifier: Any,
+        service: Any,
+        presence: Any,
+        redis_factory: Any,
+    ):
+        self.settings = settings
+        self.config = config
+        self.redis_url = redis_url
+        self.verifier = verifier
+        self.service = service
+        self.presence = presence
+        self.redis_factory = redis_factory
+        self.metrics = SSEMetrics()
+        self.hub = Hub(config, self.metrics)
+        self.reader = PartitionReader(redis_factory, settings, self.hub, self.metrics, block_ms=config.read_block_ms, count=config.read_count)
+        self.history: History | None = None
+        self._verify_inline = getattr(verifier, "algorithm", "HS256") == "HS256"
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- auth and limits --------------------------------------------------------
+
+    async def verify(self, token: str | None) -> Principal:
+        if self._verify_inline:
+            return self.verifier.verify(token)  # HS256: microseconds, no I/O
+        return await asyncio.to_thread(self.verifier.verify, token)  # JWKS may fetch keys
+
+    async def admit(self, principal: Principal, connection_id: str, source_ip: str) -> None:
+        """Per-user and per-entity limits: through the service (shared with the
+        WebSocket side) when configured, else this process's own counts."""
+        s = self.settings
+        if self.service is not None:
+            await asyncio.to_thread(self.service.connect, principal, connection_id, transport="sse", source_ip=source_ip)
+            return
+        if self.hub.user_connections(principal.user_id) >= s.max_connections_per_user:
+            raise TooManyConnections(f"at most {s.max_connections_per_user} concurrent connections per user")
+        if self.hub.entity_connections(principal.entity_id) >= s.max_connections_per_entity:
+            raise TooManyConnections(f"at most {s.max_connections_per_entity} concurrent connections per entity")
+
+    async def release(self, client: Client) -> None:
+        if self.service is None:
+            return
+        try:
+            await asyncio.to_thread(self.service.disconnect, client.connection_id)
+        except Exception as exc:  # the record expires by TTL anyway
+            log.warning("could not remove SSE connection %s from the registry: %s", client.connection_id, exc)
+
+    # ---- CORS (only when RTSTREAM_ALLOWED_ORIGINS is set) -------------------------------
+
+    def cors_headers(self, origin: str | None) -> dict[str, str]:
+        allowed = self.config.allowed_origins
+        if not origin or not allowed:
+            return {}
+        if "*" in allowed or origin in allowed:
+            return {"access-control-allow-origin": origin, "vary": "Origin"}
+        return {}
+
+    def preflight_headers(self, request: Request) -> dict[str, str]:
+        if not self.cors_headers(request.headers.get("origin")):
+            return {}
+        return {
+            "access-control-allow-methods": "GET, OPTIONS",
+            "access-control-allow-headers": "authorization, last-event-id, cache-control",
+            "access-control-max-age": "600",
+        }
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.history = History(self.redis_factory(), self.settings)
+        self._tasks = [
+            asyncio.create_task(self.reader.run(), name="sse-redis-reader"),
+            asyncio.create_task(self._ticks(), name="sse-heartbeat"),
+        ]
+        if self.presence is not None:
+            self._tasks.append(asyncio.create_task(self._presence_beats(), name="sse-presence"))
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            try:
+                self.hub.tick()
+            except Exception:  # never let one bad client stop the heartbeats
+                log.exception("heartbeat tick failed")
+
+    async def _presence_beats(self) -> None:
+        """Keep this process's SSE connections alive in the presence store (its
+        entries expire after presence_ttl_seconds without a heartbeat)."""
+        interval = max(1.0, self.settings.presence_ttl_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            members = [(c.principal.entity_id, c.principal.user_id, c.connection_id) for c in self.hub.clients() if c.close_reason is None]
+            try:
+                await asyncio.to_thread(self._beat_all, members)
+            except Exception as exc:
+                log.warning("presence heartbeats failed: %s", exc)
+
+    def _beat_all(self, members: list[tuple[str, str, str]]) -> None:
+        for entity_id, user_id, connection_id in members:
+            self.presence.heartbeat(entity_id, user_id, connection_id, "sse")
+
+    def drain(self) -> int:
+        """SIGTERM: refuse new streams, tell every client to reconnect, end streams."""
+        return self.hub.shutdown()
+
+    async def stop(self) -> None:
+        self.hub.shutdown()
+        await self.reader.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.history is not None:
+            await self.history.aclose()
+
+
+class SSEApplication(Starlette):
+    """Starlette app whose ``/events`` bypasses the middleware stack (hot path)."""
+
+    def __init__(self, state: ServerState, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.rt = state
+        self._events = EventsEndpoint(state)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/events":
+            await self._events(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def static_dir() -> Path | None:
+    """``rtstream_client/static`` when that package is installed or present."""
+    spec = importlib.util.find_spec("rtstream_client")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "static"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def create_app(
+    settings: Settings,
+    *,
+    config: SSEConfig | None = None,
+    redis_url: str | None = None,
+    registry: Any = None,
+    service: Any = None,
+    presence: Any = None,
+    verifier: Any = None,
+    event_log: Any = None,
+    redis_factory: Any = None,
+) -> SSEApplication:
+    """The SSE app. ``registry`` (a ConnectionRegistry) or a ready ``service``
+    (RealtimeService) makes limits shared with the WebSocket side; ``presence``
+    (a PresenceStore) answers ``/presence``; ``event_log`` (sync EventLog) lets the
+    service publish presence events. Without a registry, limits are per process."""
+    config = config or SSEConfig.from_env()
+    redis_url = redis_url or settings.redis_url
+    verifier = verifier or TokenVerifier(settings)
+    if service is None and registry is not None:
+        from rtstream.service import RealtimeService
+
+        service = RealtimeService(registry=registry, settings=settings, event_log=event_log, presence=presence)
+    if redis_factory is None:
+        import redis.asyncio
+
+        socket_timeout = config.read_block_ms / 1000 + 10  # longer than an XREAD BLOCK
+
+        def redis_factory() -> Any:
+            return redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True)
+
+    state = ServerState(settings, config, redis_url=redis_url, verifier=verifier, service=service, presence=presence, redis_factory=redis_factory)
+    static = static_dir()
+
+    async def healthz(request: Request) -> Response:
+        body = {
+            "status": "draining" if state.hub.draining else "ok",
+            "redis": "connected" if state.reader.connected else "reconnecting",
+            "connections": state.hub.count,
+        }
+        return JSONResponse(body, status_code=503 if state.hub.draining else 200)
+
+    async def metrics(request: Request) -> Response:
+        text = state.metrics.render(active_connections=state.hub.count, redis_connected=state.reader.connected)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def presence_route(request: Request) -> Response:
+        try:
+            principal = await state.verify(extract_token(None, request.headers) or request.query_params.get("access_token"))
+            if state.presence is None:
+                # TODO(issue 7): a presence store is required; without one there is no entity-wide answer.
+                raise BackendUnavailable("presence store not configured")
+            users = await asyncio.to_thread(state.presence.online, principal.entity_id)
+        except RealtimeError as exc:
+            return _json_error(exc, _error_headers(exc))
+        return JSONResponse(protocol.presence_reply(users), headers={"cache-control": "no-store"})
+
+    async def dashboard(request: Request) -> Response:
+        if static is None or not (static / "dashboard.html").is_file():
+            return PlainTextResponse("dashboard not installed (package rtstream_client)", status_code=404)
+        return FileResponse(static / "dashboard.html", media_type="text/html; charset=utf-8", headers={"cache-control": "no-cache"})
+
+    async def static_file(request: Request) -> Response:
+        name = request.path_params["name"]
+        path = static / name if static is not None and STATIC_NAME.match(name) else None
+        if path is None or not path.is_file():
+            return PlainTextResponse("not found", status_code=404)
+        media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if name.endswith(".js"):
+            media_type = "text/javascript; charset=utf-8"
+        return FileResponse(path, media_type=media_type, headers={"cache-control": "no-cache"})
+
+    async def dashboard_config(request: Request) -> Response:
+        sse_url = config.public_sse_url or str(request.url_for("events_url"))
+        body: dict[str, Any] = {"wsUrl": config.public_ws_url or None, "sseUrl": sse_url, "token": None, "entityId": None, "userId": None}
+        if config.dashboard_dev_token and settings.jwt_secret:
+            # Dev only (rtstream dev sets RTSTREAM_DASHBOARD_DEV_TOKEN=1): never otherwise.
+            body["token"] = issue_dev_token(settings.jwt_secret, user_id=config.dev_user, entity_id=config.dev_entity, role="user", ttl_seconds=3600)
+            body["entityId"] = config.dev_entity
+            body["userId"] = config.dev_user
+        return JSONResponse(body, headers={"cache-control": "no-store"})
+
+    async def events_placeholder(request: Request) -> Response:  # pragma: no cover - served by EventsEndpoint
+        return PlainTextResponse("", status_code=404)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    middleware = []
+    if config.allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.allowed_origins),
+                allow_methods=["GET", "OPTIONS"],
+                allow_headers=["authorization", "last-event-id", "cache-control"],
+            )
+        )
+    routes = [
+        Route("/events", events_placeholder, name="events_url"),
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+        Route("/presence", presence_route),
+        Route("/", dashboard),
+        Route("/static/{name}", static_file),
+        Route("/dashboard/config", dashboard_config),
+    ]
+    return SSEApplication(state, routes=routes, middleware=middleware, lifespan=lifespan)

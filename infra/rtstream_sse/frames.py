@@ -1,0 +1,40 @@
+"""The text/event-stream frames, as bytes. Pure; each event is encoded once and
+the same bytes go to every client that gets it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rtstream.models import Event
+
+HEARTBEAT = b": heartbeat\n\n"
+
+
+def retry(ms: int) -> bytes:
+    return b"retry: %d\n\n" % ms
+
+
+def cursor(event_id: str) -> bytes:
+    """An ``id:`` with no data: sets the browser's Last-Event-ID without an event,
+    so a client that has seen no event yet still resumes from here."""
+    return b"id: " + event_id.encode("ascii") + b"\n\n"
+
+
+def event(e: Event) -> bytes:
+    # JSON never contains a raw newline (json.dumps escapes them), so one data line.
+    return b"".join(
+        (b"id: ", e.id.encode("ascii"), b"\nevent: ", e.topic.encode("ascii"), b"\ndata: ", e.wire_json().encode("utf-8"), b"\n\n")
+    )
+
+
+def error(frame: dict[str, Any]) -> bytes:
+    return b"event: error\ndata: " + json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+def shutdown_hint(retry_ms: int) -> bytes:
+    return b": server shutting down, reconnect\nretry: %d\n\n" % retry_ms
+
+
+def closing_hint(reason: str, retry_ms: int) -> bytes:
+    return b": " + reason.encode("ascii", "replace") + b"\nretry: %d\n\n" % retry_ms

@@ -1,0 +1,138 @@
+"""The process's one Redis reader: ``XREAD BLOCK`` over every fan-out partition
+stream (no consumer group: every SSE process needs every event), dispatching
+events to the hub by entity. Replay and ``changed`` entries are for the
+WebSocket fan-out and are skipped.
+
+On any Redis error it reconnects with capped, jittered backoff and resumes
+from the last ids it read, so nothing published meanwhile is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+from rtstream import keys
+from rtstream.fanout import decode_entry
+from rtstream.models import Event
+from rtstream.settings import Settings
+
+from .hub import Delivery, Hub, delivery_for
+from .metrics import SSEMetrics
+
+log = logging.getLogger("rtstream_sse.reader")
+
+BACKOFF_BASE_SECONDS = 0.1
+BACKOFF_CAP_SECONDS = 5.0
+
+
+def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)], at least base/2."""
+    return max(base / 2, random.uniform(0, min(cap, base * (2 ** min(attempt, 16)))))
+
+
+class PartitionReader:
+    def __init__(
+        self,
+        client_factory: Any,
+        settings: Settings,
+        hub: Hub,
+        metrics: SSEMetrics,
+        *,
+        block_ms: int = 5000,
+        count: int = 500,
+    ):
+        """``client_factory()`` -> a new ``redis.asyncio.Redis`` (bytes replies)."""
+        self.client_factory = client_factory
+        self.hub = hub
+        self.metrics = metrics
+        self.block_ms = block_ms
+        self.count = count
+        self.streams = [keys.fanout_stream(p).name.encode() for p in range(max(1, settings.fanout_partitions))]
+        # stream -> last id read; resolved to concrete ids once, then advanced
+        self.last_ids: dict[bytes, bytes] | None = None
+        self.connected = False
+        self._stopping = False
+        self._client: Any = None
+
+    async def _start_ids(self, client: Any) -> dict[bytes, bytes]:
+        """Concrete ids (not ``$``), so a reconnect resumes exactly where we were.
+        A missing stream starts at 0-0: whatever is added to it later is new."""
+        out: dict[bytes, bytes] = {}
+        for name in self.streams:
+            last = await client.xrevrange(name, count=1)
+            out[name] = last[0][0] if last else b"0-0"
+        return out
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            client = self.client_factory()
+            self._client = client
+            try:
+                if self.last_ids is None:
+                    self.last_ids = await self._start_ids(client)
+                else:
+                    await client.ping()
+                if attempt:
+                    log.info("redis reader reconnected after %d attempt(s)", attempt)
+                self.connected = True
+                attempt = 0
+                while not self._stopping:
+                    reply = await client.xread(self.last_ids, count=self.count, block=self.block_ms)
+                    if reply:
+                        self.handle(reply)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # redis errors, OSError, timeouts: reconnect
+                if self._stopping:
+                    break
+                self.connected = False
+                self.metrics.redis_reconnects += 1
+                delay = backoff_delay(attempt)
+                attempt += 1
+                log.warning("redis reader error (%s: %s); reconnecting in %.2fs", type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+            finally:
+                self.connected = False
+                try:
+                    await client.aclose()
+                except Exception:
+                    pass
+
+    def handle(self, reply: Any) -> None:
+        """One XREAD reply: advance the ids, group events by entity, dispatch."""
+        assert self.last_ids is not None
+        hub = self.hub
+        for stream, entries in _stream_items(reply):
+            if not entries:
+                continue
+            self.last_ids[stream] = entries[-1][0]
+            batch: dict[str, list[Delivery]] = {}
+            for entry_id, fields in entries:
+                if fields.get(b"kind") != b"event":
+                    continue  # replay/changed: WebSocket fan-out control entries
+                entity = fields.get(b"entity", b"").decode()
+                self.metrics.events_read += 1
+                if not hub.has_clients(entity):
+                    continue
+                try:
+                    event = decode_entry(entry_id, fields)
+                except (ValueError, KeyError) as exc:
+                    self.metrics.invalid_entries += 1
+                    log.warning("undecodable partition entry %r: %s", entry_id, exc)
+                    continue
+                if isinstance(event, Event):
+                    batch.setdefault(entity, []).append(delivery_for(event))
+            for entity, deliveries in batch.items():
+                hub.dispatch(entity, deliveries)
+
+    async def stop(self) -> None:
+        self._stopping = True
+
+
+def _stream_items(reply: Any) -> list[tuple[bytes, list[Any]]]:
+    """XREAD reply (RESP2, the client default): ``[[stream, [(id, fields), ...]], ...]``."""
+    return [(stream, entries) for stream, entries in reply]
