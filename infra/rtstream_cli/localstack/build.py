@@ -1,0 +1,170 @@
+"""Build the template's layers and functions the way `sam build` does.
+
+- ``AWS::Serverless::LayerVersion`` with a Python ``BuildMethod`` (or a
+  ``requirements.txt``): ``ContentUri`` is copied into ``<build>/<Id>/python/``
+  and ``pip install -r requirements.txt`` goes into the same ``python/`` (the
+  directory Lambda puts on ``sys.path``). Nothing is written into the source
+  tree.
+- ``AWS::Serverless::Function`` (``PackageType: Zip``): ``CodeUri`` copied, its
+  own ``requirements.txt`` (if any) installed beside it.
+
+Dependencies are installed for the Lambda's Python version and this
+machine's architecture (``--platform manylinux2014_<arch> --only-binary``),
+like ``sam build --use-container``: an emulator runs the code on this
+machine. The installed dependencies are cached by (requirements, version,
+platform), so repeated deploys only copy and zip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".DS_Store")
+
+
+class BuildError(RuntimeError):
+    """A layer or function could not be built (missing sources, pip failure)."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    logical_id: str
+    kind: str  # "layer" | "function"
+    zip_path: Path
+    sha256: str
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("RTSTREAM_CACHE_DIR") or os.path.join(Path.home(), ".cache", "rtstream")
+    return Path(base) / "deploy-local"
+
+
+def pip_platform() -> str:
+    machine = platform.machine().lower()
+    arch = "aarch64" if machine in ("arm64", "aarch64") else "x86_64"
+    return f"manylinux2014_{arch}"
+
+
+def runtime_python_version(runtime: str | None) -> str:
+    """``python3.12`` -> ``3.12``; anything else (or nothing) -> this interpreter's."""
+    if runtime and runtime.startswith("python"):
+        return runtime[len("python") :]
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _install_requirements(requirements: Path, python_version: str, cache_dir: Path) -> Path:
+    """Install ``requirements`` once per (content, version, platform); return the directory."""
+    plat = pip_platform()
+    digest = hashlib.sha256(requirements.read_bytes() + f"|{python_version}|{plat}".encode()).hexdigest()[:16]
+    target = cache_dir / "deps" / digest
+    if (target / ".complete").exists():
+        return target
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    cmd = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+        "--target", str(partial), "--platform", plat, "--implementation", "cp",
+        "--python-version", python_version, "--only-binary=:all:", "-r", str(requirements),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BuildError(f"pip install -r {requirements} failed:\n{proc.stderr.strip()[-2000:]}")
+    (partial / ".complete").write_text(" ".join(cmd))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=_IGNORED, dirs_exist_ok=True)
+
+
+def _zip_dir(src: Path, zip_path: Path) -> str:
+    """Zip ``src`` reproducibly (sorted entries, fixed timestamps); return its sha256."""
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for root, dirs, files in os.walk(src):
+            dirs.sort()
+            for name in sorted(files):
+                if name == ".complete":
+                    continue
+                full = Path(root) / name
+                info = zipfile.ZipInfo(str(full.relative_to(src)), date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = (0o755 if os.access(full, os.X_OK) else 0o644) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, full.read_bytes())
+    return hashlib.sha256(zip_path.read_bytes()).hexdigest()
+
+
+def _local_uri(value: Any, base: Path, what: str) -> Path | None:
+    """A local ``CodeUri``/``ContentUri`` as a directory, None if it is already S3."""
+    if value is None:
+        raise BuildError(f"{what}: no CodeUri/ContentUri")
+    if isinstance(value, dict) or (isinstance(value, str) and value.startswith("s3://")):
+        return None
+    path = (base / value).resolve()
+    if not path.is_dir():
+        raise BuildError(f"{what}: {path} is not a directory")
+    return path
+
+
+def build_artifacts(template: dict[str, Any], template_dir: Path, build_dir: Path,
+                    python_version: str | None = None, cache_dir: Path | None = None) -> dict[str, Artifact]:
+    """Build every Serverless layer and zip function; ``{logical_id: Artifact}``.
+
+    ``python_version`` overrides the version taken from each resource's
+    runtime (an emulator that runs every Lambda with its own interpreter
+    needs dependencies for that interpreter).
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    globals_fn = (template.get("Globals") or {}).get("Function") or {}
+    artifacts: dict[str, Artifact] = {}
+    for logical_id, resource in (template.get("Resources") or {}).items():
+        rtype = resource.get("Type")
+        props = resource.get("Properties") or {}
+        if rtype == "AWS::Serverless::LayerVersion":
+            src = _local_uri(props.get("ContentUri"), template_dir, logical_id)
+            if src is None:
+                continue
+            build_method = str((resource.get("Metadata") or {}).get("BuildMethod") or "")
+            runtimes = props.get("CompatibleRuntimes") or []
+            out = build_dir / logical_id
+            shutil.rmtree(out, ignore_errors=True)
+            requirements = src / "requirements.txt"
+            if build_method.startswith("python") or requirements.exists():
+                version = python_version or runtime_python_version(build_method or (runtimes[0] if runtimes else None))
+                dest = out / "python"
+                if requirements.exists():
+                    _copy_tree(_install_requirements(requirements, version, cache_dir), dest)
+                _copy_tree(src, dest)
+            else:
+                _copy_tree(src, out)
+            zip_path = build_dir / f"{logical_id}.zip"
+            artifacts[logical_id] = Artifact(logical_id, "layer", zip_path, _zip_dir(out, zip_path))
+        elif rtype == "AWS::Serverless::Function":
+            if (props.get("PackageType") or globals_fn.get("PackageType") or "Zip") != "Zip":
+                continue
+            src = _local_uri(props.get("CodeUri", globals_fn.get("CodeUri")), template_dir, logical_id)
+            if src is None:
+                continue
+            out = build_dir / logical_id
+            shutil.rmtree(out, ignore_errors=True)
+            requirements = src / "requirements.txt"
+            if requirements.exists():
+                version = python_version or runtime_python_version(props.get("Runtime") or globals_fn.get("Runtime"))
+                _copy_tree(_install_requirements(requirements, version, cache_dir), out)
+            _copy_tree(src, out)
+            zip_path = build_dir / f"{logical_id}.zip"
+            artifacts[logical_id] = Artifact(logical_id, "function", zip_path, _zip_dir(out, zip_path))
+    return artifacts

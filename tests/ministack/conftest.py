@@ -1,0 +1,154 @@
+"""MiniStack, started from .venv-ministack on a free loopback port, with the
+SAM stack deployed into it by the same code as `rtstream deploy-local`, and
+the fan-out worker and SSE server running against the stack's outputs.
+
+`.ci/setup.d/ministack.sh` creates .venv-ministack; without it these tests
+fail (never skip) with the command to run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MINISTACK_PYTHON = ROOT / ".venv-ministack" / "bin" / "python"
+JWT_SECRET = "ministack-e2e-secret-0123456789abcdef0123456789"
+STAGE = "e2e"
+
+pytestmark = pytest.mark.ministack
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/_ministack/health", timeout=1) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def ministack_python_version() -> str:
+    out = subprocess.run([str(MINISTACK_PYTHON), "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
+                         capture_output=True, text=True, check=True, timeout=30)
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def ministack_endpoint():
+    if not MINISTACK_PYTHON.exists():
+        pytest.fail(f"{MINISTACK_PYTHON} is missing: run `bash .ci/setup.d/ministack.sh` (CI runs it before pytest)")
+    port = _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="rtstream-ministack-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTEST", "RTSTREAM_")) and k != "PYTHONPATH"}
+    env.update({
+        "GATEWAY_PORT": str(port),
+        "BIND_HOST": "127.0.0.1",  # MiniStack binds 0.0.0.0 otherwise
+        "LOG_LEVEL": "INFO",
+        "TMPDIR": str(workdir),  # its pid file and Lambda work dirs
+        "S3_DATA_DIR": str(workdir / "s3"),
+        "STATE_DIR": str(workdir / "state"),
+    })
+    log_path = workdir / "ministack.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([str(MINISTACK_PYTHON), "-m", "ministack"], env=env, cwd=workdir,
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not _healthy(endpoint):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"MiniStack did not start on {endpoint}:\n{log_path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+    try:
+        yield endpoint
+    finally:
+        # its process group: MiniStack and the Lambda workers it spawned, by PID
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        log.close()
+        if os.environ.get("RTSTREAM_KEEP_MINISTACK_LOG"):
+            print(f"MiniStack log: {log_path}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lambda_python_version():
+    """MiniStack runs every Lambda with its own interpreter, whatever Runtime says."""
+    return ministack_python_version()
+
+
+def deploy(endpoint: str, redis_url: str, python_version: str, template_path=None, stack_name=None):
+    from rtstream_cli.localstack.stack import deploy_stack
+
+    return deploy_stack(
+        endpoint=endpoint,
+        stack_name=stack_name or f"rtstream-e2e-{uuid.uuid4().hex[:6]}",
+        template_path=template_path,
+        parameters={"JwtSecret": JWT_SECRET, "RedisUrl": redis_url, "StageName": STAGE},
+        python_version=python_version,
+        timeout=180,
+        log=lambda msg: print(f"deploy-local: {msg}"),
+    )
+
+
+@pytest.fixture(scope="session")
+def deployed(ministack_endpoint, redis_url, lambda_python_version):
+    from rtstream_cli.localstack.stack import _stack, client_factory, destroy_stack
+
+    stack = deploy(ministack_endpoint, redis_url, lambda_python_version)
+    print(f"deployed {stack.stack_name}: {stack.timings}")
+    yield stack
+    assert destroy_stack(ministack_endpoint, stack.stack_name)
+    assert _stack(client_factory(ministack_endpoint)("cloudformation"), stack.stack_name) is None
+
+
+@pytest.fixture(scope="session")
+def services(deployed, redis_url, tmp_path_factory):
+    from rtstream_cli.localstack.services import start_services
+
+    import redis
+
+    running = start_services(deployed, redis_url, JWT_SECRET, tmp_path_factory.mktemp("services"))
+    # raw PUBLISHes are only seen once the worker's PSUBSCRIBE is active
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 30
+    while client.pubsub_numpat() < 1:
+        running.check()
+        if time.monotonic() > deadline:
+            running.stop()
+            pytest.fail(f"fan-out worker never subscribed to Redis:\n{running.log_tail('fanout')}")
+        time.sleep(0.1)
+    client.close()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def aws(deployed):
+    from rtstream_cli.localstack.stack import client_factory
+
+    return client_factory(deployed.endpoint, deployed.region)

@@ -1,0 +1,243 @@
+"""End to end against template.yaml deployed into MiniStack (one stack per module).
+
+client -> deployed WebSocket API -> authorizer / route Lambdas (built layer)
+-> DynamoDB; publisher -> Redis / EventBridge (rule -> bridge Lambda) ->
+fan-out worker -> @connections -> client. Every assertion here fails if the
+template's wiring (routes, integrations, authorizer, layer, tables, rule,
+environment) is wrong, not only if the code is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import boto3
+import pytest
+import redis
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from .conftest import JWT_SECRET
+
+pytestmark = pytest.mark.ministack
+
+REPLY_TIMEOUT = 20.0  # first calls cold-start a Lambda worker (imports the layer)
+EVENT_TIMEOUT = 20.0
+
+
+def token(user: str, entity: str, *, secret: str = JWT_SECRET, ttl: int = 600, role: str = "user",
+          now: float | None = None) -> str:
+    from rtstream.auth import issue_dev_token
+
+    return issue_dev_token(secret, user_id=user, entity_id=entity, role=role, ttl_seconds=ttl, now=now)
+
+
+def ids() -> tuple[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    return f"user-{suffix}", f"entity-{suffix}"
+
+
+async def connect(deployed, tok: str | None):
+    url = deployed.websocket_url + (f"?token={tok}" if tok else "")
+    return await websockets.connect(url, open_timeout=REPLY_TIMEOUT, max_size=2**20)
+
+
+async def next_json(ws, timeout: float = REPLY_TIMEOUT) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def wait_for(ws, predicate, timeout: float = EVENT_TIMEOUT) -> dict:
+    """The first message matching ``predicate``; fails listing what came instead."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no matching message within {timeout}s; got {seen}")
+        try:
+            message = await next_json(ws, remaining)
+        except asyncio.TimeoutError:
+            continue
+        if predicate(message):
+            return message
+        seen.append(message)
+
+
+async def subscribe(ws, topic: str) -> None:
+    await ws.send(json.dumps({"type": "subscribe", "topic": topic}))
+    reply = await wait_for(ws, lambda m: m.get("type") in ("subscribed", "error"), REPLY_TIMEOUT)
+    assert reply == {"type": "subscribed", "topic": topic}
+
+
+def connection_ids_of(aws, deployed, user: str) -> list[str]:
+    reply = aws("dynamodb").query(
+        TableName=deployed.connections_table, IndexName="byUser",
+        KeyConditionExpression="userId = :u", ExpressionAttributeValues={":u": {"S": user}},
+    )
+    return [item["connectionId"]["S"] for item in reply.get("Items", [])]
+
+
+def subscription_items(aws, deployed, connection_id: str) -> list[dict]:
+    reply = aws("dynamodb").query(
+        TableName=deployed.subscriptions_table, IndexName="byConnection",
+        KeyConditionExpression="connectionId = :c", ExpressionAttributeValues={":c": {"S": connection_id}},
+    )
+    return reply.get("Items", [])
+
+
+def eventually(check, timeout: float = 15.0, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def transaction(tx: str) -> dict:
+    return {"transactionId": tx, "amount": 42.5, "merchant": "Cafe"}
+
+
+# --- connect ---------------------------------------------------------------
+
+async def test_connect_without_token_is_refused(deployed):
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(deployed, None)
+    assert refused.value.response.status_code == 401
+
+
+@pytest.mark.parametrize("bad", ["wrong-secret", "expired", "garbage"])
+async def test_connect_with_invalid_token_is_refused(deployed, bad):
+    user, entity = ids()
+    tok = {
+        "wrong-secret": lambda: token(user, entity, secret="another-secret-0123456789abcdef0123456789"),
+        "expired": lambda: token(user, entity, ttl=60, now=time.time() - 3600),
+        "garbage": lambda: "not.a.jwt",
+    }[bad]()
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(deployed, tok)
+    assert refused.value.response.status_code in (401, 403)
+
+
+async def test_connect_records_the_connection_from_the_token(deployed, aws):
+    user, entity = ids()
+    async with await connect(deployed, token(user, entity)) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        await wait_for(ws, lambda m: m.get("type") == "pong", REPLY_TIMEOUT)
+        [connection_id] = connection_ids_of(aws, deployed, user)
+        item = aws("dynamodb").get_item(TableName=deployed.connections_table,
+                                        Key={"connectionId": {"S": connection_id}})["Item"]
+        assert item["entityId"]["S"] == entity
+        assert int(item["ttl"]["N"]) > time.time()
+        ttl = aws("dynamodb").describe_time_to_live(TableName=deployed.connections_table)
+        assert ttl["TimeToLiveDescription"]["AttributeName"] == "ttl"
+
+
+async def test_ping_answers_pong(deployed):
+    user, entity = ids()
+    async with await connect(deployed, token(user, entity)) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        reply = await next_json(ws)
+        assert reply["type"] == "pong"
+        assert reply["timestamp"]
+
+
+async def test_bad_message_gets_coded_error_and_connection_stays_usable(deployed):
+    user, entity = ids()
+    async with await connect(deployed, token(user, entity)) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topic": "no.such.topic"}))
+        error = await next_json(ws)
+        assert error["type"] == "error" and error["code"] == "unknown_topic"
+        await ws.send("{not json")
+        error = await next_json(ws)
+        assert error["type"] == "error" and error["code"] == "invalid_message"
+        await ws.send(json.dumps({"type": "ping"}))
+        assert (await next_json(ws))["type"] == "pong"
+
+
+# --- publish -> fan-out -> client -----------------------------------------
+
+async def test_subscribe_then_publish_through_redis(deployed, services, aws, redis_url):
+    user, entity = ids()
+    async with await connect(deployed, token(user, entity)) as ws:
+        await subscribe(ws, "transactions.new")
+        [connection_id] = connection_ids_of(aws, deployed, user)
+        [sub] = subscription_items(aws, deployed, connection_id)
+        assert sub["channel"]["S"] == f"{entity}#transactions.new"
+
+        client = redis.Redis.from_url(redis_url)
+        client.publish(f"transactions.new:entity:{entity}", json.dumps(transaction("t-redis")))
+        event = await wait_for(ws, lambda m: m.get("type") == "event")
+        assert event["topic"] == "transactions.new"
+        assert event["data"] == transaction("t-redis")
+        assert event["id"]
+        client.close()
+
+
+async def test_publish_through_eventbridge(deployed, services, aws):
+    from rtstream.adapters.eventbridge import EventBridgePublisher
+    from rtstream.publishing import validate
+
+    user, entity = ids()
+    data = {"accountId": "acc-1", "newBalance": 100.0, "change": -5.0}
+    async with await connect(deployed, token(user, entity)) as ws:
+        await subscribe(ws, "*")
+        EventBridgePublisher(client=aws("events")).put(
+            validate(entity, "balance.updated", data, "ledger"), event_bus=deployed.event_bus)
+        event = await wait_for(ws, lambda m: m.get("type") == "event")
+        assert event["topic"] == "balance.updated"
+        assert event["data"] == data
+        assert event["source"] == "ledger"
+
+
+async def test_entity_isolation(deployed, services, redis_url):
+    user_a, entity_a = ids()
+    user_b, entity_b = ids()
+    client = redis.Redis.from_url(redis_url)
+    async with await connect(deployed, token(user_a, entity_a)) as ws_a, \
+            await connect(deployed, token(user_b, entity_b)) as ws_b:
+        await subscribe(ws_a, "*")
+        await subscribe(ws_b, "*")
+        client.publish(f"transactions.new:entity:{entity_a}", json.dumps(transaction("only-a")))
+        event_a = await wait_for(ws_a, lambda m: m.get("type") == "event")
+        assert event_a["data"]["transactionId"] == "only-a"
+        # B's first event must be B's own: A's never reaches it
+        client.publish(f"transactions.new:entity:{entity_b}", json.dumps(transaction("only-b")))
+        event_b = await wait_for(ws_b, lambda m: m.get("type") == "event")
+        assert event_b["data"]["transactionId"] == "only-b"
+        # and a client cannot pick another entity: the message field is refused, not obeyed
+        await ws_b.send(json.dumps({"type": "subscribe", "topic": "*", "entityId": entity_a}))
+        refused = await wait_for(ws_b, lambda m: m.get("type") in ("error", "subscribed"), REPLY_TIMEOUT)
+        assert refused["type"] == "error"
+    client.close()
+
+
+# --- disconnect ------------------------------------------------------------
+
+async def test_disconnect_cleans_up_and_management_api_answers_410(deployed, services, aws):
+    from botocore.exceptions import ClientError
+
+    user, entity = ids()
+    # the endpoint the stack's outputs give the fan-out worker (the management API has its own)
+    mgmt = boto3.client("apigatewaymanagementapi", endpoint_url=deployed.management_endpoint,
+                        region_name=deployed.region, aws_access_key_id="test", aws_secret_access_key="test")
+    ws = await connect(deployed, token(user, entity))
+    await subscribe(ws, "transactions.new")
+    [connection_id] = connection_ids_of(aws, deployed, user)
+    assert subscription_items(aws, deployed, connection_id)
+
+    # the stack's management endpoint reaches this very connection
+    mgmt.post_to_connection(ConnectionId=connection_id, Data=b'{"type":"direct"}')
+    assert await wait_for(ws, lambda m: m.get("type") == "direct", REPLY_TIMEOUT) == {"type": "direct"}
+
+    await ws.close()
+    assert eventually(lambda: not connection_ids_of(aws, deployed, user)), "connection record left after close"
+    assert eventually(lambda: not subscription_items(aws, deployed, connection_id)), "subscriptions left after close"
+
+    with pytest.raises(ClientError) as gone:
+        mgmt.post_to_connection(ConnectionId=connection_id, Data=b'{"type":"late"}')
+    assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 410
+    assert gone.value.response["Error"]["Code"] == "GoneException"
