@@ -298,7 +298,11 @@ class RealtimeClient:
 
     def _deliver(self, frame: Mapping[str, Any], *, transport: str, resumed: bool, started_ms: int, since: str | None) -> None:
         kind = frame.get("type")
-        if kind == "event":
+        if kind == "cursor":
+            # where this stream starts: later resumes replay from here, not from "now"
+            self.cursor.accept(frame.get("id"))
+            self._set_state()
+        elif kind == "event":
             if not self.cursor.accept(frame.get("id")):
                 return
             replayed = is_replayed(frame.get("id"), resumed=resumed, session_started_ms=started_ms)
@@ -373,6 +377,8 @@ class RealtimeClient:
                 kind = frame.get("type")
                 if kind == "subscribed" and not subscribed:
                     subscribed = True
+                    if frame.get("cursor"):
+                        self._deliver({"type": "cursor", "id": frame["cursor"]}, transport="ws", resumed=resumed, started_ms=started_ms, since=since)
                     self._opened("ws")
                 elif kind == "pong":
                     pong_deadline = None

@@ -187,8 +187,11 @@ class SseDecoder:
     def feed(self, line: str) -> SseMessage | None:
         if line == "":
             if not self._data:
-                self._event, self._id = "", None
-                return None
+                # an id with no data moves the resume point without an event
+                # (the SSE server sends one first, so a client that has seen no
+                # event yet still resumes from where it joined)
+                cursor_id, self._event, self._id = self._id, "", None
+                return SseMessage(event="", data="", id=cursor_id) if cursor_id else None
             message = SseMessage(event=self._event or "message", data="\n".join(self._data), id=self._id, retry_ms=self.retry_ms)
             self._event, self._data, self._id = "", [], None
             return message
@@ -215,6 +218,8 @@ def frame_from_sse(message: SseMessage) -> dict[str, Any] | None:
     using the SSE ``event``/``id`` fields."""
     import json
 
+    if message.data == "" and message.event == "" and message.id:
+        return {"type": "cursor", "id": message.id}
     try:
         payload = json.loads(message.data)
     except ValueError:

@@ -80,6 +80,8 @@ async function main() {
     getToken,
     topics: ["*"],
     transport,
+    // ?retryCap=ms shortens the longest reconnect wait (demos, tests); never below 500 ms
+    backoffCapMs: Math.min(30_000, Math.max(500, Number(params.get("retryCap")) || 30_000)),
   });
 
   const counts = { events: 0, transactions: 0 };

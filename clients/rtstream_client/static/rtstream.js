@@ -295,7 +295,11 @@ export class RealtimeClient extends EventTarget {
         let frame;
         try { frame = JSON.parse(msg.data); } catch (_) { return; }
         if (!frame || typeof frame !== "object") return;
-        if (frame.type === "subscribed") return confirm();
+        if (frame.type === "subscribed") {
+          // a server that tells where the subscription starts gives a fresh client a resume point
+          if (frame.cursor && eventIdKey(frame.cursor) && (!this.lastEventId || compareIds(frame.cursor, this.lastEventId) > 0)) this.lastEventId = frame.cursor;
+          return confirm();
+        }
         if (frame.type === "pong") { clearTimeout(pongTimer); pongTimer = null; return; }
         if (frame.type === "error" && !subscribed && FATAL_CODES.has(frame.code)) {
           return finish({ opened: false, fatal: frame.code, error: `${frame.code}: ${frame.message}` });

@@ -1,0 +1,21 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from system_thread import SystemThread  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_system(redis_url, tmp_path_factory):
+    """One real local system (gateway, handlers, moto, Redis, fan-out, SSE) per module."""
+    import os
+
+    os.environ["RTSTREAM_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    system = SystemThread(redis_url=redis_url).start()
+    try:
+        yield system
+    finally:
+        system.stop()
