@@ -1,0 +1,80 @@
+"""The emulator adaptations, on the real template.yaml (no emulator needed).
+
+These pin down exactly what differs from AWS: if template.yaml gains
+something the adaptation would silently drop or break, these fail.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rtstream_cli.localstack.adapt import DROPPED_TYPES, AdaptError, Resolver, adapt_for_emulator
+from rtstream_cli.localstack.transform import OfflineManagedPolicyLoader, sam_to_cloudformation
+from rtstream_cli.template import load_template
+
+ENDPOINT = "http://127.0.0.1:4566"
+
+
+@pytest.fixture
+def template():
+    return json.loads(json.dumps(load_template()))
+
+
+def test_only_the_listed_types_are_removed_and_each_setting_is_reapplied(template):
+    before = {lid: r["Type"] for lid, r in template["Resources"].items()}
+    adapted = adapt_for_emulator(template, endpoint=ENDPOINT)
+    after = {lid: r["Type"] for lid, r in adapted.template["Resources"].items()}
+    assert {lid: t for lid, t in before.items() if lid not in after} == adapted.removed
+    assert set(adapted.removed.values()) <= DROPPED_TYPES
+    route_responses = [lid for lid, t in before.items() if t == "AWS::ApiGatewayV2::RouteResponse"]
+    tables_with_ttl = [lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::DynamoDB::Table"
+                       and (r["Properties"].get("TimeToLiveSpecification") or {}).get("Enabled")]
+    assert route_responses and tables_with_ttl
+    descriptions = [s.description for s in adapted.steps]
+    for lid in route_responses:
+        assert f"CreateRouteResponse {lid}" in descriptions
+    for lid in tables_with_ttl:
+        assert any(d.startswith(f"UpdateTimeToLive {lid}.") for d in descriptions)
+    assert any(d.startswith("CreateDeployment") for d in descriptions)
+    # TTL stays declared (right for AWS) and the source template is untouched
+    assert all(adapted.template["Resources"][lid]["Properties"]["TimeToLiveSpecification"] for lid in tables_with_ttl)
+    assert {lid: r["Type"] for lid, r in template["Resources"].items()} == before
+
+
+def test_execute_api_urls_point_at_the_emulator(template):
+    adapted = adapt_for_emulator(template, endpoint=ENDPOINT, lambda_endpoint="http://lambda-side:4566")
+    text = json.dumps(adapted.template)
+    assert "amazonaws.com" not in json.dumps(adapted.template.get("Outputs")) + json.dumps(adapted.template.get("Globals"))
+    assert "ws://127.0.0.1:4566/_aws/execute-api/${WebSocketApi}/${StageName}" in text
+    assert "http://lambda-side:4566/_aws/execute-api/${WebSocketApi}/${StageName}" in text
+
+
+def test_adapted_template_transforms_offline(template):
+    adapted = adapt_for_emulator(template, endpoint=ENDPOINT)
+    for resource in adapted.template["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = {"Bucket": "b", "Key": "f.zip"}
+        elif resource["Type"] == "AWS::Serverless::LayerVersion":
+            resource["Properties"]["ContentUri"] = {"Bucket": "b", "Key": "l.zip"}
+    cfn = sam_to_cloudformation(adapted.template, {"StageName": "e2e"}, "us-east-1", "000000000000")
+    types = {r["Type"] for r in cfn["Resources"].values()}
+    assert not any(t.startswith("AWS::Serverless::") for t in types)
+    assert not types & DROPPED_TYPES
+    assert "AWS::Events::Rule" in types and "AWS::Lambda::LayerVersion" in types
+    assert OfflineManagedPolicyLoader().load()["AWSLambdaBasicExecutionRole"].startswith("arn:aws:iam::aws:policy/")
+
+
+def test_a_real_reference_to_a_removed_resource_fails_loudly(template):
+    template["Resources"]["PingFunction"]["Properties"].setdefault("Environment", {"Variables": {}})
+    template["Resources"]["PingFunction"]["Properties"]["Environment"]["Variables"]["DEPLOYMENT"] = {"Ref": "Deployment"}
+    with pytest.raises(AdaptError, match="Deployment"):
+        adapt_for_emulator(template, endpoint=ENDPOINT)
+
+
+def test_resolver_resolves_refs_and_subs_and_refuses_the_unknown():
+    resolve = Resolver({"Api": "abc123"}, {"StageName": "e2e"}, {"AWS::Region": "us-east-1"})
+    assert resolve({"Fn::Sub": "${Api}/${StageName}@${AWS::Region}"}) == "abc123/e2e@us-east-1"
+    with pytest.raises(AdaptError):
+        resolve({"Ref": "Missing"})
