@@ -1,0 +1,1 @@
+"""Fan-out worker (container task): ``python -m rtstream_fanout``."""

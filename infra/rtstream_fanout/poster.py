@@ -1,0 +1,215 @@
+"""Pooled, pipelined HTTP/1.1 client for the ``@connections`` management API.
+
+boto3 costs milliseconds per call; one event to 1,000 connections needs 1,000
+POSTs within tens of milliseconds. This client keeps a few keep-alive
+connections open and pipelines requests on them (API Gateway and the local
+emulator answer in order), so a whole batch costs a handful of writes.
+Responses are parsed with httptools. With ``sign=True`` every request carries a
+SigV4 signature (service ``execute-api``) made by botocore from the default
+credential chain: that is how the worker talks to a real API Gateway.
+
+Statuses are returned, not raised: the worker decides (410 prune, 429/5xx retry).
+A request whose connection broke before its answer gets status 0 (retryable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from urllib.parse import quote, urlsplit
+
+import httptools
+
+BROKEN = 0  # pseudo-status: no answer (connection lost / refused)
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[asyncio.Future[int]] = deque()
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self._status = 0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(BROKEN)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._status = 0
+
+    def on_status(self, status: bytes) -> None:
+        self._status = self.parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        if self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(self._status or self.parser.get_status_code())
+        if not self.parser.should_keep_alive() and self.transport is not None:
+            self.transport.close()
+
+    def send(self, payload: bytes, count: int) -> list[asyncio.Future[int]]:
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in range(count)]
+        self.waiting.extend(futs)
+        assert self.transport is not None
+        self.transport.write(payload)
+        return futs
+
+
+class ManagementPoster:
+    """``await poster.post_many(ids, data)`` -> one HTTP status per id, in order."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        pool_size: int = 8,
+        max_pipeline: int = 128,
+        sign: bool = False,
+        region: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        parts = urlsplit(endpoint.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"management endpoint must be http(s)://host[:port]/stage, got {endpoint!r}")
+        self.endpoint = endpoint.rstrip("/")
+        self.host = parts.hostname
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.host_header = parts.netloc
+        self.base_path = parts.path.rstrip("/")
+        self.pool_size = max(1, pool_size)
+        self.max_pipeline = max(1, max_pipeline)
+        self.timeout_s = timeout_s
+        self._conns: list[_Conn | None] = [None] * self.pool_size
+        self._locks = [asyncio.Lock() for _ in range(self.pool_size)]
+        self._next = 0
+        self._signer = _Signer(region) if sign else None
+
+    def _path(self, connection_id: str) -> str:
+        return f"{self.base_path}/@connections/{quote(connection_id, safe='')}"
+
+    def _request(self, method: str, connection_id: str, data: bytes) -> bytes:
+        path = self._path(connection_id)
+        extra = ""
+        if self._signer is not None:
+            for k, v in self._signer.headers(method, f"{'https' if self.tls else 'http'}://{self.host_header}{path}", data).items():
+                extra += f"{k}: {v}\r\n"
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+            f"Content-Length: {len(data)}\r\nContent-Type: application/octet-stream\r\n{extra}\r\n"
+        )
+        return head.encode("latin-1") + data
+
+    async def _conn(self, slot: int) -> _Conn:
+        conn = self._conns[slot]
+        if conn is None or conn.closed:
+            loop = asyncio.get_running_loop()
+            ctx = ssl.create_default_context() if self.tls else None
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(_Conn, self.host, self.port, ssl=ctx, server_hostname=self.host if self.tls else None),
+                self.timeout_s,
+            )
+            self._conns[slot] = conn
+        return conn
+
+    async def _send_on(self, slot: int, requests: list[bytes]) -> list[int]:
+        results: list[int] = []
+        async with self._locks[slot]:
+            for start in range(0, len(requests), self.max_pipeline):
+                chunk = requests[start : start + self.max_pipeline]
+                try:
+                    conn = await self._conn(slot)
+                except (OSError, asyncio.TimeoutError):
+                    results += [BROKEN] * len(chunk)
+                    continue
+                futs = conn.send(b"".join(chunk), len(chunk))
+                try:
+                    results += await asyncio.wait_for(asyncio.gather(*futs), self.timeout_s)
+                except asyncio.TimeoutError:
+                    if conn.transport is not None:
+                        conn.transport.abort()
+                    results += [f.result() if f.done() else BROKEN for f in futs]
+        return results
+
+    async def post_many(self, connection_ids: Sequence[str], data: bytes) -> list[int]:
+        """POST ``data`` to every connection; statuses in the order of ``connection_ids``."""
+        n = len(connection_ids)
+        if n == 0:
+            return []
+        requests = [self._request("POST", cid, data) for cid in connection_ids]
+        slots = min(self.pool_size, max(1, (n + 31) // 32))
+        first = self._next
+        self._next = (self._next + slots) % self.pool_size
+        shares: list[list[int]] = [[] for _ in range(slots)]
+        for i in range(n):
+            shares[i % slots].append(i)
+        answers = await asyncio.gather(*(self._send_on((first + s) % self.pool_size, [requests[i] for i in shares[s]]) for s in range(slots)))
+        out = [BROKEN] * n
+        for s, idxs in enumerate(shares):
+            for i, status in zip(idxs, answers[s]):
+                out[i] = status
+        return out
+
+    async def post(self, connection_id: str, data: bytes) -> int:
+        return (await self.post_many([connection_id], data))[0]
+
+    async def post_in_order(self, connection_id: str, frames: Sequence[bytes]) -> list[int]:
+        """Several frames to one connection, pipelined on one HTTP connection so
+        they arrive in order."""
+        slot = self._next
+        self._next = (self._next + 1) % self.pool_size
+        return await self._send_on(slot, [self._request("POST", connection_id, f) for f in frames])
+
+    async def delete(self, connection_id: str) -> int:
+        slot = self._next
+        self._next = (self._next + 1) % self.pool_size
+        return (await self._send_on(slot, [self._request("DELETE", connection_id, b"")]))[0]
+
+    async def close(self) -> None:
+        for conn in self._conns:
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+        self._conns = [None] * self.pool_size
+
+
+class _Signer:
+    """SigV4 headers for execute-api from botocore's default credential chain."""
+
+    def __init__(self, region: str | None) -> None:
+        import boto3
+        from botocore.auth import SigV4Auth
+
+        session = boto3.Session()
+        self._credentials = session.get_credentials()
+        if self._credentials is None:
+            raise ValueError("signing requested but no AWS credentials found")
+        self._region = region or session.region_name or "us-east-1"
+        self._auth_cls = SigV4Auth
+
+    def headers(self, method: str, url: str, body: bytes) -> dict[str, str]:
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method=method, url=url, data=body)
+        # frozen credentials: refreshable ones (task role) rotate underneath
+        self._auth_cls(self._credentials.get_frozen_credentials(), "execute-api", self._region).add_auth(request)
+        return {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")}

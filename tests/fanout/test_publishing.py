@@ -1,0 +1,106 @@
+"""publish(): validation before any I/O, Redis and EventBridge paths; raw parsing."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from rtstream import keys
+from rtstream.errors import InvalidMessage, InvalidPayload, MessageTooLarge, UnknownTopic
+from rtstream.fanout import decode_entry
+from rtstream.publishing import parse_raw, publish, raw_digest
+from rtstream.settings import Settings
+
+TX = {"transactionId": "t1", "amount": 42.5, "merchant": "Cafe"}
+
+
+class NoIO:
+    """A client that fails the test if anything touches it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"I/O attempted: {name}")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, code",
+    [
+        (dict(entity_id="e1", topic="nope", data=TX), UnknownTopic, "unknown_topic"),
+        (dict(entity_id="e1", topic="presence", data=TX), UnknownTopic, "unknown_topic"),
+        (dict(entity_id="e1", topic="*", data=TX), UnknownTopic, "unknown_topic"),
+        (dict(entity_id="e1:x", topic="transactions.new", data=TX), InvalidMessage, "invalid_message"),
+        (dict(entity_id="", topic="transactions.new", data=TX), InvalidMessage, "invalid_message"),
+        (dict(entity_id="e1", topic="transactions.new", data={"amount": "x"}), InvalidPayload, "invalid_payload"),
+        (dict(entity_id="e1", topic="transactions.new", data=[1]), InvalidPayload, "invalid_payload"),
+        (dict(entity_id="e1", topic="transactions.new", data={**TX, "n": float("nan")}), InvalidPayload, "invalid_payload"),
+        (dict(entity_id="e1", topic="transactions.new", data={**TX, "blob": "x" * 200_000}), MessageTooLarge, "message_too_large"),
+        (dict(entity_id="e1", topic="transactions.new", data=TX, source="bad source!"), InvalidMessage, "invalid_message"),
+        (dict(entity_id="e1", topic="transactions.new", data=TX, via="carrier-pigeon"), InvalidMessage, "invalid_message"),
+    ],
+)
+def test_bad_input_is_refused_before_any_io(kwargs, error, code):
+    with pytest.raises(error) as info:
+        publish(**kwargs, client=NoIO(), events_client=NoIO(), settings=Settings())
+    assert info.value.code == code
+    assert info.value.to_frame()["message"]
+
+
+def test_publish_via_redis_returns_the_history_id(redis_client):
+    settings = Settings()
+    event_id = publish("e1", "transactions.new", TX, source="data_pool", client=redis_client, settings=settings)
+    [(hid, fields)] = redis_client.xrange(keys.history("e1", settings).name)
+    assert hid.decode() == event_id
+    [(entry_id, queued)] = redis_client.xrange(keys.fanout_stream(keys.partition_of("e1", settings)).name)
+    event = decode_entry(entry_id, queued)
+    assert (event.id, event.source, event.data) == (event_id, "data_pool", TX)
+
+
+def test_publish_via_eventbridge_puts_detail_type_topic(moto_endpoint):
+    events = boto3.client("events", endpoint_url=moto_endpoint, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+    queue_url = sqs.create_queue(QueueName="pub-test")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="pub-test", EventPattern=json.dumps({"detail-type": ["transactions.new"]}))
+    events.put_targets(Rule="pub-test", Targets=[{"Id": "q", "Arn": arn}])
+    try:
+        event_id = publish("e1", "transactions.new", TX, source="data_pool", via="eventbridge", events_client=events, settings=Settings())
+        assert event_id
+        [message] = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=2)["Messages"]
+        body = json.loads(message["Body"])
+        assert body["detail-type"] == "transactions.new" and body["source"] == "rtstream"
+        assert body["detail"] == {"entityId": "e1", "data": TX, "source": "data_pool"}
+    finally:
+        events.remove_targets(Rule="pub-test", Ids=["q"])
+        events.delete_rule(Name="pub-test")
+
+
+def test_parse_raw_accepts_seed_payloads_and_envelopes():
+    seed = parse_raw(b"transactions.new:entity:e1", json.dumps({**TX, "timestamp": "2026-11-25T12:00:00Z"}).encode())
+    assert (seed.entity_id, seed.topic, seed.source, seed.data["amount"]) == ("e1", "transactions.new", "redis", 42.5)
+    env = parse_raw("balance.updated:entity:e2", json.dumps({"data": {"accountId": "a", "newBalance": 1, "change": 1}, "source": "core"}))
+    assert (env.entity_id, env.source) == ("e2", "core")
+
+
+@pytest.mark.parametrize(
+    "channel, payload, code",
+    [
+        (b"transactions.new:entity:e1", b"{not json", "invalid_payload"),
+        (b"transactions.new:entity:e1", b'{"amount": 1}', "invalid_payload"),
+        (b"bogus.topic:entity:e1", json.dumps(TX).encode(), "unknown_topic"),
+        (b"presence:entity:e1", b'{"userId":"u","state":"online","connections":1,"transports":[]}', "unknown_topic"),
+        (b"transactions.new:entity:e#1", json.dumps(TX).encode(), "invalid_message"),
+        (b"transactions.new:entity:e1", b"\xff\xfe", "invalid_message"),
+    ],
+)
+def test_parse_raw_refuses_invalid_with_codes(channel, payload, code):
+    from rtstream.errors import RealtimeError
+
+    with pytest.raises(RealtimeError) as info:
+        parse_raw(channel, payload)
+    assert info.value.code == code
+
+
+def test_raw_digest_distinguishes_channel_and_payload():
+    assert raw_digest("a:entity:b", "x") == raw_digest(b"a:entity:b", b"x")
+    assert raw_digest("a:entity:b", "x") != raw_digest("a:entity:c", "x")
