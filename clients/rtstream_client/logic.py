@@ -237,4 +237,4 @@ def is_replayed(event_id: Any, *, resumed: bool, session_started_ms: int) -> boo
     """An event counts as replayed when it arrives on a resumed session and was
     published before the session began (ids start with the publish time in ms)."""
     key = event_id_key(event_id)
-    return resumed and key is not None and key[0] < session_started_ms
+    return resumed and key is not None and key[0] <= session_started_ms

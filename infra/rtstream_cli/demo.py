@@ -192,7 +192,7 @@ def run(args) -> int:
     if not redis_url:
         print("rtstream demo: no running `rtstream dev` found and no --redis-url / REDIS_URL given", file=sys.stderr)
         return 2
-    entity = args.entity or state.get("demo_entity") or DEFAULT_ENTITY
+    entity = args.entity or state.get("demo_entity") or os.environ.get("RTSTREAM_DEV_ENTITY") or DEFAULT_ENTITY
     settings = Settings.from_env().replace(redis_url=redis_url)
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=3)
 

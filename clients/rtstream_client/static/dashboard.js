@@ -28,6 +28,16 @@ function timeOf(event) {
   return isNaN(d) ? "" : d.toLocaleTimeString();
 }
 
+// An agent's result, readable: its message if it has one, else "key value" pairs.
+function describeResult(result) {
+  if (result == null) return "";
+  if (typeof result !== "object") return String(result);
+  if (typeof result.message === "string") return result.message;
+  return Object.entries(result)
+    .map(([k, v]) => `${k} ${v !== null && typeof v === "object" ? JSON.stringify(v) : v}`)
+    .join(" · ");
+}
+
 function clearEmpty(container) {
   for (const node of container.querySelectorAll(".empty")) node.remove();
 }
@@ -114,7 +124,8 @@ async function main() {
     clearInterval(countdown);
     const text = $("conn-text");
     const via = s.transport === "sse" ? "Server-Sent Events" : "WebSocket";
-    if (s.status === "open") text.textContent = `Live · ${via}${s.transport === "sse" && transport === "auto" ? " (fallback)" : ""}`;
+    const fallback = s.transport === "sse" && transport === "auto" && Boolean(config.wsUrl);
+    if (s.status === "open") text.textContent = `Live · ${via}${fallback ? " (fallback)" : ""}`;
     else if (s.status === "connecting") text.textContent = `Connecting · ${via}…`;
     else if (s.status === "reconnecting" && s.retryAt) {
       const tick = () => {
@@ -173,7 +184,7 @@ async function main() {
     const d = event.data || {};
     const list = $("agent-list");
     clearEmpty(list);
-    const result = typeof d.result === "string" ? d.result : JSON.stringify(d.result);
+    const result = describeResult(d.result);
     list.prepend(el("li", { "data-id": event.id || "" },
       el("div", {}, el("b", {}, d.action || "action"), " by ", d.agentId || "agent"),
       el("div", { class: "result" }, result && result.length > 160 ? result.slice(0, 157) + "…" : result || ""),

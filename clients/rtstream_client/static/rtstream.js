@@ -236,7 +236,7 @@ export class RealtimeClient extends EventTarget {
         if (this.lastEventId && compareIds(frame.id, this.lastEventId) <= 0) return;
         this.lastEventId = frame.id;
       }
-      const replayed = Boolean(session.resumed && key && key[0] < BigInt(session.startedMs));
+      const replayed = Boolean(session.resumed && key && key[0] <= BigInt(session.startedMs));
       const event = { id: frame.id ?? null, topic: frame.topic, data: frame.data, source: frame.source ?? null, timestamp: frame.timestamp ?? null, transport, replayed };
       if (replayed) this.state = { ...this.state, replayed: this.state.replayed + 1 };
       this.state = { ...this.state, lastEventId: this.lastEventId };
