@@ -25,7 +25,10 @@ def register(subparsers) -> None:
     _common(deploy)
     deploy.add_argument("--stage", default=DEFAULT_STAGE, help="StageName parameter (default: %(default)s)")
     deploy.add_argument("--redis-url", default=None,
-                        help="RedisUrl parameter: the Redis the Lambdas use (default: $REDIS_URL)")
+                        help="Redis for the Lambdas (RedisUrl parameter) and the local services (default: $REDIS_URL)")
+    deploy.add_argument("--lambda-redis-url", default=None,
+                        help="RedisUrl as the Lambdas reach it, if not --redis-url "
+                             "(LocalStack's containers: redis://host.docker.internal:6379/0)")
     deploy.add_argument("--jwt-secret", default=None,
                         help="JwtSecret parameter (default: $RTSTREAM_JWT_SECRET)")
     deploy.add_argument("--template", default=None, help="template path (default: the project's template.yaml)")
@@ -69,16 +72,21 @@ def stack_parameters(stage: str, redis_url: str | None, jwt_secret: str | None) 
 
 
 def run_deploy(args) -> int:
+    from rtstream_cli.localstack.adapt import AdaptError
+    from rtstream_cli.localstack.build import BuildError
     from rtstream_cli.localstack.stack import DeployError, deploy_stack
 
     parameters = stack_parameters(args.stage, args.redis_url, args.jwt_secret)
+    services_redis_url = parameters["RedisUrl"]
+    if args.lambda_redis_url:
+        parameters["RedisUrl"] = args.lambda_redis_url
     try:
         deployed = deploy_stack(
             endpoint=args.endpoint, stack_name=args.stack, template_path=args.template, parameters=parameters,
             region=args.region, python_version=args.lambda_python, lambda_endpoint=args.lambda_endpoint,
             timeout=args.timeout, log=_log,
         )
-    except DeployError as exc:
+    except (DeployError, BuildError, AdaptError) as exc:
         print(f"deploy-local: FAILED: {exc}", file=sys.stderr)
         return 1
     print(f"WebSocket: {deployed.websocket_url}")
@@ -93,7 +101,7 @@ def run_deploy(args) -> int:
     from rtstream_cli.localstack.services import start_services
 
     log_dir = tempfile.mkdtemp(prefix="rtstream-deploy-local-services-")
-    services = start_services(deployed, parameters["RedisUrl"], parameters["JwtSecret"], log_dir,
+    services = start_services(deployed, services_redis_url, parameters["JwtSecret"], log_dir,
                               sse_port=args.sse_port)
     print(f"SSE: {services.sse_url}", flush=True)
     _log(f"fan-out worker and SSE server running (logs in {log_dir}); Ctrl-C stops them")

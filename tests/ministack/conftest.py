@@ -123,7 +123,10 @@ def deployed(ministack_endpoint, redis_url, lambda_python_version):
     print(f"deployed {stack.stack_name}: {stack.timings}")
     yield stack
     assert destroy_stack(ministack_endpoint, stack.stack_name)
-    assert _stack(client_factory(ministack_endpoint)("cloudformation"), stack.stack_name) is None
+    clients = client_factory(ministack_endpoint)
+    assert _stack(clients("cloudformation"), stack.stack_name) is None
+    left = set(clients("dynamodb").list_tables()["TableNames"]) & {stack.connections_table, stack.subscriptions_table}
+    assert not left, f"destroy-local left tables {left}"
 
 
 @pytest.fixture(scope="session")
