@@ -128,6 +128,25 @@ def parse_raw(channel: str | bytes, payload: str | bytes) -> Publication:
     return validate(entity_id, topic, body, source)
 
 
+EVENTBRIDGE_SOURCE = "eventbridge"
+
+
+def parse_eventbridge(detail_type: Any, detail: Any) -> Publication:
+    """An EventBridge event (``DetailType`` = topic, ``Detail`` =
+    ``{"entityId", "data", "source"?}``) -> a validated publication."""
+    if not isinstance(detail, dict):
+        raise InvalidMessage("EventBridge detail must be a JSON object")
+    unknown = set(detail) - {"entityId", "data", "source"}
+    if unknown:
+        raise InvalidMessage(f"unknown field(s) in EventBridge detail: {', '.join(sorted(unknown))[:120]}")
+    return validate(detail.get("entityId"), detail_type, detail.get("data"), detail.get("source", EVENTBRIDGE_SOURCE))
+
+
+def eventbridge_digest(event_id: str) -> str:
+    """Dedup identity of one EventBridge event (retries carry the same id)."""
+    return hashlib.sha1(b"eventbridge\x00" + event_id.encode()).hexdigest()
+
+
 def raw_digest(channel: str | bytes, payload: str | bytes) -> str:
     """Identity of one raw publish, for the ingest dedup key (``keys.ingest_dedup``)."""
     h = hashlib.sha1()

@@ -1,0 +1,59 @@
+"""EventBridge -> Redis bridge: a backend event becomes the same Redis publication
+as an SDK or raw publish (history + fan-out queue, one atomic script).
+
+Invalid events are logged and counted, then dropped (a retry could never fix
+them); Redis failures raise, so EventBridge retries (the rule's RetryPolicy),
+and the event id guards against recording a retried event twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
+
+from rtstream import metrics as names
+from rtstream.errors import BackendUnavailable, RealtimeError
+from rtstream.publishing import eventbridge_digest, parse_eventbridge
+from rtstream.settings import Settings
+
+logger = Logger()
+metrics = Metrics()
+_event_log: Any = None
+
+
+def event_log():
+    """One Redis event log per container (cold start), from the environment."""
+    global _event_log
+    if _event_log is None:
+        from rtstream.adapters.redis_eventlog import RedisEventLog
+
+        settings = Settings.from_env()
+        _event_log = RedisEventLog.from_url(settings.redis_url, settings)
+    return _event_log
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+@event_source(data_class=EventBridgeEvent)
+def handler(event: EventBridgeEvent, context: Any) -> dict[str, Any]:
+    try:
+        pub = parse_eventbridge(event.detail_type, event.detail)
+    except RealtimeError as exc:
+        metrics.add_metric(name=names.INVALID_EVENTS, unit=MetricUnit.Count, value=1)
+        logger.warning("invalid EventBridge event dropped", extra={"eventId": event.get_id, "code": exc.code, "reason": exc.message[:300]})
+        return {"status": "invalid", "code": exc.code}
+    try:
+        published = event_log().ingest_once(eventbridge_digest(event.get_id), pub.entity_id, pub.topic, pub.data, pub.source)
+    except BackendUnavailable:
+        logger.exception("Redis unavailable; EventBridge will retry", extra={"eventId": event.get_id})
+        raise
+    if published is None:
+        metrics.add_metric(name="realtime_streaming.bridged_duplicates", unit=MetricUnit.Count, value=1)
+        logger.info("duplicate EventBridge delivery ignored", extra={"eventId": event.get_id})
+        return {"status": "duplicate"}
+    metrics.add_metric(name="realtime_streaming.bridged_events", unit=MetricUnit.Count, value=1)
+    logger.info("bridged", extra={"eventId": event.get_id, "topic": pub.topic, "id": published.id})
+    return {"status": "published", "id": published.id}

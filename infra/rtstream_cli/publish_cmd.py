@@ -1,0 +1,77 @@
+"""``rtstream publish TOPIC --entity E --data JSON [--source S] [--via redis|eventbridge]``.
+
+Publishes one event and prints its id (via EventBridge: the EventBridge event
+id). Endpoints: ``--redis-url`` / ``REDIS_URL`` and ``--aws-endpoint`` /
+``AWS_ENDPOINT_URL``, else the running ``rtstream dev`` system (its dev.json).
+Bad input: one ``error: <code>: <message>`` line on stderr and exit status 2;
+an unreachable backend: exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("publish", help="publish one event; prints its id", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("topic", help="transactions.new | agent.action.completed | balance.updated | sync.completed")
+    p.add_argument("--entity", required=True, help="entity id the event belongs to")
+    p.add_argument("--data", required=True, help="payload JSON object, e.g. '{\"transactionId\":\"t1\",\"amount\":4.2,\"merchant\":\"Cafe\"}'")
+    p.add_argument("--source", default="cli", help="event source (default: cli)")
+    p.add_argument("--via", choices=("redis", "eventbridge"), default="redis", help="transport (default: redis)")
+    p.add_argument("--redis-url", default=None, help="default: REDIS_URL, else the running dev system")
+    p.add_argument("--aws-endpoint", default=None, help="EventBridge endpoint; default: AWS_ENDPOINT_URL, else the dev system")
+    p.add_argument("--event-bus", default=None, help="EventBridge bus (default: the dev system's, else 'default')")
+    p.set_defaults(func=run)
+
+
+def _fail(code: str, message: str, status: int = 2) -> int:
+    print(f"error: {code}: {message}", file=sys.stderr)
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    from rtstream.errors import BackendUnavailable, RealtimeError, Throttled
+    from rtstream.publishing import publish
+    from rtstream.settings import Settings
+
+    from .state import read_state
+
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        return _fail("invalid_payload", f"--data is not valid JSON ({exc})")
+    state = read_state()
+    settings = Settings.from_env()
+    kwargs: dict = {}
+    if args.via == "redis":
+        redis_url = args.redis_url or os.environ.get("REDIS_URL") or state.get("redis_url")
+        if not redis_url:
+            return _fail("unavailable", "no Redis: pass --redis-url, set REDIS_URL or start `rtstream dev`", 1)
+        settings = settings.replace(redis_url=redis_url)
+    else:
+        endpoint = args.aws_endpoint or os.environ.get("AWS_ENDPOINT_URL") or state.get("aws_endpoint") or None
+        kwargs["event_bus"] = args.event_bus or state.get("event_bus") or "default"
+        kwargs["events_client"] = _events_client(endpoint)
+    try:
+        event_id = publish(args.entity, args.topic, data, source=args.source, via=args.via, settings=settings, **kwargs)
+    except (BackendUnavailable, Throttled) as exc:
+        return _fail(exc.code, exc.message, 1)
+    except RealtimeError as exc:
+        return _fail(exc.code, exc.message)
+    print(event_id)
+    return 0
+
+
+def _events_client(endpoint: str | None):
+    import boto3
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if endpoint and not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):
+        # local emulators accept any credentials
+        return boto3.client("events", endpoint_url=endpoint, region_name=region, aws_access_key_id="test", aws_secret_access_key="test")
+    return boto3.client("events", endpoint_url=endpoint, region_name=region)
