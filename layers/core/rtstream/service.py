@@ -90,8 +90,7 @@ class RealtimeService:
         )
         self.registry.add_connection(connection)
         if self.presence is not None:
-            changes = self.presence.heartbeat(principal.entity_id, principal.user_id, connection_id, transport)
-            self._publish_presence(principal.entity_id, changes)
+            self._presence_change(principal.entity_id, lambda p: p.heartbeat(principal.entity_id, principal.user_id, connection_id, transport))
         return connection
 
     def disconnect(self, connection_id: str) -> Connection | None:
@@ -102,10 +101,9 @@ class RealtimeService:
             for sub in subscriptions:
                 by_entity.setdefault(sub.entity_id, []).append(sub.topic)
             for entity_id, topics in by_entity.items():
-                self.event_log.notify_changed(entity_id, sorted(set(topics)), connection_id)
+                self._notify_changed(entity_id, sorted(set(topics)), connection_id)
         if connection is not None and self.presence is not None:
-            changes = self.presence.leave(connection.entity_id, connection.user_id, connection_id, connection.transport)
-            self._publish_presence(connection.entity_id, changes)
+            self._presence_change(connection.entity_id, lambda p: p.leave(connection.entity_id, connection.user_id, connection_id, connection.transport))
         return connection
 
     # ---- messages --------------------------------------------------------------
@@ -134,8 +132,7 @@ class RealtimeService:
         if isinstance(frame, protocol.Ping):
             if self.presence is not None:
                 # a ping is the WebSocket heartbeat; it may also expire others' stale entries
-                changes = self.presence.heartbeat(principal.entity_id, principal.user_id, connection_id, "websocket")
-                self._publish_presence(principal.entity_id, changes)
+                self._presence_change(principal.entity_id, lambda p: p.heartbeat(principal.entity_id, principal.user_id, connection_id, "websocket"))
             return [protocol.pong(self.clock.now_ms())]
         users = self.presence.online(principal.entity_id) if self.presence is not None else []
         return [protocol.presence_reply(users)]
@@ -163,8 +160,7 @@ class RealtimeService:
         )
         self.registry.put_subscription(subscription)
         if frame.since is None:
-            if self.event_log is not None:
-                self.event_log.notify_changed(entity_id, [frame.topic], connection_id)
+            self._notify_changed(entity_id, [frame.topic], connection_id)
             return [protocol.subscribed(frame.topic)]
         assert self.event_log is not None
         try:
@@ -179,8 +175,7 @@ class RealtimeService:
     def unsubscribe(self, connection_id: str, principal: Principal, topic: str) -> list[dict[str, Any]]:
         if not self.registry.remove_subscription(connection_id, principal.entity_id, topic):
             raise NotSubscribed(f"not subscribed to {topic}")
-        if self.event_log is not None:
-            self.event_log.notify_changed(principal.entity_id, [topic], connection_id)
+        self._notify_changed(principal.entity_id, [topic], connection_id)
         return [protocol.unsubscribed(topic)]
 
     # ---- helpers ---------------------------------------------------------------
@@ -193,15 +188,44 @@ class RealtimeService:
 
     def _allow(self, connection_id: str) -> bool:
         assert self.rate_limiter is not None
-        return self.rate_limiter.allow(connection_id, self.settings.rate_per_second, self.settings.rate_burst)
+        try:
+            return self.rate_limiter.allow(connection_id, self.settings.rate_per_second, self.settings.rate_burst)
+        except RealtimeError as exc:
+            # Fail open: a limiter outage must not take the whole API down with it.
+            log.warning("rate limiter unavailable (%s); message allowed", exc.code)
+            return True
 
     def _too_many_violations(self, connection_id: str) -> bool:
         assert self.rate_limiter is not None
-        count = self.rate_limiter.record_violation(connection_id)
+        try:
+            count = self.rate_limiter.record_violation(connection_id)
+        except RealtimeError as exc:
+            log.warning("rate limiter unavailable (%s); violation not counted", exc.code)
+            return False
         if count < max(1, self.settings.rate_violations_before_close):
             return False
         security_log.warning("connection %s keeps exceeding the message rate (%d refusals); closing it", connection_id, count)
         return True
+
+    def _notify_changed(self, entity_id: str, topics: list[str], connection_id: str) -> None:
+        """Tell subscriber caches; if that fails they refresh on their own TTL, so the
+        change itself (already stored) still stands."""
+        if self.event_log is None:
+            return
+        try:
+            self.event_log.notify_changed(entity_id, topics, connection_id)
+        except RealtimeError as exc:
+            log.warning("subscription change of entity %s not queued: %s", entity_id, exc.code)
+
+    def _presence_change(self, entity_id: str, change: Any) -> None:
+        if self.presence is None:
+            return
+        try:
+            changes = change(self.presence)
+        except RealtimeError as exc:
+            log.warning("presence store unavailable for entity %s: %s", entity_id, exc.code)
+            return
+        self._publish_presence(entity_id, changes)
 
     def _publish_presence(self, entity_id: str, changes: list[dict[str, Any]]) -> None:
         """Best effort: a presence event must never refuse a connect or a disconnect."""

@@ -1,0 +1,49 @@
+"""REQUEST authorizer on `$connect`: verifies the JWT from `?token=` / `?access_token=`
+(browsers cannot set WebSocket headers) or `Authorization: Bearer`, and hands the
+principal to every later event of the connection as the authorizer context.
+
+Refusals raise ``Exception("Unauthorized")``, which API Gateway answers with 401.
+The token is never logged.
+"""
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import event_source
+from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import APIGatewayAuthorizerRequestEvent
+from rtstream import metrics as names
+from rtstream.adapters import lambda_runtime as rt
+from rtstream.auth import extract_token
+from rtstream.errors import Unauthorized
+
+logger = Logger()
+metrics = Metrics(namespace=names.NAMESPACE)
+runtime = rt.LambdaRuntime()
+
+
+def allow_policy(principal_id: str, method_arn: str, context: dict) -> dict:
+    return {
+        "principalId": principal_id,
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": method_arn}],
+        },
+        "context": context,
+    }
+
+
+@rt.lazy_tracer()
+@logger.inject_lambda_context(correlation_id_path=rt.CONNECTION_ID_PATH)
+@metrics.log_metrics
+@event_source(data_class=APIGatewayAuthorizerRequestEvent)
+def handler(event: APIGatewayAuthorizerRequestEvent, context):
+    token = extract_token(event.query_string_parameters, event.raw_event.get("headers"))
+    try:
+        principal = runtime.verifier().verify(token)
+    except Unauthorized as exc:
+        logger.info("connection refused by the authorizer", extra={"reason": exc.message, "tokenPresent": token is not None})
+        metrics.add_metric(name=names.CONNECTIONS_REFUSED, unit=MetricUnit.Count, value=1)
+        raise Exception("Unauthorized") from None  # API Gateway: 401
+    logger.append_keys(userId=principal.user_id, entityId=principal.entity_id, role=principal.role)
+    logger.info("connection authorized")
+    metrics.add_metric(name="realtime_streaming.authorized", unit=MetricUnit.Count, value=1)
+    return allow_policy(principal.user_id, event.method_arn, principal.to_context())

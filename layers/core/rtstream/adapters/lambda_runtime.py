@@ -1,0 +1,304 @@
+"""Composition root of the Lambda handlers: what a cold start builds, once.
+
+Each handler module creates one :class:`LambdaRuntime` at import (reading only
+the environment, no I/O); the vendor clients are created on first use, so the
+import stays cheap (boto3, redis and the X-Ray SDK cost hundreds of ms) and a
+handler that never touches Redis never connects to it.
+
+Wiring, from the environment (names in :mod:`rtstream.settings`):
+
+- DynamoDB (``CONNECTIONS_TABLE``, ``SUBSCRIPTIONS_TABLE``) through boto3, which
+  honours ``AWS_ENDPOINT_URL`` by itself (LocalStack, MiniStack, moto);
+- Redis (``REDIS_URL``): event log (history / fan-out), rate limiter, presence;
+- JWT: ``RTSTREAM_JWT_SECRET``, or the SSM SecureString named by
+  ``RTSTREAM_JWT_SECRET_PARAM`` (read once), or ``RTSTREAM_JWKS_URL``;
+- the Management API (``RTSTREAM_MANAGEMENT_ENDPOINT``, else derived from the
+  event's domain and stage) to close a flooding client.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import Unauthorized
+from ..models import Principal, is_identifier
+from ..settings import Settings
+
+# Powertools Logger correlation id: the API Gateway connection id.
+CONNECTION_ID_PATH = "requestContext.connectionId"
+JWT_SECRET_PARAM_ENV = "RTSTREAM_JWT_SECRET_PARAM"
+# Socket timeouts: a handler must answer well within API Gateway's 29 s.
+_REDIS_TIMEOUT_S = 2.0
+
+
+def principal_from_event(event: Mapping[str, Any]) -> Principal:
+    """The principal the authorizer proved, from ``requestContext.authorizer``.
+
+    API Gateway copies the authorizer's context onto every event of the
+    connection; it is trusted, but still checked so a misconfigured route
+    (no authorizer) fails closed.
+    """
+    context = (event.get("requestContext") or {}).get("authorizer") or {}
+    try:
+        principal = Principal.from_context(context)
+    except (KeyError, TypeError) as exc:
+        raise Unauthorized("no authorizer context on this connection") from exc
+    if not is_identifier(principal.user_id) or not is_identifier(principal.entity_id) or principal.role not in ("user", "agent", "admin"):
+        raise Unauthorized("invalid authorizer context")
+    return principal
+
+
+def connection_id_of(event: Mapping[str, Any]) -> str:
+    return str((event.get("requestContext") or {}).get("connectionId") or "")
+
+
+def management_endpoint_of(event: Mapping[str, Any], settings: Settings) -> str:
+    if settings.management_endpoint:
+        return settings.management_endpoint
+    ctx = event.get("requestContext") or {}
+    return f"https://{ctx.get('domainName')}/{ctx.get('stage')}"
+
+
+class LambdaRuntime:
+    """Settings now; clients, ports and the service on first use (then cached)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None):
+        self.env = dict(os.environ if env is None else env)
+        self.settings = Settings.from_env(self.env)
+        self.redis_url = self.env.get("REDIS_URL", "")
+        self._lock = threading.RLock()
+        self._cache: dict[str, Any] = {}
+
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._cache:
+            with self._lock:
+                if name not in self._cache:
+                    self._cache[name] = build()
+        return self._cache[name]
+
+    # ---- vendor clients ----------------------------------------------------------
+
+    def boto3_client(self, service: str, **kwargs: Any) -> Any:
+        key = f"boto3:{service}:{sorted(kwargs.items())}"
+
+        def build() -> Any:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=5)
+            return boto3.session.Session().client(service, config=config, **kwargs)
+
+        return self._once(key, build)
+
+    def redis(self) -> Any:
+        def build() -> Any:
+            import redis
+
+            return redis.Redis.from_url(
+                self.redis_url, socket_connect_timeout=_REDIS_TIMEOUT_S, socket_timeout=_REDIS_TIMEOUT_S, health_check_interval=30
+            )
+
+        return self._once("redis", build) if self.redis_url else None
+
+    # ---- ports -----------------------------------------------------------------------
+
+    def registry(self) -> Any:
+        def build() -> Any:
+            from .dynamodb import DynamoDBRegistry
+
+            return DynamoDBRegistry(
+                self.boto3_client("dynamodb"),
+                connections_table=self.settings.connections_table,
+                subscriptions_table=self.settings.subscriptions_table,
+            )
+
+        return self._once("registry", build)
+
+    def event_log(self) -> Any:
+        def build() -> Any:
+            client = self.redis()
+            if client is None:
+                return None
+            from .redis_eventlog import RedisEventLog
+
+            return RedisEventLog(client, self.settings)
+
+        return self._once("event_log", build)
+
+    def rate_limiter(self) -> Any:
+        def build() -> Any:
+            client = self.redis()
+            if client is None:
+                return None
+            from .redis_limits import RedisRateLimiter
+
+            return RedisRateLimiter(client)
+
+        return self._once("rate_limiter", build)
+
+    def presence(self) -> Any:
+        def build() -> Any:
+            client = self.redis()
+            if client is None:
+                return None
+            from .redis_limits import RedisPresence
+
+            return RedisPresence(client, self.settings)
+
+        return self._once("presence", build)
+
+    def service(self) -> Any:
+        def build() -> Any:
+            from ..service import RealtimeService
+
+            return RealtimeService(
+                registry=self.registry(),
+                settings=self.settings,
+                event_log=self.event_log(),
+                rate_limiter=self.rate_limiter(),
+                presence=self.presence(),
+            )
+
+        return self._once("service", build)
+
+    def pusher(self, endpoint: str) -> Any:
+        def build() -> Any:
+            from .management_api import ApiGatewayPusher
+
+            return ApiGatewayPusher(self.boto3_client("apigatewaymanagementapi", endpoint_url=endpoint))
+
+        return self._once(f"pusher:{endpoint}", build)
+
+    # ---- tokens ------------------------------------------------------------------------
+
+    def jwt_secret(self) -> str:
+        """``RTSTREAM_JWT_SECRET``, else the SSM SecureString named by
+        ``RTSTREAM_JWT_SECRET_PARAM`` (fetched once per cold start)."""
+
+        def build() -> str:
+            if self.settings.jwt_secret:
+                return self.settings.jwt_secret
+            name = self.env.get(JWT_SECRET_PARAM_ENV, "")
+            if not name:
+                return ""
+            from .dynamodb import translate_error  # the same botocore -> coded error mapping
+
+            try:
+                reply = self.boto3_client("ssm").get_parameter(Name=name, WithDecryption=True)
+            except Exception as exc:
+                translated = translate_error(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            return reply["Parameter"]["Value"]
+
+        return self._once("jwt_secret", build)
+
+    def verifier(self) -> Any:
+        def build() -> Any:
+            from ..auth import TokenVerifier
+
+            settings = self.settings if self.settings.jwks_url else self.settings.replace(jwt_secret=self.jwt_secret())
+            return TokenVerifier(settings)
+
+        return self._once("verifier", build)
+
+
+def lazy_tracer(service: str | None = None) -> Callable[[Callable], Callable]:
+    """``Tracer().capture_lambda_handler``, built on the first invocation.
+
+    Instantiating a Powertools Tracer imports the X-Ray SDK (~300 ms here); doing
+    it at import would double the handler's cold import. Tracing is still on
+    from the first invocation.
+    """
+
+    def decorate(handler: Callable) -> Callable:
+        traced: list[Callable] = []
+        lock = threading.Lock()
+
+        @functools.wraps(handler)
+        def wrapper(event: Any, context: Any) -> Any:
+            if not traced:
+                with lock:
+                    if not traced:
+                        from aws_lambda_powertools import Tracer
+
+                        traced.append(Tracer(service=service).capture_lambda_handler(handler, capture_response=False))
+            return traced[0](event, context)
+
+        return wrapper
+
+    return decorate
+
+
+# ---- message routes: the one shape every message handler shares --------------------
+
+# Per-invocation counters of the message routes (CloudWatch EMF through Powertools).
+MESSAGES = "realtime_streaming.messages"
+
+
+def route_response(frames: list[dict[str, Any]]) -> dict[str, Any]:
+    """API Gateway route response: the first reply frame as the body (none: no body)."""
+    from ..protocol import dumps
+
+    if not frames:
+        return {"statusCode": 200}
+    return {"statusCode": 200, "body": dumps(frames[0])}
+
+
+def handle_message_event(runtime: LambdaRuntime, event: Any, *, logger: Any = None, metrics: Any = None) -> dict[str, Any]:
+    """One WebSocket message (any route but $connect/$disconnect) -> route response.
+
+    ``event`` is Powertools' ``APIGatewayWebSocketEvent``. Extra reply frames
+    beyond the first (none today) and closing a flooder go through @connections.
+    """
+    from .. import metrics as names
+    from ..errors import RealtimeError
+
+    raw = event.raw_event
+    connection_id = event.request_context.connection_id
+    try:
+        principal = principal_from_event(raw)
+    except Unauthorized as exc:
+        return route_response([exc.to_frame()])
+    body: str | bytes = event.body or ""
+    if event.is_base64_encoded:
+        # binary frame: bytes, so the parser reports bad UTF-8 as invalid_message
+        import base64
+        import binascii
+
+        try:
+            body = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            body = b"\xff"  # undecodable: refused as invalid below
+    reply = runtime.service().handle(connection_id, principal, body)
+    codes = [f.get("code") for f in reply.frames if f.get("type") == "error"]
+    if metrics is not None:
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        metrics.add_metric(name=MESSAGES, unit=MetricUnit.Count, value=1)
+        if "rate_limited" in codes:
+            metrics.add_metric(name=names.RATE_LIMITED, unit=MetricUnit.Count, value=1)
+        if "forbidden" in codes or ("too_many_subscriptions" in codes and principal.is_agent):
+            metrics.add_metric(name=names.SECURITY_EVENTS, unit=MetricUnit.Count, value=1)
+    if logger is not None and codes:
+        logger.info("message refused", extra={"codes": codes, "route": event.request_context.route_key, "userId": principal.user_id})
+    if len(reply.frames) > 1 or reply.close:
+        from ..protocol import dumps
+
+        pusher = runtime.pusher(management_endpoint_of(raw, runtime.settings))
+        try:
+            for frame in reply.frames[1:]:
+                pusher.post(connection_id, dumps(frame).encode())
+            if reply.close:
+                if logger is not None:
+                    logger.warning("closing a connection that keeps exceeding the message rate", extra={"userId": principal.user_id})
+                pusher.delete(connection_id)
+        except RealtimeError as exc:
+            if logger is not None:
+                logger.warning("management API call failed", extra={"code": exc.code})
+    return route_response(reply.frames)
