@@ -1,0 +1,258 @@
+"""The fan-out worker against a real Redis and a real HTTP management endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis
+
+from rtstream import keys
+from rtstream.adapters.redis_eventlog import RedisEventLog
+from rtstream.inmemory.registry import InMemoryRegistry
+from rtstream.models import Connection, Filters, Principal, Subscription
+from rtstream.settings import Settings
+from rtstream_fanout.poster import ManagementPoster
+from rtstream_fanout.worker import FanoutWorker
+
+TX = {"transactionId": "t1", "amount": 42.5, "merchant": "Cafe"}
+
+
+async def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def psubscribers(client) -> int:
+    return sum(int(c.get("psub", 0)) for c in client.client_list())
+
+
+def tx(i):
+    return {"transactionId": f"t{i}", "amount": i, "merchant": "Cafe"}
+
+
+class Rig:
+    def __init__(self, redis_url, stub, **settings):
+        self.settings = Settings().replace(redis_url=redis_url, fanout_partitions=4, **settings)
+        self.stub = stub
+        self.registry = InMemoryRegistry()
+        self.client = redis.Redis.from_url(redis_url)
+        self.log = RedisEventLog(self.client, self.settings)
+        self.workers: list[FanoutWorker] = []
+
+    def connect(self, cid, entity, topic="*", filters=Filters(), since=None, open_=True):
+        self.registry.add_connection(Connection(cid, Principal("u", entity)))
+        if open_:
+            self.stub.open.add(cid)
+        marker = f"m-{cid}" if since else None
+        sub = Subscription(cid, entity, topic, "u", filters, pending_replay=marker)
+        self.registry.put_subscription(sub)
+        if since:
+            self.log.request_replay(sub, since)
+        else:
+            self.log.notify_changed(entity, [topic], cid)
+
+    async def worker(self, **kw) -> FanoutWorker:
+        w = FanoutWorker(self.settings, registry=self.registry, poster=ManagementPoster(self.stub.endpoint), **kw)
+        await w.start()
+        self.workers.append(w)
+        return w
+
+    def publish(self, entity, data, topic="transactions.new", source="sdk"):
+        return self.log.append(entity, topic, data, source).id
+
+    async def close(self):
+        for w in self.workers:
+            await w.stop(timeout_s=5)
+        self.client.close()
+
+
+@pytest.fixture
+async def rig(redis_url, redis_client, management_stub):
+    r = Rig(redis_url, management_stub)
+    yield r
+    await r.close()
+
+
+async def test_delivers_to_subscribers_of_the_entity_only(rig):
+    rig.connect("a", "e1", "transactions.new")
+    rig.connect("b", "e1", "*", Filters(min_amount=10))
+    rig.connect("c", "e2", "*")
+    await rig.worker()
+    ids = [rig.publish("e1", tx(i)) for i in (5, 50)]
+    await wait_for(lambda: len(rig.stub.event_ids("a")) == 2 and len(rig.stub.event_ids("b")) == 1, what="deliveries")
+    assert rig.stub.event_ids("a") == ids
+    assert rig.stub.event_ids("b") == ids[1:]
+    assert rig.stub.received["c"] == []
+    frame = rig.stub.frames("a")[0]
+    assert frame["type"] == "event" and frame["topic"] == "transactions.new" and frame["data"]["amount"] == 5
+
+
+async def test_raw_publish_is_ingested_once_and_invalid_ones_are_counted(rig):
+    rig.connect("a", "e1")
+    w1 = await rig.worker()
+    w2 = await rig.worker()  # two ingesters: the dedup key records each publish once
+    await wait_for(lambda: psubscribers(rig.client) >= 2, what="psubscribe")
+    rig.client.publish("transactions.new:entity:e1", "{broken")
+    rig.client.publish("nope.topic:entity:e1", json.dumps(TX))
+    rig.client.publish("transactions.new:entity:e1", json.dumps({**TX, "timestamp": "2026-11-25T12:00:00Z"}))
+    await wait_for(lambda: len(rig.stub.event_ids("a")) == 1, what="raw delivery")
+    await asyncio.sleep(0.3)
+    assert len(rig.stub.event_ids("a")) == 1
+    assert rig.client.xlen(keys.history("e1", rig.settings).name) == 1
+    assert w1.metrics.counts["invalid_events"] == 2 and w2.metrics.counts["invalid_events"] == 2
+    assert w1.metrics.counts["ingested"] + w2.metrics.counts["ingested"] == 1
+    assert rig.stub.frames("a")[0]["source"] == "redis"
+
+
+async def test_gone_connections_are_pruned_and_throttling_is_retried(rig):
+    rig.connect("ok", "e1")
+    rig.connect("stale", "e1", open_=False)  # the gateway answers 410
+    rig.connect("busy", "e1")
+    rig.stub.script["busy"].extend([429, 500])
+    w = await rig.worker()
+    first = rig.publish("e1", tx(1))
+    await wait_for(lambda: rig.stub.event_ids("busy") == [first] and rig.registry.get_connection("stale") is None, what="retry and prune")
+    assert rig.registry.subscribers("e1", "*") and all(s.connection_id != "stale" for s in rig.registry.subscribers("e1", "*"))
+    second = rig.publish("e1", tx(2))
+    await wait_for(lambda: rig.stub.event_ids("ok") == [first, second], what="second event")
+    assert w.metrics.counts["pruned"] == 1 and w.metrics.counts["retries"] == 2
+    assert w.metrics.counts["deliveries"] == 4
+    assert w.metrics.latency_count == 4
+    text = w.metrics.prometheus()
+    assert "realtime_streaming_message_latency_ms_count 4" in text and "realtime_streaming_connections_pruned_total 1" in text
+
+
+async def test_unsubscribe_stops_delivery(rig):
+    rig.connect("a", "e1", "transactions.new")
+    await rig.worker()
+    first = rig.publish("e1", tx(1))
+    await wait_for(lambda: rig.stub.event_ids("a") == [first])
+    rig.registry.remove_subscription("a", "e1", "transactions.new")
+    rig.log.notify_changed("e1", ["transactions.new"], "a")
+    rig.publish("e1", tx(2))
+    rig.connect("b", "e1", "transactions.new")  # a later subscriber proves the worker moved on
+    third = rig.publish("e1", tx(3))
+    await wait_for(lambda: third in rig.stub.event_ids("b"))
+    assert rig.stub.event_ids("a") == [first]
+
+
+async def test_replay_on_subscribe_is_exact_at_the_seam(rig):
+    rig.connect("live", "e1")
+    await rig.worker()
+    before = [rig.publish("e1", tx(i)) for i in range(1, 5)]
+    await wait_for(lambda: len(rig.stub.event_ids("live")) == 4)
+    rig.connect("back", "e1", "*", Filters(min_amount=2), since=before[0])
+    after = [rig.publish("e1", tx(i)) for i in range(5, 8)]
+    await wait_for(lambda: len(rig.stub.event_ids("back")) == 6, what="replay + live")
+    frames = rig.stub.frames("back")
+    assert frames[0] == {"type": "subscribed", "topic": "*"}
+    assert rig.stub.event_ids("back") == before[1:] + after
+    assert rig.registry.subscribers("e1", "*")[-1].pending_replay is None
+
+
+async def test_replay_gap_is_an_error_frame(redis_url, redis_client, management_stub):
+    rig = Rig(redis_url, management_stub, history_maxlen=5)
+    try:
+        await rig.worker()
+        ids = [rig.publish("e1", tx(i)) for i in range(1, 30)]
+        rig.connect("back", "e1", "*", since=ids[0])
+        live = rig.publish("e1", tx(99))
+        await wait_for(lambda: rig.stub.event_ids("back") == [live])
+        frames = rig.stub.frames("back")
+        assert [f["type"] for f in frames] == ["subscribed", "error", "event"]
+        assert frames[1]["code"] == "replay_gap"
+    finally:
+        await rig.close()
+
+
+async def test_two_workers_share_partitions_and_never_deliver_twice(rig):
+    entities = [f"ent{i}" for i in range(8)]
+    for e in entities:
+        rig.connect(f"c-{e}", e)
+    w1 = await rig.worker()
+    w2 = await rig.worker()
+    sent = {e: [rig.publish(e, tx(i)) for i in range(25)] for e in entities}
+    await wait_for(lambda: all(len(rig.stub.event_ids(f"c-{e}")) >= 25 for e in entities), what="all deliveries")
+    await asyncio.sleep(0.3)
+    for e in entities:
+        assert rig.stub.event_ids(f"c-{e}") == sent[e]  # once each, in order
+    assert len(w1.leases) + len(w2.leases) == 4 and not (set(w1.leases) & set(w2.leases))
+
+
+async def test_survivor_takes_over_a_dead_workers_partitions(redis_url, redis_client, management_stub):
+    rig = Rig(redis_url, management_stub)
+    try:
+        rig.connect("a", "e1")
+        dead = await rig.worker(lease_ms=1200)
+        first = rig.publish("e1", tx(1))
+        await wait_for(lambda: rig.stub.event_ids("a") == [first])
+        # die without releasing anything (as kill -9 would)
+        for task in dead._tasks + [l.task for l in dead.leases.values() if l.task]:
+            task.cancel()
+        await asyncio.sleep(0.05)
+        rig.workers.remove(dead)
+        missed = [rig.publish("e1", tx(i)) for i in range(2, 12)]
+        started = time.monotonic()
+        survivor = await rig.worker(lease_ms=1200)
+        await wait_for(lambda: rig.stub.event_ids("a") == [first] + missed, timeout=8, what="takeover")
+        assert time.monotonic() - started < 4
+        assert len(survivor.leases) == 4
+        await dead.poster.close()
+        await dead.redis.aclose()
+    finally:
+        await rig.close()
+
+
+async def test_stop_releases_leases_for_an_immediate_takeover(rig):
+    w1 = await rig.worker()
+    await wait_for(lambda: len(w1.leases) == 4)
+    await w1.stop()
+    rig.workers.remove(w1)
+    assert all(rig.client.get(keys.fanout_lease(p).name) is None for p in range(4))
+    w2 = await rig.worker()
+    await wait_for(lambda: len(w2.leases) == 4, timeout=3)
+
+
+async def test_worker_reconnects_after_redis_restarts(management_stub, tmp_path):
+    from tests.conftest import free_port, wait_for_port
+
+    binary = shutil.which("redis-server")
+    port = free_port()
+
+    def start_redis():
+        p = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", port)
+        return p
+
+    proc = start_redis()
+    url = f"redis://127.0.0.1:{port}/0"
+    rig = Rig(url, management_stub)
+    try:
+        rig.connect("a", "e1")
+        w = await rig.worker()
+        first = rig.publish("e1", tx(1))
+        await wait_for(lambda: rig.stub.event_ids("a") == [first])
+        proc.terminate()
+        proc.wait(timeout=10)
+        await asyncio.sleep(0.5)
+        proc = start_redis()  # empty: the worker must rebuild its group and leases itself
+        rig.connect("a", "e1")
+        await wait_for(lambda: psubscribers(rig.client) >= 1, timeout=10, what="resubscribe")
+        rig.client.publish("transactions.new:entity:e1", json.dumps(tx(2)))
+        await wait_for(lambda: len(rig.stub.event_ids("a")) == 2, timeout=10, what="delivery after restart")
+        assert w.metrics.counts["redis_reconnects"] >= 1
+    finally:
+        await rig.close()
+        proc.terminate()
+        proc.wait(timeout=10)
