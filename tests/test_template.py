@@ -1,0 +1,234 @@
+"""template.yaml: lint-clean, transforms offline, and its wiring points at real code."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtstream_cli.template import load_template, resources_of_type
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "template.yaml"
+ROUTE_KEYS = {"$connect", "$disconnect", "subscribe", "unsubscribe", "ping", "presence", "$default"}
+
+
+@pytest.fixture(scope="module")
+def template():
+    return load_template(TEMPLATE)
+
+
+def ref(value):
+    """The logical id inside a Ref / GetAtt / integrations/${X} / ...${X.Arn}/invocations."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            return value["Fn::GetAtt"][0]
+        if "Fn::Sub" in value:
+            value = value["Fn::Sub"]
+    if isinstance(value, str):
+        ids = [m.split(".")[0] for m in re.findall(r"\$\{([A-Za-z0-9.:]+)\}", value) if not m.startswith("AWS::")]
+        return ids[-1] if ids else None
+    return None
+
+
+def test_cfn_lint_reports_nothing():
+    # the cfn-lint command installed beside this interpreter (the dev extra)
+    cli = Path(sys.executable).with_name("cfn-lint")
+    assert cli.exists(), "cfn-lint is not installed (pip install -e '.[dev]')"
+    proc = subprocess.run([str(cli), str(TEMPLATE)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+def test_sam_transform_offline(monkeypatch):
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    doc = yaml_parse(TEMPLATE.read_text())
+    # What `sam package` does: local code paths become S3 objects.
+    for logical_id, resource in doc["Resources"].items():
+        props = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if key in props:
+                props[key] = f"s3://artifacts-bucket/{logical_id}.zip"
+
+    class OfflinePolicies:
+        """Managed policy names -> ARNs without calling IAM (the translator's only network use)."""
+
+        def load(self):
+            return {
+                "AWSLambdaBasicExecutionRole": "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+                "AWSXrayWriteOnlyAccess": "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
+                "AWSLambdaVPCAccessExecutionRole": "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+            }
+
+    out = transform(doc, {}, OfflinePolicies())
+    resources = out["Resources"]
+    functions = {k for k, v in resources.items() if v["Type"] == "AWS::Lambda::Function"}
+    assert {"AuthorizerFunction", "ConnectFunction", "DisconnectFunction", "SubscribeFunction", "UnsubscribeFunction",
+            "PingFunction", "PresenceFunction", "DefaultFunction", "EventBridgeBridgeFunction"} <= functions
+    assert any(v["Type"] == "AWS::Lambda::LayerVersion" for v in resources.values())
+    assert any(v["Type"] == "AWS::Events::Rule" for v in resources.values())
+    for name in functions:
+        props = resources[name]["Properties"]
+        assert props["Runtime"] >= "python3.12"
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["Environment"]["Variables"]["CONNECTIONS_TABLE"] == {"Ref": "ConnectionsTable"}
+    json.dumps(out)  # a plain CloudFormation document
+
+
+def test_api_is_websocket_with_type_route_selection(template):
+    (api,) = resources_of_type(template, "AWS::ApiGatewayV2::Api").values()
+    assert api["Properties"]["ProtocolType"] == "WEBSOCKET"
+    assert api["Properties"]["RouteSelectionExpression"] == "$request.body.type"
+
+
+def test_every_route_has_integration_handler_permission_and_response(template):
+    routes = resources_of_type(template, "AWS::ApiGatewayV2::Route")
+    integrations = resources_of_type(template, "AWS::ApiGatewayV2::Integration")
+    functions = resources_of_type(template, "AWS::Serverless::Function")
+    permissions = resources_of_type(template, "AWS::Lambda::Permission")
+    responses = resources_of_type(template, "AWS::ApiGatewayV2::RouteResponse")
+    globals_ = template["Globals"]["Function"]
+    seen = set()
+    for route_id, route in routes.items():
+        props = route["Properties"]
+        key = props["RouteKey"]
+        seen.add(key)
+        integration_id = ref(props["Target"])
+        integration = integrations[integration_id]["Properties"]
+        assert integration["IntegrationType"] == "AWS_PROXY"
+        function_id = ref(integration["IntegrationUri"])
+        function = functions[function_id]["Properties"]
+        code = ROOT / function["CodeUri"]
+        module, _, attr = function.get("Handler", globals_["Handler"]).partition(".")
+        source = code / f"{module}.py"
+        assert source.is_file(), f"{key}: {source} missing"
+        defined = {n.name for n in ast.parse(source.read_text()).body if isinstance(n, ast.FunctionDef)}
+        assert attr in defined, f"{source} defines no {attr}()"
+        perms = [p["Properties"] for p in permissions.values() if ref(p["Properties"]["FunctionName"]) == function_id]
+        assert perms, f"{function_id} has no Lambda permission"
+        assert all(p["Principal"] == "apigateway.amazonaws.com" and p["Action"] == "lambda:InvokeFunction" for p in perms)
+        assert any(p["SourceArn"]["Fn::Sub"].endswith(f"/*/{key}") for p in perms), f"{key}: permission not scoped to the route"
+        if key not in ("$connect", "$disconnect"):
+            assert props["RouteResponseSelectionExpression"] == "$default"
+            assert any(ref(r["Properties"]["RouteId"]) == route_id and r["Properties"]["RouteResponseKey"] == "$default" for r in responses.values())
+    assert seen == ROUTE_KEYS
+
+
+def test_connect_has_request_authorizer_with_permission(template):
+    routes = resources_of_type(template, "AWS::ApiGatewayV2::Route")
+    (connect,) = [r["Properties"] for r in routes.values() if r["Properties"]["RouteKey"] == "$connect"]
+    assert connect["AuthorizationType"] == "CUSTOM"
+    authorizer_id = ref(connect["AuthorizerId"])
+    authorizer = template["Resources"][authorizer_id]["Properties"]
+    assert authorizer["AuthorizerType"] == "REQUEST"
+    function_id = ref(authorizer["AuthorizerUri"])
+    assert (ROOT / template["Resources"][function_id]["Properties"]["CodeUri"] / "app.py").is_file()
+    perms = [p["Properties"] for p in resources_of_type(template, "AWS::Lambda::Permission").values() if ref(p["Properties"]["FunctionName"]) == function_id]
+    assert any("/authorizers/" in p["SourceArn"]["Fn::Sub"] for p in perms)
+    others = [r["Properties"] for r in routes.values() if r["Properties"]["RouteKey"] != "$connect"]
+    assert all(r["AuthorizationType"] == "NONE" for r in others)  # WebSocket: authorize once, on $connect
+
+
+def test_stage_deployment_and_throttling(template):
+    (stage,) = resources_of_type(template, "AWS::ApiGatewayV2::Stage").values()
+    settings = stage["Properties"]["DefaultRouteSettings"]
+    assert "ThrottlingRateLimit" in settings and "ThrottlingBurstLimit" in settings
+    assert stage["Properties"]["StageName"] == {"Ref": "StageName"}
+    (deployment,) = resources_of_type(template, "AWS::ApiGatewayV2::Deployment").values()
+    routes = set(resources_of_type(template, "AWS::ApiGatewayV2::Route"))
+    assert routes <= set(deployment["DependsOn"])  # deployed after every route exists
+
+
+def test_tables_key_design(template):
+    res = template["Resources"]
+    conns = res["ConnectionsTable"]["Properties"]
+    subs = res["SubscriptionsTable"]["Properties"]
+    for props in (conns, subs):
+        assert props["BillingMode"] == "PAY_PER_REQUEST"
+        assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+    assert conns["KeySchema"] == [{"AttributeName": "connectionId", "KeyType": "HASH"}]
+    assert {g["IndexName"] for g in conns["GlobalSecondaryIndexes"]} == {"byUser", "byEntity"}
+    assert subs["KeySchema"] == [{"AttributeName": "channel", "KeyType": "HASH"}, {"AttributeName": "connectionId", "KeyType": "RANGE"}]
+    assert [g["IndexName"] for g in subs["GlobalSecondaryIndexes"]] == ["byConnection"]
+
+
+def test_least_privilege_iam(template):
+    functions = resources_of_type(template, "AWS::Serverless::Function")
+    for name, fn in functions.items():
+        for policy in fn["Properties"].get("Policies", []):
+            if "Fn::If" in policy:
+                policy = policy["Fn::If"][1]
+            assert isinstance(policy, dict) and "Statement" in policy, f"{name}: only explicit statements"
+            for statement in policy["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert not any(a.endswith("*") for a in actions), f"{name}: wildcard action"
+                resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                assert "*" not in resources, f"{name}: wildcard resource"
+                if "execute-api:ManageConnections" in actions:
+                    (arn,) = resources
+                    assert "${WebSocketApi}/${StageName}/DELETE/@connections/*" in arn["Fn::Sub"]
+                for action in actions:
+                    if action.startswith("dynamodb:"):
+                        assert all(ref(r) in ("ConnectionsTable", "SubscriptionsTable") for r in resources)
+
+
+def test_functions_runtime_layer_and_environment(template):
+    glob = template["Globals"]["Function"]
+    assert glob["Runtime"] >= "python3.12"
+    assert glob["Layers"] == [{"Ref": "CoreLayer"}]
+    env = glob["Environment"]["Variables"]
+    assert env["CONNECTIONS_TABLE"] == {"Ref": "ConnectionsTable"} and env["SUBSCRIPTIONS_TABLE"] == {"Ref": "SubscriptionsTable"}
+    assert env["REDIS_URL"] == {"Ref": "RedisUrl"}
+    layer = template["Resources"]["CoreLayer"]
+    assert layer["Properties"]["ContentUri"] == "layers/core/"
+    assert layer["Metadata"]["BuildMethod"] >= "python3.12"
+    assert not (ROOT / "layers" / "core" / "python").exists()  # sam build creates it
+    assert (ROOT / "layers" / "core" / "requirements.txt").is_file()
+    assert template["Parameters"]["JwtSecret"]["NoEcho"] is True
+
+
+def test_eventbridge_bridge_rule(template):
+    fn = template["Resources"]["EventBridgeBridgeFunction"]["Properties"]
+    assert fn["CodeUri"] == "functions/eventbridge_bridge/"
+    (event,) = fn["Events"].values()
+    assert event["Type"] == "EventBridgeRule"
+    assert event["Properties"]["EventBusName"] == {"Ref": "EventBusName"}
+    pattern = event["Properties"]["Pattern"]
+    assert sorted(pattern["detail-type"]) == sorted(["transactions.new", "agent.action.completed", "balance.updated", "sync.completed"])
+    assert pattern["source"] == [{"Ref": "EventSource"}]
+
+
+def test_outputs(template):
+    outputs = template["Outputs"]
+    assert outputs["WebSocketUrl"]["Value"]["Fn::Sub"].startswith("wss://${WebSocketApi}.execute-api.${AWS::Region}.amazonaws.com/")
+    assert outputs["ManagementEndpoint"]["Value"]["Fn::Sub"] == "https://${WebSocketApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}"
+    for name in ("ConnectionsTableName", "SubscriptionsTableName", "WebSocketApiId"):
+        assert name in outputs
+
+
+def test_container_services_marker_present():
+    assert "# ---- Container services (nested stacks under infra/) ----" in TEMPLATE.read_text()
+
+
+def test_samconfig_environments_use_template_parameters(template):
+    import shlex
+    import tomllib
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    for env in ("dev", "prod"):
+        deploy = config[env]["deploy"]["parameters"]
+        assert config[env]["global"]["parameters"]["stack_name"].endswith(env)
+        assert "CAPABILITY_IAM" in deploy["capabilities"]
+        names = {pair.split("=", 1)[0] for pair in shlex.split(deploy["parameter_overrides"])}
+        assert names <= set(template["Parameters"]), names - set(template["Parameters"])
+        assert "JwtSecret" not in names  # secrets never live in the config file
