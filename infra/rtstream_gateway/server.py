@@ -455,9 +455,12 @@ class GatewayEmulator:
 
     @property
     def handler_environment(self) -> dict[str, str]:
-        """The environment the handlers run with (template values, then the emulator's, then ``env``)."""
+        """The environment the handlers run with. Precedence: the template's values
+        (parameter defaults), then this process's environment (local configuration
+        overrides defaults), then the emulator's own endpoint, then ``env``."""
         assert self.api is not None
-        return {**self.api.environment, "RTSTREAM_MANAGEMENT_ENDPOINT": self.management_endpoint,
+        template_env = {k: v for k, v in self.api.environment.items() if k not in os.environ}
+        return {**template_env, "RTSTREAM_MANAGEMENT_ENDPOINT": self.management_endpoint,
                 "AWS_REGION": self.region, **self.env}
 
     async def start(self) -> None:

@@ -1,0 +1,455 @@
+"""`rtstream dev`: the whole system on a laptop, no AWS account, no Docker.
+
+:class:`LocalSystem` composes AWS (in-process moto, or a LocalStack-compatible
+endpoint), Redis, the gateway emulator running the template's handlers, and the
+container entry points as child processes (`python -m rtstream_fanout`,
+`python -m rtstream_sse`) configured only through their environment. Tests use
+it as-is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import importlib
+import importlib.util
+import inspect
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .state import clear_state, read_state, state_path, write_state
+from .template import TEMPLATE_PATH
+
+DEFAULT_WS_PORT = 3001
+DEFAULT_SSE_PORT = 3002
+DEV_ENTITY = "demo-entity"
+SSE_READY_TIMEOUT = 20.0
+CHILD_STOP_TIMEOUT = 5.0
+
+
+class PortInUse(RuntimeError):
+    def __init__(self, host: str, port: int, what: str):
+        super().__init__(f"{what} port {port} on {host} is already in use; stop what uses it or pick another with --{what.lower()}-port")
+        self.port = port
+
+
+def dev_secret_path() -> Path:
+    return state_path().parent / "dev-secret"
+
+
+def dev_jwt_secret() -> str:
+    """The machine's dev signing key: generated once into the state directory, so
+    `rtstream token` and `rtstream dev` agree without configuration."""
+    path = dev_secret_path()
+    try:
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+    return secret
+
+
+def resolve_jwt_secret(explicit: str | None = None) -> str:
+    """--jwt-secret, else RTSTREAM_JWT_SECRET, else the running dev system's, else the machine's dev secret."""
+    return explicit or os.environ.get("RTSTREAM_JWT_SECRET") or read_state().get("jwt_secret") or dev_jwt_secret()
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    if not port:
+        return
+    with socket.socket() as s:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortInUse(host, port, what) from None
+            raise
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _Child:
+    """A child process of the local system, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        from .localredis import parent_death_signal
+
+        with open(self.log_path, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=parent_death_signal)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), CHILD_STOP_TIMEOUT)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), CHILD_STOP_TIMEOUT)
+
+
+class LocalSystem:
+    """The complete local system. ``await start()`` / ``await stop()``."""
+
+    def __init__(self, *, ws_port: int = 0, sse_port: int = 0, host: str = "127.0.0.1",
+                 aws_endpoint: str | None = None, redis_url: str | None = None, jwt_secret: str | None = None,
+                 settings_overrides: dict[str, str] | None = None, with_worker: bool = True, with_sse: bool = True,
+                 with_eventbridge: bool = True, gateway_options: dict[str, Any] | None = None,
+                 template_path: str | Path = TEMPLATE_PATH, region: str | None = None, log_dir: str | Path | None = None,
+                 write_state_file: bool = True):
+        self.host = host
+        self.ws_port = ws_port
+        self.sse_port = sse_port
+        self.template_path = Path(template_path)
+        self.region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        self.jwt_secret = jwt_secret or os.environ.get("RTSTREAM_JWT_SECRET") or dev_jwt_secret()
+        self.settings_overrides = dict(settings_overrides or {})
+        self.with_worker = with_worker
+        self.with_sse = with_sse
+        self.with_eventbridge = with_eventbridge
+        self.gateway_options = dict(gateway_options or {})
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="rtstream-dev-"))
+        self.write_state_file = write_state_file
+        self._aws_endpoint_arg = aws_endpoint
+        self._redis_url_arg = redis_url
+
+        from .localaws import LocalAws
+        from .localredis import LocalRedis
+
+        self.aws = LocalAws(aws_endpoint, region=self.region)
+        self.redis = LocalRedis(redis_url, log_dir=self.log_dir)
+        self.gateway = None
+        self.worker: _Child | None = None
+        self.sse: _Child | None = None
+        self.eventbridge: Any = None
+        self.settings = None
+        self.child_env: dict[str, str] = {}
+        self.handler_env: dict[str, str] = {}
+        self.started = False
+
+    # ---- endpoints
+    @property
+    def redis_url(self) -> str | None:
+        return self.redis.url
+
+    @property
+    def aws_endpoint(self) -> str | None:
+        return self.aws.endpoint
+
+    @property
+    def ws_url(self) -> str:
+        return self.gateway.ws_url
+
+    @property
+    def management_endpoint(self) -> str:
+        return self.gateway.management_endpoint
+
+    @property
+    def management_url(self) -> str:
+        return self.gateway.management_url
+
+    @property
+    def sse_url(self) -> str:
+        return f"http://{self.host}:{self.sse_port}/events"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.host}:{self.sse_port}/"
+
+    @property
+    def connections_table(self) -> str:
+        return self.settings.connections_table
+
+    @property
+    def subscriptions_table(self) -> str:
+        return self.settings.subscriptions_table
+
+    # ---- lifecycle
+    async def start(self) -> "LocalSystem":
+        from rtstream.settings import Settings
+
+        check_port_free(self.host, self.ws_port, "WS")
+        if self.with_sse:
+            check_port_free(self.host, self.sse_port, "SSE")
+        try:
+            await asyncio.gather(self.aws.start(), self.redis.start())
+            base = {
+                "RTSTREAM_JWT_SECRET": self.jwt_secret,
+                "REDIS_URL": self.redis.url,
+                **self._gateway_settings(),
+                **self.settings_overrides,
+            }
+            self.settings = Settings.from_env({**base})
+            base.setdefault("CONNECTIONS_TABLE", self.settings.connections_table)
+            base.setdefault("SUBSCRIPTIONS_TABLE", self.settings.subscriptions_table)
+            await asyncio.to_thread(self._create_tables)
+            self.handler_env = {**self.aws.environment(), **base}
+            await self._start_gateway_instance(self.ws_port)
+            self.ws_port = self.gateway.port
+            self.handler_env["RTSTREAM_MANAGEMENT_ENDPOINT"] = self.gateway.management_endpoint
+            if self.with_sse and not self.sse_port:
+                from .localredis import free_port
+
+                self.sse_port = free_port(self.host)
+            self.child_env = {
+                **os.environ,
+                **self.handler_env,
+                "RTSTREAM_SSE_HOST": self.host,
+                "RTSTREAM_SSE_PORT": str(self.sse_port),
+                "RTSTREAM_PUBLIC_WS_URL": self.gateway.ws_url,
+                "RTSTREAM_DASHBOARD_DEV_TOKEN": "1",
+                "RTSTREAM_DEV_ENTITY": DEV_ENTITY,
+                "PYTHONUNBUFFERED": "1",
+            }
+            self.settings = Settings.from_env(self.child_env)
+            if self.with_worker and _module_available("rtstream_fanout"):
+                self.worker = _Child("worker", [sys.executable, "-m", "rtstream_fanout"], self.child_env,
+                                     self.log_dir / "worker.log")
+                await self.worker.start()
+            if self.with_sse:
+                await self.start_sse()
+            if self.with_eventbridge and _module_available("rtstream_cli.eventbridge_local"):
+                module = importlib.import_module("rtstream_cli.eventbridge_local")
+                handle = module.start(self)
+                self.eventbridge = await handle if inspect.isawaitable(handle) else handle
+            if self.worker is not None and not self.worker.running:
+                raise RuntimeError(f"the fan-out worker exited at start:\n{self.worker.log_tail()}")
+        except BaseException:
+            await self.stop()
+            raise
+        self.started = True
+        if self.write_state_file:
+            write_state(self.state())
+        return self
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "ws_url": self.ws_url,
+            "sse_url": self.sse_url if self.sse is not None else None,
+            "dashboard_url": self.dashboard_url if self.sse is not None else None,
+            "management_url": self.management_url,
+            "management_endpoint": self.management_endpoint,
+            "redis_url": self.redis_url,
+            "aws_endpoint": self.aws_endpoint,
+            "event_bus": getattr(self.eventbridge, "event_bus", None),
+            "connections_table": self.connections_table,
+            "subscriptions_table": self.subscriptions_table,
+            "jwt_secret": self.jwt_secret,
+            "log_dir": str(self.log_dir),
+            "pid": os.getpid(),
+        }
+
+    async def stop(self) -> None:
+        if self.eventbridge is not None:
+            handle, self.eventbridge = self.eventbridge, None
+            for name in ("stop", "aclose", "close"):
+                method = getattr(handle, name, None)
+                if callable(method):
+                    result = method()
+                    if inspect.isawaitable(result):
+                        await result
+                    break
+        await self.stop_sse()
+        if self.worker is not None:
+            await self.worker.stop()
+            self.worker = None
+        await self.stop_gateway()
+        await self.redis.stop()
+        await self.aws.stop()
+        if self.write_state_file and self.started and read_state().get("pid") == os.getpid():
+            clear_state()
+        self.started = False
+
+    async def __aenter__(self) -> "LocalSystem":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # ---- parts that tests take away and bring back, on the same ports
+    async def stop_gateway(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()
+
+    async def start_gateway(self) -> None:
+        await self._start_gateway_instance(self.ws_port)
+
+    async def stop_sse(self) -> None:
+        if self.sse is not None:
+            await self.sse.stop()
+            self.sse = None
+
+    async def start_sse(self) -> None:
+        if not _module_available("rtstream_sse"):
+            return
+        self.sse = _Child("sse", [sys.executable, "-m", "rtstream_sse"], self.child_env, self.log_dir / "sse.log")
+        await self.sse.start()
+        await self._wait_sse_ready()
+
+    # ---- internals
+    def _gateway_settings(self) -> dict[str, str]:
+        """Limits the handlers and children must agree on with the emulator."""
+        names = {"idle_timeout": "RTSTREAM_IDLE_TIMEOUT_SECONDS",
+                 "max_connection_seconds": "RTSTREAM_MAX_CONNECTION_SECONDS",
+                 "max_frame_bytes": "RTSTREAM_MAX_FRAME_BYTES"}
+        return {env: str(int(self.gateway_options[opt])) for opt, env in names.items() if opt in self.gateway_options}
+
+    def _create_tables(self) -> None:
+        from .template import create_tables, load_template
+
+        create_tables(self.aws.client("dynamodb"),
+                      {"ConnectionsTable": self.settings.connections_table,
+                       "SubscriptionsTable": self.settings.subscriptions_table},
+                      load_template(self.template_path))
+
+    async def _start_gateway_instance(self, port: int) -> None:
+        from rtstream_gateway import GatewayEmulator
+
+        env = dict(self.handler_env)
+        env.pop("RTSTREAM_MANAGEMENT_ENDPOINT", None)  # the emulator points it at itself
+        self.gateway = GatewayEmulator(self.template_path, host=self.host, port=port, env=env,
+                                       region=self.region, **self.gateway_options)
+        try:
+            await self.gateway.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(self.host, port, "WS") from None
+            raise
+
+    async def _wait_sse_ready(self) -> None:
+        deadline = time.monotonic() + SSE_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.sse.running:
+                raise RuntimeError(f"the SSE server exited at start:\n{self.sse.log_tail()}")
+            if await _http_ok(self.host, self.sse_port, "/healthz"):
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"the SSE server did not answer /healthz within {SSE_READY_TIMEOUT:.0f}s:\n{self.sse.log_tail()}")
+
+
+async def _http_ok(host: str, port: int, path: str) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        line = await asyncio.wait_for(reader.readline(), 2)
+        return line.split(b" ")[1:2] == [b"200"]
+    except (OSError, asyncio.TimeoutError, IndexError):
+        return False
+    finally:
+        writer.close()
+
+
+# ---- `rtstream dev`
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("dev", help="run the whole system locally (no AWS account, no Docker)",
+                                   description="Start the local system: gateway emulator, moto (or --aws-endpoint), "
+                                               "Redis, fan-out worker, SSE server and dashboard.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--ws-port", type=int, default=DEFAULT_WS_PORT,
+                        help=f"WebSocket + management API port (default {DEFAULT_WS_PORT}; 0 = any free port)")
+    parser.add_argument("--sse-port", type=int, default=DEFAULT_SSE_PORT,
+                        help=f"SSE + dashboard port (default {DEFAULT_SSE_PORT}; 0 = any free port)")
+    parser.add_argument("--aws-endpoint", default=os.environ.get("AWS_ENDPOINT_URL") or None,
+                        help="LocalStack-compatible endpoint (default AWS_ENDPOINT_URL; else an in-process moto server)")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or None,
+                        help="Redis to use (default REDIS_URL; else a private redis-server, else fakeredis)")
+    parser.add_argument("--jwt-secret", default=None,
+                        help="HS256 signing key (default RTSTREAM_JWT_SECRET, else this machine's dev key)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    system = LocalSystem(ws_port=args.ws_port, sse_port=args.sse_port, host=args.host, aws_endpoint=args.aws_endpoint,
+                         redis_url=args.redis_url, jwt_secret=args.jwt_secret)
+    starting = asyncio.ensure_future(system.start())
+    waiting = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # Ctrl-C during start: start() cleans up after itself
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await system.stop()
+        return 130
+    waiting.cancel()
+    try:
+        starting.result()
+    except PortInUse as exc:
+        print(f"rtstream dev: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:  # one clear line; details are in the logs
+        print(f"rtstream dev: could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+              f"(logs: {system.log_dir})", file=sys.stderr, flush=True)
+        return 1
+    print(f"WebSocket: {system.ws_url}")
+    if system.sse is not None:
+        print(f"SSE: {system.sse_url}")
+        print(f"Dashboard: {system.dashboard_url}")
+    print(f"Management API: {system.management_url}")
+    print(f"Hint: token for the demo entity: rtstream token --user demo-user --entity {DEV_ENTITY}  (logs: {system.log_dir})",
+          flush=True)
+    try:
+        await stopping.wait()
+    finally:
+        await system.stop()
+    return 0

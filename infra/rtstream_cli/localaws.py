@@ -1,0 +1,96 @@
+"""AWS services for the local system: an in-process moto server on a free
+loopback port, or any LocalStack-compatible endpoint (LocalStack, MiniStack, a
+moto server) reached through `localstack-client`.
+
+Credentials are always fake ones: a local endpoint never needs real keys, and
+real keys are never sent to one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+from .localredis import free_port, wait_for_port
+
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+class LocalAws:
+    """``await start()`` -> endpoint URL; ``client(service)``; ``await stop()``."""
+
+    def __init__(self, endpoint: str | None = None, *, region: str = "us-east-1"):
+        self.endpoint = endpoint.rstrip("/") if endpoint else None
+        self.region = region
+        self.kind = "external" if endpoint else "moto"
+        self._moto = None
+        self._session: Any = None
+
+    async def start(self) -> str:
+        if self.endpoint:
+            parsed = urlparse(self.endpoint)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"--aws-endpoint must be an http(s) URL, got {self.endpoint!r}")
+            self._session = _localstack_session(self.endpoint, self.region)
+            return self.endpoint
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call otherwise
+        port = free_port()
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._moto.start()
+        await wait_for_port("127.0.0.1", port, 10)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        return self.endpoint
+
+    def client(self, service: str) -> Any:
+        if self._session is not None:
+            return self._session.client(service)
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                            aws_session_token=FAKE_CREDENTIALS["AWS_SESSION_TOKEN"])
+
+    def environment(self) -> dict[str, str]:
+        """What a process needs to reach these services with boto3, unchanged."""
+        assert self.endpoint, "start() first"
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
+                **FAKE_CREDENTIALS}
+
+    async def stop(self) -> None:
+        if self._moto is not None:
+            moto, self._moto = self._moto, None
+            await asyncio.to_thread(moto.stop)
+
+
+def _localstack_session(endpoint: str, region: str) -> Any:
+    """A localstack-client session bound to ``endpoint``. The library resolves
+    its endpoints once, from AWS_ENDPOINT_URL if set, else ``localstack_host``:
+    the given endpoint is put in both while the session is built."""
+    from localstack_client.session import Session
+
+    parsed = urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    saved = {name: os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "USE_SSL")}
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    os.environ["USE_SSL"] = "1" if parsed.scheme == "https" else "0"
+    try:
+        return Session(aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                       aws_session_token=FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
+                       region_name=region, localstack_host=f"{parsed.hostname}:{port}")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

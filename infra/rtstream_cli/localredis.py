@@ -1,0 +1,116 @@
+"""Redis for the local system: the given URL; else a private `redis-server` on
+a free loopback port (no persistence); else fakeredis's TCP server in-process,
+with a one-line notice."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+
+def parent_death_signal() -> None:
+    """preexec_fn for children of the local system: on Linux, the kernel sends
+    them SIGTERM if the parent dies without stopping them (no orphans)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+        except OSError:
+            pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def wait_for_port(host: str, port: int, timeout: float, *, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before opening {host}:{port}") from None
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{host}:{port} did not open within {timeout:.0f}s") from None
+            await asyncio.sleep(0.02)
+
+
+class LocalRedis:
+    """``await start()`` -> ``url``; ``await stop()`` stops what it started."""
+
+    def __init__(self, url: str | None = None, *, log_dir: str | Path | None = None, use_binary: bool = True):
+        self.url = url
+        self.kind = "external" if url else None
+        self._log_dir = Path(log_dir) if log_dir else None
+        self._use_binary = use_binary
+        self._proc: subprocess.Popen | None = None
+        self._workdir: str | None = None
+        self._fake = None
+        self._fake_thread: threading.Thread | None = None
+
+    async def start(self) -> str:
+        if self.url:
+            return self.url
+        binary = shutil.which("redis-server") if self._use_binary else None
+        port = free_port()
+        if binary:
+            self._workdir = tempfile.mkdtemp(prefix="rtstream-redis-")
+            log = open(self._log_dir / "redis.log", "ab") if self._log_dir else subprocess.DEVNULL
+            self._proc = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                 "--dir", self._workdir, "--protected-mode", "yes"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=parent_death_signal,
+            )
+            if log is not subprocess.DEVNULL:
+                log.close()
+            try:
+                await wait_for_port("127.0.0.1", port, 10, proc=self._proc)
+            except BaseException:
+                await self.stop()
+                raise
+            self.kind = "redis-server"
+        else:
+            from fakeredis import TcpFakeServer
+
+            print("notice: no redis-server on PATH; using an in-process fakeredis server "
+                  "(install Redis for production-like behaviour)", file=sys.stderr, flush=True)
+            self._fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+            self._fake.daemon_threads = True
+            self._fake_thread = threading.Thread(target=self._fake.serve_forever, name="fakeredis", daemon=True)
+            self._fake_thread.start()
+            await wait_for_port("127.0.0.1", port, 5)
+            self.kind = "fakeredis"
+        self.url = f"redis://127.0.0.1:{port}/0"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    await asyncio.to_thread(proc.wait, 5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    await asyncio.to_thread(proc.wait, 5)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        if self._fake is not None:
+            fake, self._fake = self._fake, None
+            await asyncio.to_thread(fake.shutdown)
+            fake.server_close()
