@@ -230,14 +230,27 @@ class ServerState:
             raise TooManyConnections(f"at most {s.max_connections_per_user} concurrent connections per user")
         if self.hub.entity_connections(principal.entity_id) >= s.max_connections_per_entity:
             raise TooManyConnections(f"at most {s.max_connections_per_entity} concurrent connections per entity")
+        if self.presence is not None:
+            # (the service does this itself when configured)
+            await self._presence_call(self.presence.heartbeat, principal.entity_id, principal.user_id, connection_id, "sse")
 
     async def release(self, client: Client) -> None:
+        p = client.principal
         if self.service is None:
+            if self.presence is not None:
+                await self._presence_call(self.presence.leave, p.entity_id, p.user_id, client.connection_id, "sse")
             return
         try:
             await asyncio.to_thread(self.service.disconnect, client.connection_id)
         except Exception as exc:  # the record expires by TTL anyway
             log.warning("could not remove SSE connection %s from the registry: %s", client.connection_id, exc)
+
+    async def _presence_call(self, fn: Any, *args: Any) -> None:
+        """Best effort: presence must never refuse or break a stream."""
+        try:
+            await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            log.warning("presence update failed: %s", exc)
 
     # ---- CORS (only when RTSTREAM_ALLOWED_ORIGINS is set) -------------------------------
 
