@@ -333,3 +333,89 @@ def test_rate_limit_is_per_connection(registry, settings, clock):
         svc.handle_message("c1", ALICE, '{"type":"ping"}')
     assert svc.handle_message("c1", ALICE, '{"type":"ping"}')[0]["code"] == "rate_limited"
     assert svc.handle_message("c2", ALICE, '{"type":"ping"}')[0]["type"] == "pong"
+
+
+# ---- backend outages: the connection keeps working where it safely can -----------------------
+
+
+class _Down:
+    """A port whose backend is down: every call raises the adapters' coded error."""
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            from rtstream.errors import BackendUnavailable
+
+            raise BackendUnavailable("redis: ConnectionError")
+
+        return fail
+
+
+def test_rate_limiter_outage_fails_open(registry, settings, clock):
+    svc = RealtimeService(registry=registry, settings=settings, rate_limiter=_Down(), clock=clock)
+    assert [svc.handle_message("c1", ALICE, '{"type":"ping"}')[0]["type"] for _ in range(10)] == ["pong"] * 10
+
+
+def test_presence_outage_never_refuses_connect_or_disconnect(registry, settings, event_log, clock):
+    svc = RealtimeService(registry=registry, settings=settings, event_log=event_log, presence=_Down(), clock=clock)
+    svc.connect(ALICE, "c1")
+    assert registry.get_connection("c1") is not None
+    assert send(svc, "c1", ALICE, {"type": "ping"})[0]["type"] == "pong"
+    assert send(svc, "c1", ALICE, {"type": "presence"})[0]["code"] == "unavailable"  # asked for it: told why
+    assert svc.disconnect("c1").connection_id == "c1"
+    assert registry.get_connection("c1") is None
+
+
+def test_event_log_outage_keeps_subscribe_and_disconnect_working(registry, settings, clock):
+    svc = RealtimeService(registry=registry, settings=settings, event_log=_Down(), clock=clock)
+    svc.connect(ALICE, "c1")
+    assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": "*"}) == [{"type": "subscribed", "topic": "*"}]
+    assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": "presence", "since": "1-0"})[0]["code"] == "unavailable"
+    assert [s.topic for s in registry.connection_subscriptions("c1")] == ["*"]  # no orphan pending subscription
+    svc.disconnect("c1")
+    assert registry.connection_subscriptions("c1") == []
+
+
+def test_registry_outage_answers_error_frame(settings, clock):
+    svc = RealtimeService(registry=_Down(), settings=settings, clock=clock)
+    assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": "*"})[0]["code"] == "unavailable"
+    assert send(svc, "c1", ALICE, {"type": "ping"})[0]["type"] == "pong"
+
+
+# ---- the entity rule holds on the DynamoDB registry too ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "subscribe", "topic": "transactions.new", "entityId": "entity-m"},
+        {"type": "subscribe", "topic": "entity-m#transactions.new"},
+        {"type": "subscribe", "topic": "*"},
+        {"type": "subscribe", "topic": "presence", "filters": {"sources": ["entity-m"]}},
+    ],
+)
+def test_entity_rule_on_dynamodb(dynamodb_client, tables, settings, clock, frame):
+    from rtstream.adapters.dynamodb import DynamoDBRegistry
+
+    registry = DynamoDBRegistry(dynamodb_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"])
+    svc = RealtimeService(registry=registry, settings=settings)
+    svc.connect(ALICE, "c1")
+    svc.connect(MALLORY, "m1")
+    send(svc, "c1", ALICE, frame)
+    for topic in ("transactions.new", "*", "presence"):
+        assert registry.subscribers("entity-m", topic) == []
+    assert all(s.entity_id == "entity-a" for s in registry.connection_subscriptions("c1"))
+
+
+def test_limits_on_dynamodb(dynamodb_client, tables, settings):
+    from rtstream.adapters.dynamodb import DynamoDBRegistry
+
+    registry = DynamoDBRegistry(dynamodb_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"])
+    svc = RealtimeService(registry=registry, settings=settings)
+    svc.connect(ALICE, "c1")
+    svc.connect(ALICE, "c2")
+    with pytest.raises(TooManyConnections):
+        svc.connect(ALICE, "c3")
+    for topic in ("transactions.new", "balance.updated", "sync.completed"):
+        assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": topic})[0]["type"] == "subscribed"
+    assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": "*"})[0]["code"] == "too_many_subscriptions"
+    assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": "balance.updated", "filters": {"minAmount": 1}})[0]["type"] == "subscribed"
