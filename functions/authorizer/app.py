@@ -32,7 +32,7 @@ def allow_policy(principal_id: str, method_arn: str, context: dict) -> dict:
 
 
 @rt.lazy_tracer()
-@logger.inject_lambda_context(correlation_id_path=rt.CONNECTION_ID_PATH)
+@logger.inject_lambda_context(correlation_id_path=rt.CONNECTION_ID_PATH, clear_state=True)
 @metrics.log_metrics
 @event_source(data_class=APIGatewayAuthorizerRequestEvent)
 def handler(event: APIGatewayAuthorizerRequestEvent, context):
@@ -43,7 +43,7 @@ def handler(event: APIGatewayAuthorizerRequestEvent, context):
         logger.info("connection refused by the authorizer", extra={"reason": exc.message, "tokenPresent": token is not None})
         metrics.add_metric(name=names.CONNECTIONS_REFUSED, unit=MetricUnit.Count, value=1)
         raise Exception("Unauthorized") from None  # API Gateway: 401
-    logger.append_keys(userId=principal.user_id, entityId=principal.entity_id, role=principal.role)
-    logger.info("connection authorized")
+    # per-call keys: handlers of one process share the logger's state
+    logger.info("connection authorized", extra=principal.to_context())
     metrics.add_metric(name="realtime_streaming.authorized", unit=MetricUnit.Count, value=1)
     return allow_policy(principal.user_id, event.method_arn, principal.to_context())

@@ -16,14 +16,13 @@ runtime = rt.LambdaRuntime()
 
 
 @rt.lazy_tracer()
-@logger.inject_lambda_context(correlation_id_path=rt.CONNECTION_ID_PATH)
+@logger.inject_lambda_context(correlation_id_path=rt.CONNECTION_ID_PATH, clear_state=True)
 @metrics.log_metrics
 @event_source(data_class=APIGatewayWebSocketEvent)
 def handler(event: APIGatewayWebSocketEvent, context):
     ctx = event.request_context
     try:
         principal = rt.principal_from_event(event.raw_event)
-        logger.append_keys(userId=principal.user_id, entityId=principal.entity_id)
         runtime.service().connect(
             principal,
             ctx.connection_id,
@@ -31,8 +30,9 @@ def handler(event: APIGatewayWebSocketEvent, context):
             now_ms=ctx.connected_at or None,
         )
     except RealtimeError as exc:
-        logger.warning("connection refused", extra={"code": exc.code, "reason": exc.message})
+        logger.warning("connection refused", extra={"code": exc.code, "reason": exc.message, **(event.raw_event["requestContext"].get("authorizer") or {})})
         metrics.add_metric(name=names.CONNECTIONS_REFUSED, unit=MetricUnit.Count, value=1)
         return {"statusCode": exc.status, "body": exc.code}
+    logger.info("connected", extra=principal.to_context())
     metrics.add_metric(name=names.CONNECTIONS_OPENED, unit=MetricUnit.Count, value=1)
     return {"statusCode": 200}

@@ -16,7 +16,7 @@ runtime = rt.LambdaRuntime()
 
 
 @rt.lazy_tracer()
-@logger.inject_lambda_context(correlation_id_path=rt.CONNECTION_ID_PATH)
+@logger.inject_lambda_context(correlation_id_path=rt.CONNECTION_ID_PATH, clear_state=True)
 @metrics.log_metrics
 @event_source(data_class=APIGatewayWebSocketEvent)
 def handler(event: APIGatewayWebSocketEvent, context):
