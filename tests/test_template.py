@@ -232,3 +232,23 @@ def test_samconfig_environments_use_template_parameters(template):
         names = {pair.split("=", 1)[0] for pair in shlex.split(deploy["parameter_overrides"])}
         assert names <= set(template["Parameters"]), names - set(template["Parameters"])
         assert "JwtSecret" not in names  # secrets never live in the config file
+
+
+def test_alarms_and_dashboards_of_the_seed(template):
+    from rtstream import metrics as names
+
+    known = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and v.startswith("realtime_streaming.")}
+    alarms = resources_of_type(template, "AWS::CloudWatch::Alarm")
+    alarm_names = {a["Properties"]["AlarmName"]["Fn::Sub"].split("-")[0] for a in alarms.values()}
+    assert alarm_names == {names.ALARM_CONNECTION_DROP_HIGH, names.ALARM_LATENCY_DEGRADED}
+    for alarm in alarms.values():
+        assert alarm["Properties"]["MetricName"] in known
+        assert alarm["Properties"]["Namespace"] == names.NAMESPACE
+    dashboards = resources_of_type(template, "AWS::CloudWatch::Dashboard")
+    assert {d["Properties"]["DashboardName"]["Fn::Sub"].split("-")[0] for d in dashboards.values()} == {names.DASHBOARD_HEALTH, names.DASHBOARD_PERFORMANCE}
+    for dashboard in dashboards.values():
+        body = re.sub(r"\$\{[^}]+\}", "X", dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+        widgets = json.loads(body)["widgets"]
+        assert widgets
+        used = set(re.findall(r"realtime_streaming\.[a-z_]+", body))
+        assert used <= known, used - known
