@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import Unauthorized
-from ..models import Principal, is_identifier
+from ..models import ROLES, Principal, is_identifier
 from ..settings import Settings
 
 # Powertools Logger correlation id: the API Gateway connection id.
@@ -47,7 +47,7 @@ def principal_from_event(event: Mapping[str, Any]) -> Principal:
         principal = Principal.from_context(context)
     except (KeyError, TypeError) as exc:
         raise Unauthorized("no authorizer context on this connection") from exc
-    if not is_identifier(principal.user_id) or not is_identifier(principal.entity_id) or principal.role not in ("user", "agent", "admin"):
+    if not is_identifier(principal.user_id) or not is_identifier(principal.entity_id) or principal.role not in ROLES:
         raise Unauthorized("invalid authorizer context")
     return principal
 
