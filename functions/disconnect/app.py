@@ -7,6 +7,7 @@ from aws_lambda_powertools.utilities.data_classes import event_source
 from aws_lambda_powertools.utilities.data_classes.api_gateway_websocket_event import APIGatewayWebSocketEvent
 from rtstream import metrics as names
 from rtstream.adapters import lambda_runtime as rt
+from rtstream.errors import Unauthorized
 
 logger = Logger()
 metrics = Metrics(namespace=names.NAMESPACE)
@@ -19,7 +20,11 @@ runtime = rt.LambdaRuntime()
 @event_source(data_class=APIGatewayWebSocketEvent)
 def handler(event: APIGatewayWebSocketEvent, context):
     ctx = event.request_context
-    removed = runtime.service().disconnect(ctx.connection_id)
+    try:
+        principal = rt.principal_from_event(event.raw_event)
+    except Unauthorized:
+        principal = None
+    removed = runtime.service().disconnect(ctx.connection_id, principal=principal)
     logger.info(
         "disconnected",
         extra={"known": removed is not None, "statusCode": ctx.disconnect_status_code, "reason": ctx.disconnect_reason},

@@ -419,3 +419,12 @@ def test_limits_on_dynamodb(dynamodb_client, tables, settings):
         assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": topic})[0]["type"] == "subscribed"
     assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": "*"})[0]["code"] == "too_many_subscriptions"
     assert send(svc, "c1", ALICE, {"type": "subscribe", "topic": "balance.updated", "filters": {"minAmount": 1}})[0]["type"] == "subscribed"
+
+
+def test_disconnect_clears_presence_even_without_a_record(service, registry, event_log):
+    service.connect(ALICE, "c1")
+    registry.remove_connection("c1")  # e.g. the record expired first
+    assert service.disconnect("c1", principal=ALICE) is None
+    assert send(service, "c2", ALICE, {"type": "presence"}) == [{"type": "presence", "users": []}]
+    offline = [e for e in entity_entries(event_log, "entity-a") if getattr(e, "topic", None) == "presence"][-1]
+    assert offline.data["state"] == "offline"

@@ -93,7 +93,10 @@ class RealtimeService:
             self._presence_change(principal.entity_id, lambda p: p.heartbeat(principal.entity_id, principal.user_id, connection_id, transport))
         return connection
 
-    def disconnect(self, connection_id: str) -> Connection | None:
+    def disconnect(self, connection_id: str, *, principal: Principal | None = None, transport: str = "websocket") -> Connection | None:
+        """Remove the connection and its subscriptions. ``principal`` (from the
+        transport's own context) lets presence be cleared even when the record
+        is already gone (expired or never written)."""
         subscriptions = self.registry.connection_subscriptions(connection_id)
         connection = self.registry.remove_connection(connection_id)
         if self.event_log is not None:
@@ -102,8 +105,10 @@ class RealtimeService:
                 by_entity.setdefault(sub.entity_id, []).append(sub.topic)
             for entity_id, topics in by_entity.items():
                 self._notify_changed(entity_id, sorted(set(topics)), connection_id)
-        if connection is not None and self.presence is not None:
-            self._presence_change(connection.entity_id, lambda p: p.leave(connection.entity_id, connection.user_id, connection_id, connection.transport))
+        who = connection.principal if connection is not None else principal
+        how = connection.transport if connection is not None else transport
+        if who is not None and self.presence is not None:
+            self._presence_change(who.entity_id, lambda p: p.leave(who.entity_id, who.user_id, connection_id, how))
         return connection
 
     # ---- messages --------------------------------------------------------------
