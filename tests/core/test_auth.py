@@ -216,6 +216,16 @@ def test_rs256_valid(rs, rsa_key):
     assert rs.verify(rs_token(rsa_key, role="agent")) == Principal("user-1", "entity-1", "agent")
 
 
+def test_rs256_cognito_custom_attribute_claims(rs, rsa_key):
+    token = jwt.encode(
+        {k: v for k, v in claims(iss=ISS, aud=AUD, **{"custom:entity_id": "entity-7", "custom:role": "admin"}).items() if k not in ("entity_id", "role")},
+        rsa_key,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    assert rs.verify(token) == Principal("user-1", "entity-7", "admin")
+
+
 def test_rs256_wrong_issuer_refused(rs, rsa_key):
     token = jwt.encode(claims(iss="https://evil.example", aud=AUD), rsa_key, algorithm="RS256", headers={"kid": "k1"})
     refused(rs, token, "issuer")

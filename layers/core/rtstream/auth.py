@@ -103,8 +103,9 @@ class TokenVerifier:
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     user_id = claims.get("sub")
-    entity_id = claims.get("entity_id")
-    role = claims.get("role", "user")
+    # Cognito ID tokens carry custom attributes as "custom:<name>"; both are signed claims.
+    entity_id = claims.get("entity_id", claims.get("custom:entity_id"))
+    role = claims.get("role", claims.get("custom:role", "user"))
     if not is_identifier(user_id):
         raise Unauthorized("token claim 'sub' is not a valid user id")
     if not is_identifier(entity_id):
