@@ -33,6 +33,7 @@ DEFAULT_WS_PORT = 3001
 DEFAULT_SSE_PORT = 3002
 DEV_ENTITY = "demo-entity"
 SSE_READY_TIMEOUT = 20.0
+WORKER_READY_TIMEOUT = 10.0
 CHILD_STOP_TIMEOUT = 5.0
 
 
@@ -226,32 +227,14 @@ class LocalSystem:
             self.settings = Settings.from_env({**base})
             base.setdefault("CONNECTIONS_TABLE", self.settings.connections_table)
             base.setdefault("SUBSCRIPTIONS_TABLE", self.settings.subscriptions_table)
-            await asyncio.to_thread(self._create_tables)
             self.handler_env = {**self.aws.environment(), **base}
-            await self._start_gateway_instance(self.ws_port)
-            self.ws_port = self.gateway.port
-            self.handler_env["RTSTREAM_MANAGEMENT_ENDPOINT"] = self.gateway.management_endpoint
-            if self.with_sse and not self.sse_port:
-                from .localredis import free_port
-
-                self.sse_port = free_port(self.host)
-            self.child_env = {
-                **os.environ,
-                **self.handler_env,
-                "RTSTREAM_SSE_HOST": self.host,
-                "RTSTREAM_SSE_PORT": str(self.sse_port),
-                "RTSTREAM_PUBLIC_WS_URL": self.gateway.ws_url,
-                "RTSTREAM_DASHBOARD_DEV_TOKEN": "1",
-                "RTSTREAM_DEV_ENTITY": DEV_ENTITY,
-                "PYTHONUNBUFFERED": "1",
-            }
-            self.settings = Settings.from_env(self.child_env)
-            if self.with_worker and _module_available("rtstream_fanout"):
-                self.worker = _Child("worker", [sys.executable, "-m", "rtstream_fanout"], self.child_env,
-                                     self.log_dir / "worker.log")
-                await self.worker.start()
-            if self.with_sse:
-                await self.start_sse()
+            # Tables are created while the gateway and the children boot (nothing
+            # touches DynamoDB before the first connection); start() returns when all are ready.
+            outcomes = await asyncio.gather(asyncio.to_thread(self._create_tables), self._start_services(),
+                                            return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
             if self.with_eventbridge and _module_available("rtstream_cli.eventbridge_local"):
                 module = importlib.import_module("rtstream_cli.eventbridge_local")
                 handle = module.start(self)
@@ -265,6 +248,35 @@ class LocalSystem:
         if self.write_state_file:
             write_state(self.state())
         return self
+
+    async def _start_services(self) -> None:
+        from rtstream.settings import Settings
+
+        await self._start_gateway_instance(self.ws_port)
+        self.ws_port = self.gateway.port
+        self.handler_env["RTSTREAM_MANAGEMENT_ENDPOINT"] = self.gateway.management_endpoint
+        if self.with_sse and not self.sse_port:
+            from .localredis import free_port
+
+            self.sse_port = free_port(self.host)
+        self.child_env = {
+            **os.environ,
+            **self.handler_env,
+            "RTSTREAM_SSE_HOST": self.host,
+            "RTSTREAM_SSE_PORT": str(self.sse_port),
+            "RTSTREAM_PUBLIC_WS_URL": self.gateway.ws_url,
+            "RTSTREAM_DASHBOARD_DEV_TOKEN": "1",
+            "RTSTREAM_DEV_ENTITY": DEV_ENTITY,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.settings = Settings.from_env(self.child_env)
+        if self.with_worker and _module_available("rtstream_fanout"):
+            self.worker = _Child("worker", [sys.executable, "-m", "rtstream_fanout"], self.child_env,
+                                 self.log_dir / "worker.log")
+            await self.worker.start()
+        # the children boot in parallel (each imports its stack)
+        await asyncio.gather(self._wait_worker_ready() if self.worker is not None else asyncio.sleep(0),
+                             self.start_sse() if self.with_sse else asyncio.sleep(0))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -359,6 +371,25 @@ class LocalSystem:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(self.host, port, "WS") from None
             raise
+
+    async def _wait_worker_ready(self) -> None:
+        """Until the worker's raw-publish subscription exists (``PSUBSCRIBE *:entity:*``),
+        a seed-style ``PUBLISH`` would reach nobody; bounded, then a warning."""
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.redis.url)
+        try:
+            deadline = time.monotonic() + WORKER_READY_TIMEOUT
+            while time.monotonic() < deadline:
+                if not self.worker.running:
+                    raise RuntimeError(f"the fan-out worker exited at start:\n{self.worker.log_tail()}")
+                if await client.pubsub_numpat() >= 1:
+                    return
+                await asyncio.sleep(0.05)
+            print(f"warning: the fan-out worker did not subscribe within {WORKER_READY_TIMEOUT:.0f}s "
+                  f"(log: {self.worker.log_path})", file=sys.stderr, flush=True)
+        finally:
+            await client.aclose()
 
     async def _wait_sse_ready(self) -> None:
         deadline = time.monotonic() + SSE_READY_TIMEOUT
