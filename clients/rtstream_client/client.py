@@ -128,6 +128,7 @@ class RealtimeClient:
         backoff_cap: float = 30.0,
         ws_failures_before_fallback: int = 2,
         ws_retry_after: float = 300.0,
+        outage_probe_after: float = 1.0,
         open_timeout: float = 5.0,
         ping_interval: float = 300.0,  # well under API Gateway's 10-minute idle timeout
         pong_timeout: float = 15.0,
@@ -158,7 +159,7 @@ class RealtimeClient:
             mode = "sse"
         elif mode == "auto" and not sse_url:
             mode = "ws"
-        self.chooser = TransportChooser(mode, ws_failures_before_fallback, ws_retry_after)
+        self.chooser = TransportChooser(mode, ws_failures_before_fallback, ws_retry_after, outage_probe_after)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.open_timeout = open_timeout
@@ -251,7 +252,7 @@ class RealtimeClient:
         attempt = 0
         try:
             while True:
-                transport = self.chooser.choose(loop.time())
+                transport = self.chooser.choose()
                 if self.state.status != "reconnecting":
                     self._set_state(status="connecting", transport=transport, retry_in=None, attempt=attempt)
                 else:
@@ -291,7 +292,7 @@ class RealtimeClient:
             self._queue.put_nowait(exc)
 
     def _opened(self, transport: str) -> None:
-        self.chooser.opened(transport)
+        self.chooser.opened(transport, asyncio.get_running_loop().time())
         reconnects = self.state.reconnects + (1 if self._opened_once else 0)
         self._opened_once = True
         self._set_state(status="open", transport=transport, retry_in=None, attempt=0, reconnects=reconnects, error=None)
@@ -394,6 +395,8 @@ class RealtimeClient:
             await ws.close()
 
     async def _sse_session(self, token: str) -> bool:
+        """One SSE stream. Returns True when it ended on purpose (renewal, or a
+        WebSocket probe succeeded), like :meth:`_ws_session`."""
         assert self.sse_url
         since = self.cursor.last_id
         resumed = since is not None
@@ -420,23 +423,57 @@ class RealtimeClient:
                         raise ServerRefused(code, body)
                     raise _SessionFailed(f"sse refused: HTTP {response.status_code}")
                 self._opened("sse")
-                decoder = SseDecoder()
+                reading = asyncio.create_task(self._sse_read(response, resumed=resumed, started_ms=started_ms, since=since))
+                probing = asyncio.create_task(self._probe_ws(token)) if self.ws_url and self.chooser.mode == "auto" else None
                 try:
-                    async with asyncio.timeout(self.renew_after):
-                        async for line in response.aiter_lines():
-                            message = decoder.feed(line.rstrip("\r\n"))
-                            if message is None:
-                                continue
-                            frame = frame_from_sse(message)
-                            if frame is not None:
-                                self._deliver(frame, transport="sse", resumed=resumed, started_ms=started_ms, since=since)
-                except TimeoutError:
-                    return True
-                except httpx.HTTPError as exc:
-                    raise _OpenedThenLost(f"{type(exc).__name__}: {exc}") from exc
-                raise _OpenedThenLost("sse stream ended")
+                    done, _ = await asyncio.wait({t for t in (reading, probing) if t}, return_when=asyncio.FIRST_COMPLETED)
+                    if probing is not None and probing in done:
+                        return probing.result()  # the WebSocket is back: switch, resuming from the cursor
+                    return reading.result()
+                finally:
+                    for task in (reading, probing):
+                        if task is not None and not task.done():
+                            task.cancel()
+                            await asyncio.gather(task, return_exceptions=True)
             finally:
                 await response_cm.__aexit__(None, None, None)
+
+    async def _sse_read(self, response: httpx.Response, *, resumed: bool, started_ms: int, since: str | None) -> bool:
+        decoder = SseDecoder()
+        try:
+            async with asyncio.timeout(self.renew_after):
+                async for line in response.aiter_lines():
+                    message = decoder.feed(line.rstrip("\r\n"))
+                    if message is None:
+                        continue
+                    frame = frame_from_sse(message)
+                    if frame is not None:
+                        self._deliver(frame, transport="sse", resumed=resumed, started_ms=started_ms, since=since)
+        except TimeoutError:
+            return True
+        except httpx.HTTPError as exc:
+            raise _OpenedThenLost(f"{type(exc).__name__}: {exc}") from exc
+        raise _OpenedThenLost("sse stream ended")
+
+    async def _probe_ws(self, token: str) -> bool:
+        """While on SSE: try a WebSocket handshake when the chooser says so; True
+        once one succeeds (the caller then switches). Never returns False."""
+        loop = asyncio.get_running_loop()
+        assert self.ws_url
+        while True:
+            probe_at = self.chooser.probe_at
+            if probe_at is None:
+                await asyncio.sleep(self.chooser.ws_retry_after)
+                continue
+            await asyncio.sleep(max(0.0, probe_at - loop.time()))
+            try:
+                ws = await websockets.connect(with_query(self.ws_url, token=token), open_timeout=self.open_timeout, ping_interval=None, close_timeout=1)
+            except (OSError, asyncio.TimeoutError, InvalidHandshake):
+                self.chooser.probed(False, loop.time())
+                continue
+            await ws.close()
+            self.chooser.probed(True, loop.time())
+            return True
 
 
 class _OpenedThenLost(Exception):

@@ -65,53 +65,65 @@ class TransportChooser:
 
     ``auto``: WebSocket first; after ``ws_failures_before_fallback`` consecutive
     WebSocket attempts that never got as far as a confirmed subscription, SSE.
-    While on SSE, WebSocket is tried again at the next reconnect once
-    ``ws_retry_after`` seconds have passed, or when SSE keeps failing too (then
-    the server is probably down and either may come back first)."""
+    While on SSE the WebSocket is probed (a handshake; SSE stays up meanwhile)
+    every ``ws_retry_after`` seconds, and a successful probe switches back. If
+    SSE failed too before it opened, the server was down rather than the
+    WebSocket blocked, so the first probe comes after ``outage_probe_after``
+    seconds. When SSE keeps failing as well, attempts go back to the WebSocket
+    (either may come back first)."""
 
     mode: str = "auto"  # auto | ws | sse
     ws_failures_before_fallback: int = 2
     ws_retry_after: float = 300.0
+    outage_probe_after: float = 1.0
     current: str = field(init=False, default="ws")
+    probe_at: float | None = field(init=False, default=None)  # when to probe the WebSocket while on SSE
     _ws_failures: int = field(init=False, default=0)
     _sse_failures: int = field(init=False, default=0)
-    _fell_back_at: float | None = field(init=False, default=None)
+    _sse_failed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "ws", "sse"):
             raise ValueError(f"transport must be auto, ws or sse, got {self.mode!r}")
         self.current = "sse" if self.mode == "sse" else "ws"
 
-    def choose(self, now: float) -> str:
-        if self.mode != "auto":
-            return self.mode
-        if self.current == "sse" and self._fell_back_at is not None and now - self._fell_back_at >= self.ws_retry_after:
-            self.current = "ws"
-            self._ws_failures = 0
-            self._fell_back_at = None
+    def choose(self) -> str:
         return self.current
 
     def failed(self, transport: str, now: float) -> None:
         if self.mode != "auto":
             return
+        self.probe_at = None
         if transport == "ws":
             self._ws_failures += 1
             if self._ws_failures >= self.ws_failures_before_fallback:
                 self.current = "sse"
                 self._sse_failures = 0
-                self._fell_back_at = now
         else:
+            self._sse_failed = True
             self._sse_failures += 1
             if self._sse_failures >= self.ws_failures_before_fallback:
                 self.current = "ws"
                 self._ws_failures = 0
-                self._fell_back_at = None
 
-    def opened(self, transport: str) -> None:
+    def opened(self, transport: str, now: float) -> None:
         if transport == "ws":
             self._ws_failures = 0
+            self.probe_at = None
         else:
             self._sse_failures = 0
+            if self.mode == "auto":
+                self.probe_at = now + (self.outage_probe_after if self._sse_failed else self.ws_retry_after)
+        self._sse_failed = False
+
+    def probed(self, reachable: bool, now: float) -> None:
+        """Result of a WebSocket probe made while on SSE."""
+        if reachable:
+            self.current = "ws"
+            self._ws_failures = 0
+            self.probe_at = None
+        else:
+            self.probe_at = now + self.ws_retry_after
 
 
 def normalize_topics(topics: Iterable[str] | str) -> tuple[str, ...]:

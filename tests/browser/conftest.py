@@ -1,7 +1,6 @@
 """Headless Chromium (Debian's chromium + chromium-driver, driven by selenium)
 against a real local system. .ci/setup.d/chromium.sh installs them."""
 
-import os
 import shutil
 import sys
 import tempfile
@@ -19,19 +18,20 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_system(redis_url, tmp_path_factory):
-    previous = os.environ.get("RTSTREAM_STATE_DIR")
-    os.environ["RTSTREAM_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
-    system = SystemThread(redis_url=redis_url).start()
+    # The browser keeps idle keep-alive connections to the SSE server (page, static
+    # files), which its graceful shutdown waits out; a short grace keeps the
+    # outage test quick.
+    system = SystemThread(
+        redis_url=redis_url,
+        log_dir=tmp_path_factory.mktemp("system-logs"),
+        settings_overrides={"RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS": "0.5"},
+    ).start()
     try:
         yield system
     finally:
         system.stop()
-        if previous is None:
-            os.environ.pop("RTSTREAM_STATE_DIR", None)
-        else:
-            os.environ["RTSTREAM_STATE_DIR"] = previous
 
 
 @pytest.fixture

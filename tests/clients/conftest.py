@@ -11,10 +11,7 @@ from system_thread import SystemThread  # noqa: E402
 @pytest.fixture(scope="module")
 def local_system(redis_url, tmp_path_factory):
     """One real local system (gateway, handlers, moto, Redis, fan-out, SSE) per module."""
-    import os
-
-    os.environ["RTSTREAM_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
-    system = SystemThread(redis_url=redis_url).start()
+    system = SystemThread(redis_url=redis_url, log_dir=tmp_path_factory.mktemp("system-logs")).start()
     try:
         yield system
     finally:

@@ -28,7 +28,7 @@ class SystemThread:
         self._thread.start()
 
         async def boot():
-            system = LocalSystem(ws_port=0, sse_port=0, **self._options)
+            system = LocalSystem(ws_port=0, sse_port=0, write_state_file=False, **self._options)
             await system.start()
             return system
 

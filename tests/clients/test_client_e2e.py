@@ -199,3 +199,25 @@ async def test_ids_increase_across_topics(local_system):
         assert parse_event_id(items[0].id) < parse_event_id(items[1].id)
     finally:
         await client.close()
+
+
+async def test_returns_to_the_websocket_when_it_comes_back(local_system):
+    entity = fresh_entity()
+    await asyncio.to_thread(local_system.stop_gateway)
+    try:
+        client = await open_client(local_system, entity, ws_retry_after=1.0)
+        assert client.state.transport == "sse"
+        first = await publish(local_system, entity, 1, 1)
+        assert [i.id for i in await collect(client, 1, timeout=10)] == first
+    finally:
+        await asyncio.to_thread(local_system.start_gateway)
+    try:
+        # the SSE stream stays up while the client probes the WebSocket, then it switches
+        await client.wait_for(lambda s: s.status == "open" and s.transport == "ws", timeout=10)
+        ids = await publish(local_system, entity, 2, 3)
+        items = await collect(client, 2, timeout=10)
+        assert [i.id for i in items] == ids and all(i.transport == "ws" for i in items)
+        with pytest.raises(TimeoutError):
+            await client.next(timeout=0.5)
+    finally:
+        await client.close()

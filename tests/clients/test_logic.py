@@ -41,28 +41,38 @@ def test_backoff_is_full_jitter_and_capped():
     assert backoff_delay(50, base=0.5, cap=30, rand=lambda: 0.0) == 0.0
 
 
-def test_chooser_falls_back_to_sse_after_repeated_ws_failures_and_retries_ws_later():
+def test_chooser_falls_back_to_sse_after_repeated_ws_failures_and_probes_ws_later():
     c = TransportChooser("auto", ws_failures_before_fallback=2, ws_retry_after=100)
-    assert c.choose(0) == "ws"
+    assert c.choose() == "ws"
     c.failed("ws", 1)
-    assert c.choose(1) == "ws"
+    assert c.choose() == "ws"
     c.failed("ws", 2)
-    assert c.choose(3) == "sse"
-    c.opened("sse")
-    assert c.choose(50) == "sse"
-    assert c.choose(102) == "ws"  # time to try the WebSocket again
+    assert c.choose() == "sse"
+    c.opened("sse", 3)
+    assert c.probe_at == 103  # the WebSocket was blocked: probe it now and then
+    c.probed(False, 103)
+    assert c.choose() == "sse" and c.probe_at == 203
+    c.probed(True, 203)
+    assert c.choose() == "ws" and c.probe_at is None
 
 
-def test_chooser_alternates_when_both_fail_and_fixed_modes_never_switch():
-    c = TransportChooser("auto", ws_failures_before_fallback=1)
+def test_chooser_after_an_outage_probes_soon_and_alternates_while_both_fail():
+    c = TransportChooser("auto", ws_failures_before_fallback=1, ws_retry_after=100, outage_probe_after=1)
     c.failed("ws", 0)
-    assert c.choose(0) == "sse"
-    c.failed("sse", 0)
-    assert c.choose(0) == "ws"
+    assert c.choose() == "sse"
+    c.failed("sse", 1)  # SSE down too: the server is away
+    assert c.choose() == "ws"
+    c.failed("ws", 2)
+    assert c.choose() == "sse"
+    c.opened("sse", 3)
+    assert c.probe_at == 4
     fixed = TransportChooser("ws")
     for _ in range(5):
         fixed.failed("ws", 0)
-    assert fixed.choose(0) == "ws"
+    assert fixed.choose() == "ws"
+    sse_only = TransportChooser("sse")
+    sse_only.opened("sse", 0)
+    assert sse_only.probe_at is None
     with pytest.raises(ValueError):
         TransportChooser("carrier-pigeon")
 

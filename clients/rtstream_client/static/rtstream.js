@@ -81,44 +81,62 @@ function sseQuery(topics, filters, since) {
   };
 }
 
-/** Which transport the next attempt uses (see TransportChooser in logic.py). */
+/**
+ * Which transport the next attempt uses (TransportChooser in logic.py): WebSocket
+ * first; SSE after repeated WebSocket failures; while on SSE the WebSocket is
+ * probed (SSE stays up) every wsRetryAfterMs, or soon after an outage in which
+ * SSE failed too, and a successful probe switches back.
+ */
 class TransportChooser {
-  constructor(mode, failuresBeforeFallback, wsRetryAfterMs) {
+  constructor(mode, failuresBeforeFallback, wsRetryAfterMs, outageProbeAfterMs) {
     this.mode = mode;
     this.limit = failuresBeforeFallback;
     this.wsRetryAfterMs = wsRetryAfterMs;
+    this.outageProbeAfterMs = outageProbeAfterMs;
     this.current = mode === "sse" ? "sse" : "ws";
+    this.probeAt = null;
     this.wsFailures = 0;
     this.sseFailures = 0;
-    this.fellBackAt = null;
+    this.sseFailed = false;
   }
-  choose(now) {
-    if (this.mode !== "auto") return this.mode;
-    if (this.current === "sse" && this.fellBackAt !== null && now - this.fellBackAt >= this.wsRetryAfterMs) {
-      this.current = "ws";
-      this.wsFailures = 0;
-      this.fellBackAt = null;
-    }
+  choose() {
     return this.current;
   }
-  failed(transport, now) {
+  failed(transport) {
     if (this.mode !== "auto") return;
+    this.probeAt = null;
     if (transport === "ws") {
       if (++this.wsFailures >= this.limit) {
         this.current = "sse";
         this.sseFailures = 0;
-        this.fellBackAt = now;
       }
-    } else if (++this.sseFailures >= this.limit) {
-      // SSE failing too: the server is likely down; either may come back first
-      this.current = "ws";
-      this.wsFailures = 0;
-      this.fellBackAt = null;
+    } else {
+      this.sseFailed = true;
+      if (++this.sseFailures >= this.limit) {
+        // SSE failing too: the server is likely down; either may come back first
+        this.current = "ws";
+        this.wsFailures = 0;
+      }
     }
   }
-  opened(transport) {
-    if (transport === "ws") this.wsFailures = 0;
-    else this.sseFailures = 0;
+  opened(transport, now) {
+    if (transport === "ws") {
+      this.wsFailures = 0;
+      this.probeAt = null;
+    } else {
+      this.sseFailures = 0;
+      if (this.mode === "auto") this.probeAt = now + (this.sseFailed ? this.outageProbeAfterMs : this.wsRetryAfterMs);
+    }
+    this.sseFailed = false;
+  }
+  probed(reachable, now) {
+    if (reachable) {
+      this.current = "ws";
+      this.wsFailures = 0;
+      this.probeAt = null;
+    } else {
+      this.probeAt = now + this.wsRetryAfterMs;
+    }
   }
 }
 
@@ -139,7 +157,7 @@ export class RealtimeClient extends EventTarget {
     if (!["auto", "ws", "sse"].includes(mode)) throw new Error(`rtstream: transport must be auto, ws or sse, got ${mode}`);
     if (mode === "auto" && !this.wsUrl) mode = "sse";
     if (mode === "auto" && !this.sseUrl) mode = "ws";
-    this.chooser = new TransportChooser(mode, o.wsFailuresBeforeFallback ?? 2, o.wsRetryAfterMs ?? 300_000);
+    this.chooser = new TransportChooser(mode, o.wsFailuresBeforeFallback ?? 2, o.wsRetryAfterMs ?? 300_000, o.outageProbeAfterMs ?? 1_000);
     this.backoffBaseMs = o.backoffBaseMs ?? 500;
     this.backoffCapMs = o.backoffCapMs ?? 30_000;
     this.openTimeoutMs = o.openTimeoutMs ?? 5_000;
@@ -183,7 +201,7 @@ export class RealtimeClient extends EventTarget {
   async _loop() {
     let attempt = 0;
     while (this._running) {
-      const transport = this.chooser.choose(Date.now());
+      const transport = this.chooser.choose();
       if (this.state.status === "reconnecting") this._setState({ transport, retryIn: null, retryAt: null });
       else this._setState({ status: "connecting", transport, retryIn: null, retryAt: null, attempt });
       let result;
@@ -207,7 +225,7 @@ export class RealtimeClient extends EventTarget {
           continue;
         }
       } else {
-        this.chooser.failed(transport, Date.now());
+        this.chooser.failed(transport);
       }
       const delay = backoffDelay(attempt, this.backoffBaseMs, this.backoffCapMs, this.rand);
       attempt += 1;
@@ -222,7 +240,7 @@ export class RealtimeClient extends EventTarget {
   }
 
   _opened(transport) {
-    this.chooser.opened(transport);
+    this.chooser.opened(transport, Date.now());
     const reconnects = this.state.reconnects + (this._openedOnce ? 1 : 0);
     this._openedOnce = true;
     this._setState({ status: "open", transport, retryIn: null, retryAt: null, attempt: 0, reconnects, error: null });
@@ -319,13 +337,24 @@ export class RealtimeClient extends EventTarget {
       let opened = false;
       let finished = false;
       const es = new EventSource(withQuery(this.sseUrl, { access_token: token, ...sseQuery(this.topics, this.filters, session.since) }));
+      let probeTimer = null, probe = null;
       const finish = (result) => {
         if (finished) return;
         finished = true;
-        clearTimeout(openTimer); clearTimeout(renewTimer);
+        clearTimeout(openTimer); clearTimeout(renewTimer); clearTimeout(probeTimer);
+        if (probe) { probe.onopen = probe.onclose = probe.onerror = null; try { probe.close(); } catch (_) { /* closed */ } }
         this._endSession = null;
         es.close();
         resolve(result);
+      };
+      // While on SSE, probe the WebSocket now and then; switch when it answers.
+      const scheduleProbe = () => {
+        if (!this.wsUrl || this.chooser.mode !== "auto" || this.chooser.probeAt === null || finished) return;
+        probeTimer = setTimeout(() => {
+          try { probe = new WebSocket(withQuery(this.wsUrl, { token })); } catch (_) { this.chooser.probed(false, Date.now()); return scheduleProbe(); }
+          probe.onopen = () => { this.chooser.probed(true, Date.now()); finish({ opened: true, renew: true }); };
+          probe.onclose = () => { probe = null; this.chooser.probed(false, Date.now()); scheduleProbe(); };
+        }, Math.max(0, this.chooser.probeAt - Date.now()));
       };
       const openTimer = setTimeout(() => finish({ opened: false, error: "sse: no response" }), this.openTimeoutMs);
       const renewTimer = setTimeout(() => finish({ opened: true, renew: true }), this.renewAfterMs);
@@ -334,6 +363,7 @@ export class RealtimeClient extends EventTarget {
         opened = true;
         clearTimeout(openTimer);
         this._opened("sse");
+        scheduleProbe();
       };
       es.onerror = (e) => {
         if (e && typeof e.data === "string") return; // a server-sent "event: error" frame, handled below
