@@ -236,6 +236,9 @@ def frame_from_sse(message: SseMessage) -> dict[str, Any] | None:
         payload = json.loads(message.data)
     except ValueError:
         return None
+    if message.event == "cursor" or (isinstance(payload, dict) and payload.get("type") == "cursor"):
+        cursor_id = payload.get("id") if isinstance(payload, dict) and payload.get("id") else message.id
+        return {"type": "cursor", "id": cursor_id} if cursor_id else None
     if isinstance(payload, dict) and payload.get("type") in ("event", "error"):
         if payload.get("type") == "event" and "id" not in payload and message.id:
             payload["id"] = message.id

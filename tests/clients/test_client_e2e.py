@@ -221,3 +221,21 @@ async def test_returns_to_the_websocket_when_it_comes_back(local_system):
             await client.next(timeout=0.5)
     finally:
         await client.close()
+
+
+async def test_sse_client_that_saw_no_event_yet_still_resumes_from_where_it_joined(local_system):
+    entity = fresh_entity()
+    before = await publish(local_system, entity, 1, 1)  # history exists, but from before this client
+    client = await open_client(local_system, entity, transport="sse")
+    try:
+        await client.wait_for(lambda s: s.last_event_id == before[0], timeout=5)  # the stream's starting cursor
+        await asyncio.to_thread(local_system.stop_sse)
+        await client.wait_for(lambda s: s.status == "reconnecting", timeout=10)
+        missed = await publish(local_system, entity, 2, 3)
+        await asyncio.to_thread(local_system.start_sse)
+        items = await collect(client, 2, timeout=15)
+        assert [i.id for i in items] == missed
+        with pytest.raises(TimeoutError):
+            await client.next(timeout=0.5)
+    finally:
+        await client.close()

@@ -114,6 +114,10 @@ def test_sse_decoder_follows_the_event_stream_rules():
     gap = frame_from_sse(type(messages[0])(event="error", data='{"code":"replay_gap","message":"gone"}'))
     assert gap["type"] == "error" and gap["code"] == "replay_gap"
     assert frame_from_sse(type(messages[0])(data="not json")) is None
+    # the stream's starting cursor: an id-only frame, or a named "cursor" event
+    cursor = [m for m in (d.feed(line) for line in ["id: 7-0", ""]) if m]
+    assert frame_from_sse(cursor[0]) == {"type": "cursor", "id": "7-0"}
+    assert frame_from_sse(type(messages[0])(event="cursor", data='{"type":"cursor","id":"8-0"}', id="8-0")) == {"type": "cursor", "id": "8-0"}
 
 
 def test_replayed_means_published_before_a_resumed_session_started():

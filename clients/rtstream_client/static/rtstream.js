@@ -372,6 +372,13 @@ export class RealtimeClient extends EventTarget {
       const onFrame = (msg) => {
         let payload;
         try { payload = JSON.parse(msg.data); } catch (_) { return; }
+        if (msg.type === "cursor" || (payload && payload.type === "cursor")) {
+          // where this stream starts (a server may send it as a named event, which
+          // EventSource exposes, unlike an id-only frame): resume from here later
+          const id = (payload && payload.id) || msg.lastEventId;
+          if (eventIdKey(id) && (!this.lastEventId || compareIds(id, this.lastEventId) > 0)) this.lastEventId = id;
+          return;
+        }
         let frame;
         if (payload && (payload.type === "event" || payload.type === "error")) frame = payload;
         else if (msg.type === "error" || msg.type === "replay_gap") frame = { type: "error", code: "replay_gap", ...payload };
@@ -379,7 +386,7 @@ export class RealtimeClient extends EventTarget {
         if (frame.type === "event" && frame.id == null && msg.lastEventId) frame.id = msg.lastEventId;
         this._deliver(frame, "sse", session);
       };
-      for (const name of [...EVENT_TOPICS, "presence", "message", "error", "replay_gap"]) {
+      for (const name of [...EVENT_TOPICS, "presence", "message", "error", "replay_gap", "cursor"]) {
         es.addEventListener(name, (msg) => { if (typeof msg.data === "string") onFrame(msg); });
       }
     });
