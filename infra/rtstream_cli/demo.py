@@ -11,8 +11,10 @@ budgets; data syncs complete now and then. Bounded by ``--count`` and/or
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -124,20 +126,26 @@ def run_demo(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     on_published: Callable[[str, str, dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Publish up to ``count`` events (0 = no count limit) at ``rate`` per second,
-    stopping after ``duration`` seconds if given. Returns how many were published."""
+    stopping after ``duration`` seconds if given, or when ``stop`` is set.
+    Returns how many were published."""
     if rate <= 0:
         raise ValueError("rate must be > 0")
     if count < 0:
         raise ValueError("count must be >= 0")
-    if count == 0 and duration is None:
+    if count == 0 and duration is None and stop is None:
         raise ValueError("give --count or --duration: the demo is always bounded")
+    if stop is not None:
+        sleep = stop.wait  # type: ignore[assignment]
     interval = 1.0 / rate
     start = clock()
     published = 0
     for topic, data, source in DemoFeed(rng or random.Random()):
         if count and published >= count:
+            break
+        if stop is not None and stop.is_set():
             break
         if duration is not None and clock() - start >= duration:
             break
@@ -150,6 +158,57 @@ def run_demo(
         if delay > 0:
             sleep(delay)
     return published
+
+
+class BackgroundDemo:
+    """The demo feed in a daemon thread, for `rtstream dev` to start with the
+    system so a new user's dashboard moves at once:
+
+        demo = BackgroundDemo(redis_url, settings, "demo-entity", rate=1.0).start()
+        ...
+        demo.stop()
+
+    Redis errors (e.g. while the system stops) end the feed quietly with a log line."""
+
+    def __init__(self, redis_url: str, settings: Any, entity_id: str = DEFAULT_ENTITY, *, rate: float = 1.0, count: int = 0):
+        self.redis_url = redis_url
+        self.settings = settings
+        self.entity_id = entity_id
+        self.rate = rate
+        self.count = count
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rtstream-demo", daemon=True)
+
+    def start(self) -> "BackgroundDemo":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import redis
+
+        from rtstream.errors import RealtimeError
+        from rtstream.publishing import publish
+
+        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=5)
+
+        def publish_one(entity_id: str, topic: str, data: dict[str, Any], source: str) -> str:
+            return publish(entity_id, topic, data, source=source, client=client, settings=self.settings)
+
+        def count(*_: Any) -> None:
+            self.published += 1
+
+        try:
+            run_demo(self.entity_id, publish_one, rate=self.rate, count=self.count, stop=self._stop, on_published=count)
+        except (redis.RedisError, RealtimeError) as exc:
+            logging.getLogger("rtstream.demo").warning("demo feed stopped: %s", exc)
+        finally:
+            client.close()
 
 
 def describe(topic: str, data: dict[str, Any]) -> str:

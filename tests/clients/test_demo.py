@@ -71,3 +71,20 @@ def test_cli_demo_publishes_and_reports_errors(redis_client, redis_url, capsys, 
     assert "entity id" in capsys.readouterr().err
     monkeypatch.delenv("REDIS_URL", raising=False)
     assert main(["demo", "--count", "1"]) == 2
+
+
+def test_background_demo_feeds_until_stopped(redis_client, redis_url):
+    import time
+
+    from rtstream_cli.demo import BackgroundDemo
+
+    demo = BackgroundDemo(redis_url, Settings().replace(redis_url=redis_url), "bg-e", rate=200).start()
+    deadline = time.monotonic() + 5
+    while demo.published < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    demo.stop()
+    stopped_at = demo.published
+    assert stopped_at >= 10
+    time.sleep(0.1)
+    assert demo.published == stopped_at  # nothing after stop
+    assert redis_client.xlen("rt:history:bg-e") == stopped_at
