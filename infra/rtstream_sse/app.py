@@ -274,7 +274,7 @@ class ServerState:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.history = History(self.redis_factory(), self.settings)
+        self.history = History(self.redis_factory(retry=True), self.settings)
         self._tasks = [
             asyncio.create_task(self.reader.run(), name="sse-redis-reader"),
             asyncio.create_task(self._ticks(), name="sse-heartbeat"),
@@ -374,11 +374,22 @@ def create_app(
         service = RealtimeService(registry=registry, settings=settings, event_log=event_log, presence=presence)
     if redis_factory is None:
         import redis.asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import EqualJitterBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
 
         socket_timeout = config.read_block_ms / 1000 + 10  # longer than an XREAD BLOCK
 
-        def redis_factory() -> Any:
-            return redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True)
+        def redis_factory(*, retry: bool = False) -> Any:
+            # The reader handles errors itself (backoff, resume, counted); history
+            # reads are idempotent, so a dropped pooled connection is retried.
+            extra: dict[str, Any] = {}
+            if retry:
+                extra = {"retry": Retry(EqualJitterBackoff(cap=1.0, base=0.05), 3), "retry_on_error": [RedisConnectionError, RedisTimeoutError]}
+            else:
+                extra = {"retry": Retry(EqualJitterBackoff(), 0)}
+            return redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True, **extra)
 
     state = ServerState(settings, config, redis_url=redis_url, verifier=verifier, service=service, presence=presence, redis_factory=redis_factory)
     static = static_dir()

@@ -82,6 +82,7 @@ class Client:
         "close_reason",
         "completed",
         "expires_at",
+        "seam",
     )
 
     def __init__(self, connection_id: str, principal: Principal, topics: frozenset[str], filters: Filters, send: Send, *, expires_at: float):
@@ -102,6 +103,9 @@ class Client:
         self.close_reason: str | None = None
         self.completed = False  # the response was ended properly (final chunk written)
         self.expires_at = expires_at  # monotonic time after which the stream is recycled
+        # last history id sent by the replay: live events up to it are duplicates
+        # until the reader has caught up past it
+        self.seam: EventId | None = None
 
     def wants(self, event: Event) -> bool:
         return event.topic in self.topics and (self.unfiltered or self.filters.matches(event.topic, event.source, event.data))
@@ -175,9 +179,15 @@ class Hub:
         buffered = client.pending
         if after is not None:
             buffered = [d for d in buffered if d.key is None or d.key > after]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "go_live %s after=%s replayed=%d buffered=%s kept=%s",
+                client.connection_id, after, replayed, [d.key for d in client.pending], [d.key for d in buffered],
+            )
         client.pending = []
         client.pending_bytes = 0
         client.replaying = False
+        client.seam = after
         self.metrics.deliveries += replayed
         self._write(client, prefix + b"".join(d.data for d in buffered), buffered)
 
@@ -201,12 +211,25 @@ class Hub:
                 chosen = [d for d in deliveries if client.wants(d.event)]  # type: ignore[arg-type]
                 sel = selections[client.subscription_key] = (chosen, b"".join(d.data for d in chosen))
             chosen, body = sel
+            if client.seam is not None and not client.replaying:
+                chosen, body = self._past_seam(client, deliveries, chosen)
             if not chosen:
                 continue
             if client.inflight is None and not client.replaying:
                 self._write(client, body, chosen)
             else:
                 self._enqueue(client, chosen, len(body))
+
+    @staticmethod
+    def _past_seam(client: Client, deliveries: list[Delivery], chosen: list[Delivery]) -> tuple[list[Delivery], bytes]:
+        """The reader may still be behind the history the client was sent: drop what
+        the replay already covered. Ids of one entity arrive in order, so once one
+        is past the seam, all later ones are."""
+        seam = client.seam
+        kept = [d for d in chosen if d.key is None or d.key > seam]  # type: ignore[operator]
+        if any(d.key is not None and d.key > seam for d in deliveries):  # type: ignore[operator]
+            client.seam = None
+        return kept, b"".join(d.data for d in kept)
 
     def _write(self, client: Client, body: bytes, sent: list[Delivery]) -> None:
         coro = client.send({"type": BODY, "body": body, "more_body": True})

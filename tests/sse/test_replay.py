@@ -77,7 +77,14 @@ async def test_seam_has_no_gap_and_no_duplicate_under_load(sse_server, event_log
     for cursor, stream in zip(cursors, streams):
         expected = everything[everything.index(cursor) + 1 :]
         got = [f.id for f in await stream.events(len(expected), timeout=10)]
-        assert got == expected
+        assert got == expected, {
+            "cursor": cursor,
+            "duplicates": sorted({i for i in got if got.count(i) > 1}),
+            "missing": [i for i in expected if i not in got],
+            "extra": [i for i in got if i not in expected],
+            "first": got[:12],
+            "expected_first": expected[:12],
+        }
         await stream.no_event(0.2)
 
 
