@@ -83,8 +83,8 @@ def ministack_endpoint():
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        try:
-            proc.wait(timeout=15)
+        try:  # a throwaway emulator: no need to wait for its graceful shutdown
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
@@ -116,17 +116,70 @@ def deploy(endpoint: str, redis_url: str, python_version: str, template_path=Non
 
 
 @pytest.fixture(scope="session")
-def deployed(ministack_endpoint, redis_url, lambda_python_version):
-    from rtstream_cli.localstack.stack import _stack, client_factory, destroy_stack
+def e2e_jwt_secret():
+    """The JwtSecret the stack is deployed with (tokens for the tests are signed with it)."""
+    return JWT_SECRET
 
-    stack = deploy(ministack_endpoint, redis_url, lambda_python_version)
-    print(f"deployed {stack.stack_name}: {stack.timings}")
+
+@pytest.fixture(scope="session")
+def deploy_template(ministack_endpoint, redis_url, lambda_python_version):
+    """``deploy_template(template_path=None, stack_name=None)``: deploy-local into this MiniStack."""
+    return lambda template_path=None, stack_name=None: deploy(
+        ministack_endpoint, redis_url, lambda_python_version, template_path, stack_name)
+
+
+@pytest.fixture(scope="session")
+def e2e_template_path():
+    """template.yaml, or RTSTREAM_E2E_TEMPLATE to run this suite against another copy."""
+    from rtstream_cli.template import TEMPLATE_PATH
+
+    return Path(os.environ.get("RTSTREAM_E2E_TEMPLATE") or TEMPLATE_PATH).resolve()
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    """`rtstream deploy-local|destroy-local …` in-process; (exit code, stdout)."""
+    import argparse
+    import contextlib
+    import io
+
+    from rtstream_cli import deploy_local
+
+    parser = argparse.ArgumentParser(prog="rtstream")
+    deploy_local.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = args.func(args)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def deployed(ministack_endpoint, redis_url, lambda_python_version, e2e_template_path):
+    """The stack, deployed and (at the end) removed by the `rtstream` commands themselves."""
+    from rtstream_cli.localstack.stack import _stack, client_factory, describe_deployed
+
+    name = f"rtstream-e2e-{uuid.uuid4().hex[:6]}"
+    started = time.monotonic()
+    code, out = run_cli("deploy-local", "--endpoint", ministack_endpoint, "--stack", name, "--stage", STAGE,
+                        "--template", str(e2e_template_path), "--redis-url", redis_url, "--jwt-secret", JWT_SECRET,
+                        "--lambda-python", lambda_python_version)
+    assert code == 0, out
+    stack = describe_deployed(ministack_endpoint, name)
+    # the printed contract: `WebSocket: ws://…`, `Management API: http://…/@connections`, the tables
+    assert f"WebSocket: {stack.websocket_url}\n" in out and stack.websocket_url.startswith("ws://")
+    assert f"Management API: {stack.management_endpoint}/@connections\n" in out
+    assert stack.connections_table in out and stack.subscriptions_table in out
+    print(f"deploy-local {name}: {time.monotonic() - started:.1f}s")
     yield stack
-    assert destroy_stack(ministack_endpoint, stack.stack_name)
+    started = time.monotonic()
+    code, out = run_cli("destroy-local", "--endpoint", ministack_endpoint, "--stack", name)
+    assert (code, out) == (0, f"Removed: {name}\n")
     clients = client_factory(ministack_endpoint)
-    assert _stack(clients("cloudformation"), stack.stack_name) is None
+    assert _stack(clients("cloudformation"), name) is None
     left = set(clients("dynamodb").list_tables()["TableNames"]) & {stack.connections_table, stack.subscriptions_table}
     assert not left, f"destroy-local left tables {left}"
+    assert not [f for f in clients("lambda").list_functions()["Functions"] if f["FunctionName"].startswith(name)]
+    print(f"destroy-local {name}: {time.monotonic() - started:.1f}s")
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +200,9 @@ def services(deployed, redis_url, tmp_path_factory):
         time.sleep(0.1)
     client.close()
     yield running
+    started = time.monotonic()
     running.stop()
+    print(f"services stopped in {time.monotonic() - started:.1f}s")
 
 
 @pytest.fixture(scope="session")

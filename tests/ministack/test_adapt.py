@@ -43,6 +43,14 @@ def test_only_the_listed_types_are_removed_and_each_setting_is_reapplied(templat
     assert {lid: r["Type"] for lid, r in template["Resources"].items()} == before
 
 
+def test_request_authorizer_without_identity_source_stays_without_one(template):
+    authorizers = {lid: r for lid, r in template["Resources"].items() if r["Type"] == "AWS::ApiGatewayV2::Authorizer"}
+    adapted = adapt_for_emulator(template, endpoint=ENDPOINT)
+    for lid, resource in authorizers.items():
+        declared = resource["Properties"].get("IdentitySource")
+        assert adapted.template["Resources"][lid]["Properties"]["IdentitySource"] == (declared or [])
+
+
 def test_execute_api_urls_point_at_the_emulator(template):
     adapted = adapt_for_emulator(template, endpoint=ENDPOINT, lambda_endpoint="http://lambda-side:4566")
     text = json.dumps(adapted.template)

@@ -17,22 +17,20 @@ from pathlib import Path
 import pytest
 import websockets
 
-from .conftest import JWT_SECRET, deploy
-
 pytestmark = pytest.mark.ministack
 
 
-def broken_template(tmp_path: Path) -> Path:
+def broken_template(source: Path, tmp_path: Path) -> Path:
     from rtstream_cli.localstack.adapt import _referenced_ids
-    from rtstream_cli.template import TEMPLATE_PATH, load_template
+    from rtstream_cli.template import load_template
 
-    template = json.loads(json.dumps(load_template(TEMPLATE_PATH)))
+    template = json.loads(json.dumps(load_template(source)))
     resources = template["Resources"]
     for resource in resources.values():  # the copy lives elsewhere: keep code paths pointing at the project
         props = resource.get("Properties") or {}
         for key in ("CodeUri", "ContentUri"):
             if isinstance(props.get(key), str) and not props[key].startswith("s3://"):
-                props[key] = str((TEMPLATE_PATH.parent / props[key]).resolve())
+                props[key] = str((source.parent / props[key]).resolve())
     [route] = [r for r in resources.values()
                if r["Type"] == "AWS::ApiGatewayV2::Route" and r["Properties"].get("RouteKey") == "subscribe"]
     [integration_id] = [i for i in _referenced_ids(route["Properties"]["Target"])
@@ -45,31 +43,35 @@ def broken_template(tmp_path: Path) -> Path:
     return path
 
 
-async def subscribe_reply(ws_url: str) -> dict | None:
+async def subscribe_reply(ws_url: str, secret: str) -> dict | None:
+    """The reply to ``subscribe`` on ``ws_url``, None if there is none.
+
+    The subscribe is followed by a ping: MiniStack runs one connection's
+    messages in order, so once ``pong`` arrives the subscribe has been
+    handled, and no reply before it means none is coming.
+    """
     from rtstream.auth import issue_dev_token
 
-    tok = issue_dev_token(JWT_SECRET, user_id=f"u-{uuid.uuid4().hex[:6]}", entity_id="e-wiring")
-    async with websockets.connect(f"{ws_url}?token={tok}", open_timeout=20) as ws:
-        await ws.send(json.dumps({"type": "ping"}))  # warm: the connection and the ping route work
-        assert json.loads(await asyncio.wait_for(ws.recv(), 20))["type"] == "pong"
+    tok = issue_dev_token(secret, user_id=f"u-{uuid.uuid4().hex[:6]}", entity_id="e-wiring")
+    async with websockets.connect(f"{ws_url}?token={tok}", open_timeout=60) as ws:
+        await ws.send(json.dumps({"type": "ping"}))  # the connection and the ping route work
+        assert json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] == "pong"
         await ws.send(json.dumps({"type": "subscribe", "topic": "transactions.new"}))
-        try:
-            return json.loads(await asyncio.wait_for(ws.recv(), 8))
-        except asyncio.TimeoutError:
-            return None
+        await ws.send(json.dumps({"type": "ping"}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        return None if reply.get("type") == "pong" else reply
 
 
-async def test_subscribe_route_pointing_nowhere_fails_end_to_end(ministack_endpoint, redis_url, lambda_python_version,
-                                                                  tmp_path, deployed):  # noqa: ARG001
+async def test_subscribe_route_pointing_nowhere_fails_end_to_end(ministack_endpoint, deploy_template, deployed,
+                                                                  e2e_jwt_secret, e2e_template_path, tmp_path):
     from rtstream_cli.localstack.stack import client_factory, destroy_stack
 
     # the intact stack answers (positive control, same MiniStack, same code)
-    assert await subscribe_reply(deployed.websocket_url) == {"type": "subscribed", "topic": "transactions.new"}
+    assert await subscribe_reply(deployed.websocket_url, e2e_jwt_secret) == {"type": "subscribed", "topic": "transactions.new"}
 
-    broken = deploy(ministack_endpoint, redis_url, lambda_python_version,
-                    template_path=broken_template(tmp_path), stack_name=f"rtstream-broken-{uuid.uuid4().hex[:6]}")
+    broken = deploy_template(broken_template(e2e_template_path, tmp_path), f"rtstream-broken-{uuid.uuid4().hex[:6]}")
     try:
-        reply = await subscribe_reply(broken.websocket_url)
+        reply = await subscribe_reply(broken.websocket_url, e2e_jwt_secret)
         # MiniStack sends nothing; AWS sends {"message": "Internal server error", ...}
         assert reply is None or reply.get("type") != "subscribed", reply
         items = client_factory(ministack_endpoint)("dynamodb").scan(TableName=broken.subscriptions_table)["Items"]

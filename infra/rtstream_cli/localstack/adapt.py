@@ -36,6 +36,12 @@ ADAPTATIONS: tuple[tuple[str, str], ...] = (
         "MiniStack ignores TTL in CloudFormation; the property stays in the template",
     ),
     (
+        "a WebSocket REQUEST authorizer without IdentitySource gets an explicit empty IdentitySource",
+        "MiniStack defaults a missing one to $request.header.Authorization (the HTTP API default) and answers "
+        "401 before the authorizer runs when that header is absent, refusing ?token= (browser) clients; on AWS "
+        "an authorizer without identity sources runs on every $connect",
+    ),
+    (
         "nested stacks (AWS::CloudFormation::Stack / AWS::Serverless::Application: the ECS services) removed",
         "the fan-out worker and SSE server run as local processes against the stack "
         "(`rtstream deploy-local --run-services`), not as containers",
@@ -245,6 +251,8 @@ def adapt_for_emulator(template: dict[str, Any], *, endpoint: str, lambda_endpoi
             if deployment is not None and _referenced_ids(deployment) & removed.keys():
                 del props["DeploymentId"]
                 adapted.steps.append(_deployment_step(logical_id, props))
+        if resource.get("Type") == "AWS::ApiGatewayV2::Authorizer" and props.get("AuthorizerType") == "REQUEST":
+            props.setdefault("IdentitySource", [])
         if resource.get("Type") == "AWS::DynamoDB::Table":
             ttl = props.get("TimeToLiveSpecification") or {}
             if ttl.get("Enabled") in (True, "true", "True"):

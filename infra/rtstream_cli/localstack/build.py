@@ -61,10 +61,23 @@ def runtime_python_version(runtime: str | None) -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def _tree_digest(root: Path) -> str:
+    """Content hash of a source tree (what ``_copy_tree`` copies)."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc" and path.name != ".DS_Store":
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _deps_digest(requirements: Path, python_version: str) -> str:
+    return hashlib.sha256(requirements.read_bytes() + f"|{python_version}|{pip_platform()}".encode()).hexdigest()[:16]
+
+
 def _install_requirements(requirements: Path, python_version: str, cache_dir: Path) -> Path:
     """Install ``requirements`` once per (content, version, platform); return the directory."""
     plat = pip_platform()
-    digest = hashlib.sha256(requirements.read_bytes() + f"|{python_version}|{plat}".encode()).hexdigest()[:16]
+    digest = _deps_digest(requirements, python_version)
     target = cache_dir / "deps" / digest
     if (target / ".complete").exists():
         return target
@@ -142,16 +155,29 @@ def build_artifacts(template: dict[str, Any], template_dir: Path, build_dir: Pat
             out = build_dir / logical_id
             shutil.rmtree(out, ignore_errors=True)
             requirements = src / "requirements.txt"
-            if build_method.startswith("python") or requirements.exists():
-                version = python_version or runtime_python_version(build_method or (runtimes[0] if runtimes else None))
-                dest = out / "python"
-                if requirements.exists():
-                    _copy_tree(_install_requirements(requirements, version, cache_dir), dest)
-                _copy_tree(src, dest)
-            else:
-                _copy_tree(src, out)
+            python_layer = build_method.startswith("python") or requirements.exists()
+            version = python_version or runtime_python_version(build_method or (runtimes[0] if runtimes else None))
+            # the layer zip is a pure function of its sources and installed dependencies:
+            # reuse it (zipping ~50 MB of dependencies dominates a rebuild)
+            key = hashlib.sha256("|".join([
+                _tree_digest(src), _deps_digest(requirements, version) if requirements.exists() else "-",
+                "python" if python_layer else "plain"]).encode()).hexdigest()[:24]
+            cached_zip = cache_dir / "layers" / f"{key}.zip"
             zip_path = build_dir / f"{logical_id}.zip"
-            artifacts[logical_id] = Artifact(logical_id, "layer", zip_path, _zip_dir(out, zip_path))
+            if not cached_zip.exists():
+                if python_layer:
+                    dest = out / "python"
+                    if requirements.exists():
+                        _copy_tree(_install_requirements(requirements, version, cache_dir), dest)
+                    _copy_tree(src, dest)
+                else:
+                    _copy_tree(src, out)
+                cached_zip.parent.mkdir(parents=True, exist_ok=True)
+                partial = cached_zip.with_name(f"{key}.partial-{os.getpid()}.zip")
+                _zip_dir(out, partial)
+                partial.replace(cached_zip)
+            shutil.copyfile(cached_zip, zip_path)
+            artifacts[logical_id] = Artifact(logical_id, "layer", zip_path, hashlib.sha256(zip_path.read_bytes()).hexdigest())
         elif rtype == "AWS::Serverless::Function":
             if (props.get("PackageType") or globals_fn.get("PackageType") or "Zip") != "Zip":
                 continue
