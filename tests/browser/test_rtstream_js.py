@@ -42,3 +42,25 @@ def test_module_rules(local_system, browser):
     assert result["frame"] == {"type": "subscribe", "topic": "*", "filters": {"minAmount": 5, "types": ["transactions.new", "balance.updated"]}, "since": "17-0"}
     assert result["single"] == {"type": "subscribe", "topic": "sync.completed"}
     assert result["claims"] == {"sub": "zoë", "entity_id": "e1"}
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_replay_gap_reaches_the_page(local_system, browser, transport):
+    import json
+
+    from system_thread import fresh_entity
+
+    entity = fresh_entity("gap")  # no history: a cursor into it is older than what is kept
+    options = {"wsUrl": local_system.ws_url, "sseUrl": local_system.sse_url, "token": local_system.token(entity), "transport": transport, "since": "1000-0"}
+    result = run_module(
+        browser,
+        local_system,
+        f"""
+        const client = new m.RealtimeClient({json.dumps(options)});
+        const timer = setTimeout(() => {{ client.stop(); done({{error: "no replaygap; state " + JSON.stringify(client.state)}}); }}, 8000);
+        client.addEventListener("replaygap", (e) => {{ clearTimeout(timer); const s = client.state; client.stop(); done({{gap: e.detail, transport: s.transport, status: s.status}}); }});
+        client.start();
+        """,
+    )
+    assert result["gap"]["since"] == "1000-0" and result["gap"]["transport"] == transport
+    assert result["status"] == "open" and result["transport"] == transport
