@@ -93,11 +93,11 @@ def test_reconnects_after_an_outage_and_shows_missed_events_once(local_system, b
         local_system.start_sse()
 
     wait_until(browser, "document.querySelectorAll('#tx-list tr[data-tx]').length >= 4", timeout=15, message="missed rows")
+    assert browser.find_element("id", "replayed-count").text == "3"
     local_system.transaction(entity, 5)
     wait_until(browser, "document.querySelectorAll('#tx-list tr[data-tx]').length >= 5", message="live row after reconnect")
     time.sleep(0.3)  # a duplicate would arrive right behind
     assert tx_ids(browser) == ["t5", "t4", "t3", "t2", "t1"]
-    assert browser.find_element("id", "replayed-count").text == "3"
     assert int(browser.find_element("id", "reconnect-count").text) >= 1
     # whichever transport came back first, it ends on the WebSocket again, still without duplicates
     wait_until(browser, "document.querySelector('#conn').dataset.status === 'open' && document.querySelector('#conn').dataset.transport === 'ws'", message="back on the WebSocket")
