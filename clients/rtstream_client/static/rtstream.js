@@ -180,8 +180,9 @@ export class RealtimeClient extends EventTarget {
   start() {
     if (this._running) return this;
     this._running = true;
+    this._generation = (this._generation || 0) + 1; // a loop left over from an earlier stop() ends itself
     if (typeof window !== "undefined") window.addEventListener("online", this._onOnline);
-    this._loop();
+    this._loop(this._generation);
     return this;
   }
 
@@ -198,9 +199,10 @@ export class RealtimeClient extends EventTarget {
     this.dispatchEvent(new CustomEvent("state", { detail: { ...this.state } }));
   }
 
-  async _loop() {
+  async _loop(generation) {
     let attempt = 0;
-    while (this._running) {
+    const current = () => this._running && this._generation === generation;
+    while (current()) {
       const transport = this.chooser.choose();
       if (this.state.status === "reconnecting") this._setState({ transport, retryIn: null, retryAt: null });
       else this._setState({ status: "connecting", transport, retryIn: null, retryAt: null, attempt });
@@ -211,7 +213,7 @@ export class RealtimeClient extends EventTarget {
       } catch (err) {
         result = { opened: false, error: String(err && err.message ? err.message : err) };
       }
-      if (!this._running) return;
+      if (!current()) return;
       if (result.fatal) {
         this._running = false;
         this._setState({ status: "closed", transport: null, error: result.error });
