@@ -45,5 +45,5 @@ def handler(event: APIGatewayAuthorizerRequestEvent, context):
         raise Exception("Unauthorized") from None  # API Gateway: 401
     # per-call keys: handlers of one process share the logger's state
     logger.info("connection authorized", extra=principal.to_context())
-    metrics.add_metric(name="realtime_streaming.authorized", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=names.AUTHORIZED, unit=MetricUnit.Count, value=1)
     return allow_policy(principal.user_id, event.method_arn, principal.to_context())

@@ -1,5 +1,9 @@
 """`$disconnect`: removes the connection and its subscriptions (best effort by
-nature: API Gateway does not wait for it, and the records' TTL covers a miss)."""
+nature: API Gateway does not wait for it; the housekeeping sweeps what it misses).
+
+Counts every close (``connections_closed``) and, for the drop alarm, only the
+abnormal ones (``connections_dropped``: not 1000 / a client's 1001; idle and
+max-age timeouts included), from ``disconnectStatusCode`` / ``disconnectReason``."""
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -25,9 +29,11 @@ def handler(event: APIGatewayWebSocketEvent, context):
     except Unauthorized:
         principal = None
     removed = runtime.service().disconnect(ctx.connection_id, principal=principal)
-    logger.info(
-        "disconnected",
-        extra={"known": removed is not None, "statusCode": ctx.disconnect_status_code, "reason": ctx.disconnect_reason},
-    )
-    metrics.add_metric(name=names.CONNECTIONS_DROPPED, unit=MetricUnit.Count, value=1)
+    raw = event.raw_event.get("requestContext") or {}
+    status, reason = raw.get("disconnectStatusCode"), raw.get("disconnectReason")
+    abnormal = names.is_abnormal_close(status if isinstance(status, int) else None, reason if isinstance(reason, str) else None)
+    logger.info("disconnected", extra={"known": removed is not None, "statusCode": status, "reason": reason, "abnormal": abnormal})
+    metrics.add_metric(name=names.CONNECTIONS_CLOSED, unit=MetricUnit.Count, value=1)
+    if abnormal:  # what realtime_streaming.connection_drop_high watches
+        metrics.add_metric(name=names.CONNECTIONS_DROPPED, unit=MetricUnit.Count, value=1)
     return {"statusCode": 200}

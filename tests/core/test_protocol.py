@@ -81,7 +81,7 @@ INVALID = {
     "missing type": {"topic": "*"},
     "type not a string": {"type": 1},
     "type null": {"type": None},
-    "unknown type": {"type": "publish", "topic": "*"},
+    "unknown type": {"type": "bogus", "topic": "*"},
     "type case": {"type": "Subscribe", "topic": "*"},
     "unknown field on subscribe": {"type": "subscribe", "topic": "*", "entity": "other"},
     "entityId smuggled": {"type": "subscribe", "topic": "*", "entityId": "victim"},

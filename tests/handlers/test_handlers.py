@@ -223,10 +223,21 @@ def test_agent_presence_forbidden(load_event, load_handler):
     assert body(load_handler("presence")(event))["code"] == "forbidden"
 
 
-@pytest.mark.parametrize("event_name", ["default_invalid_json", "default_unknown_type"])
-def test_default_answers_error_frame(load_event, load_handler, event_name):
-    reply = body(load_handler("default")(load_event(event_name)))
-    assert reply["type"] == "error" and reply["code"] == "invalid_message" and reply["message"]
+@pytest.mark.parametrize(
+    "event_name, frame, code",
+    [
+        ("default_invalid_json", None, "invalid_message"),
+        ("default_unknown_type", '{"type":"bogus"}', "invalid_message"),
+        # the captured frame is a client trying to publish: refused for every role
+        ("default_unknown_type", None, "forbidden"),
+    ],
+)
+def test_default_answers_error_frame(load_event, load_handler, event_name, frame, code):
+    event = load_event(event_name)
+    if frame is not None:
+        event["body"] = frame
+    reply = body(load_handler("default")(event))
+    assert reply["type"] == "error" and reply["code"] == code and reply["message"]
 
 
 def test_default_base64_binary_frame(load_event, load_handler):

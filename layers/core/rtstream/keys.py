@@ -89,6 +89,17 @@ def presence(entity_id: str, settings: Settings) -> RedisKey:
     return RedisKey(f"{PREFIX}:presence:{entity_id}", settings.presence_ttl_seconds)
 
 
+PRESENCE_SCAN_PATTERN = f"{PREFIX}:presence:*"
+
+
+def presence_entity(key_name: str | bytes) -> str | None:
+    """Entity id of a :func:`presence` key (the housekeeping sweep scans them)."""
+    if isinstance(key_name, bytes):
+        key_name = key_name.decode()
+    head = f"{PREFIX}:presence:"
+    return key_name[len(head) :] if key_name.startswith(head) and len(key_name) > len(head) else None
+
+
 def metrics_counter(name: str) -> RedisKey:
     """Process-shared counters for the local /metrics (reconnects, deliveries)."""
     return RedisKey(f"{PREFIX}:metrics:{name}", None)

@@ -22,12 +22,54 @@ RATE_LIMITED = "realtime_streaming.rate_limited"
 CONNECTIONS_REFUSED = "realtime_streaming.connections_refused"
 INVALID_EVENTS = "realtime_streaming.invalid_events"
 SECURITY_EVENTS = "realtime_streaming.security_events"
+# every $disconnect (normal or not); CONNECTIONS_DROPPED counts only abnormal ones
+CONNECTIONS_CLOSED = "realtime_streaming.connections_closed"
+MESSAGES = "realtime_streaming.messages"  # inbound WebSocket messages handled
+AUTHORIZED = "realtime_streaming.authorized"  # handshakes the authorizer accepted
+BRIDGED_EVENTS = "realtime_streaming.bridged_events"  # EventBridge events published
+BRIDGED_DUPLICATES = "realtime_streaming.bridged_duplicates"  # EventBridge redeliveries ignored
+# housekeeping (rtstream.hygiene): stale registry records removed
+STALE_CONNECTIONS_SWEPT = "realtime_streaming.stale_connections_swept"
+STALE_SUBSCRIPTIONS_SWEPT = "realtime_streaming.stale_subscriptions_swept"
+STALE_PRESENCE_SWEPT = "realtime_streaming.stale_presence_swept"
+
+# Dimensions. Powertools adds ``service`` (POWERTOOLS_SERVICE_NAME) to every EMF
+# document: the Lambdas run as SERVICE_LAMBDAS, the fan-out worker as SERVICE_WORKER.
+SERVICE_LAMBDAS = "realtime-streaming"
+SERVICE_WORKER = "fanout-worker"
+SERVICE_SSE = "sse"
+TRANSPORT = "transport"
+TRANSPORTS = ("websocket", "sse")
 
 # Alarms and dashboards (names from the seed)
 ALARM_CONNECTION_DROP_HIGH = "realtime_streaming.connection_drop_high"
 ALARM_LATENCY_DEGRADED = "realtime_streaming.latency_degraded"
 DASHBOARD_HEALTH = "realtime_streaming_health"
 DASHBOARD_PERFORMANCE = "realtime_streaming_performance"
+
+
+# Reconnection rate: at the first subscribe of a WebSocket connection, 1 when the
+# client resumes (the subscribe carries ``since``: it has seen events before) and 0
+# for a fresh start. Average over a period = share of connections that were
+# reconnects; Sum = number of reconnects. SSE: 1 for a request with Last-Event-ID.
+RESUMED = 1
+FRESH = 0
+
+# WebSocket close codes API Gateway reports in $disconnect
+# (requestContext.disconnectStatusCode / disconnectReason).
+NORMAL_CLOSE_CODES = frozenset({1000, 1001})
+# API Gateway (and the local emulator) closes idle and over-age connections with
+# 1001 "Going away"; a browser leaving a page sends 1001 without that reason.
+SERVER_TIMEOUT_REASONS = frozenset({"going away"})
+
+
+def is_abnormal_close(status_code: int | None, reason: str | None) -> bool:
+    """A drop worth alarming on: anything but a normal close by either side
+    (1000, or a client's 1001), including idle and max-age timeouts and a
+    missing status (the TCP connection just went away)."""
+    if status_code is None or status_code not in NORMAL_CLOSE_CODES:
+        return True
+    return status_code == 1001 and (reason or "").strip().lower() in SERVER_TIMEOUT_REASONS
 
 
 def prometheus_name(name: str) -> str:

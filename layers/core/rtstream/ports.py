@@ -45,6 +45,26 @@ class ConnectionRegistry(Protocol):
         """Activate a subscription whose replay marker the fan-out has reached."""
         ...
 
+    def claim_first_subscribe(self, connection_id: str) -> bool:
+        """True exactly once per connection (atomic): decides whether a subscribe
+        is the connection's first, which tells a resume from a fresh start."""
+        ...
+
+    # ---- housekeeping (rtstream.hygiene) --------------------------------------
+
+    def count_connections(self, now_s: int) -> dict[str, int]:
+        """Live (not expired) connections of every entity, by transport."""
+        ...
+
+    def stale_connections(self, now_s: int, limit: int) -> list[str]:
+        """Ids of up to ``limit`` connection records past their TTL."""
+        ...
+
+    def stale_subscriptions(self, now_s: int, limit: int) -> list[Subscription]:
+        """Up to ``limit`` subscription records past their TTL (their connection
+        record may be gone already)."""
+        ...
+
 
 @runtime_checkable
 class EventLog(Protocol):
@@ -107,6 +127,11 @@ class PresenceStore(Protocol):
 
     def online(self, entity_id: str) -> list[dict[str, Any]]:
         """``[{"userId", "connections", "transports"}]`` of live (unexpired) connections."""
+        ...
+
+    def sweep(self) -> dict[str, list[dict[str, Any]]]:
+        """Drop expired members of every entity; ``{entity: presence changes}``
+        for the entities where something expired (their ``offline`` events)."""
         ...
 
 

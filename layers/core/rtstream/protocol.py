@@ -44,7 +44,19 @@ class PresenceQuery:
     pass
 
 
-ClientFrame = Subscribe | Unsubscribe | Ping | PresenceQuery
+@dataclass(frozen=True, slots=True)
+class PrivilegedAction:
+    """A client asking to publish, broadcast or disconnect: never allowed over a
+    client connection (publishing is a backend's job). Parsed, so the service can
+    refuse it with ``forbidden`` (and flag it as a security event for agents)
+    instead of answering a generic ``invalid_message``."""
+
+    action: str
+
+
+ClientFrame = Subscribe | Unsubscribe | Ping | PresenceQuery | PrivilegedAction
+
+PRIVILEGED_TYPES: tuple[str, ...] = ("publish", "broadcast", "disconnect")
 
 # type -> allowed fields (besides "type")
 _FIELDS: dict[str, frozenset[str]] = {
@@ -187,6 +199,8 @@ def parse_client_frame(raw: str | bytes, *, max_bytes: int) -> ClientFrame:
     frame_type = frame["type"]
     if not isinstance(frame_type, str):
         raise InvalidMessage(f"field 'type' must be a string, got {_kind(frame_type)}")
+    if frame_type in PRIVILEGED_TYPES:
+        return PrivilegedAction(frame_type)
     allowed = _FIELDS.get(frame_type)
     if allowed is None:
         raise InvalidMessage(f"unknown message type {frame_type[:64]!r}; expected one of {', '.join(CLIENT_FRAME_TYPES)}")

@@ -5,7 +5,9 @@ Security rules enforced here (and only here, so every runtime gets them):
 
 - the entity of a subscription is ALWAYS the principal's, never the frame's;
 - subscriptions per connection, connections per user and per entity are capped;
-- agents may only subscribe, unsubscribe and ping;
+- agents may only subscribe, unsubscribe and ping; nobody may publish,
+  broadcast or disconnect others over a client connection (``forbidden``); an
+  agent trying, or exceeding the subscription limit, is a security event;
 - inbound messages are rate limited per connection; a connection that keeps
   flooding is flagged for closing.
 """
@@ -36,10 +38,16 @@ TTL_SLACK_SECONDS = 300
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Frames to answer with; ``close`` when the transport should drop the connection."""
+    """Frames to answer with; ``close`` when the transport should drop the connection.
+
+    ``resumed`` is set on the connection's first subscribe: True when the client
+    resumes (``since``), False for a fresh start (``realtime_streaming.reconnection_rate``).
+    ``security_event`` names a security event the transport should count."""
 
     frames: list[dict[str, Any]] = field(default_factory=list)
     close: bool = False
+    resumed: bool | None = None
+    security_event: str | None = None
 
 
 class RealtimeService:
@@ -122,12 +130,37 @@ class RealtimeService:
             return Reply([RateLimited(f"more than {self.settings.rate_per_second:g} messages/s").to_frame()], close=self._too_many_violations(connection_id))
         try:
             frame = protocol.parse_client_frame(body, max_bytes=self.settings.max_frame_bytes)
-            if principal.is_agent and not isinstance(frame, AGENT_ALLOWED):
-                security_log.warning("agent %s of entity %s attempted a forbidden operation", principal.user_id, principal.entity_id)
-                raise Forbidden("agents may only subscribe, unsubscribe and ping")
-            return Reply(self._dispatch(connection_id, principal, frame))
         except RealtimeError as exc:
             return Reply([exc.to_frame()])
+        if isinstance(frame, protocol.PrivilegedAction) or (principal.is_agent and not isinstance(frame, AGENT_ALLOWED)):
+            return self._forbidden(principal, frame)
+        try:
+            if isinstance(frame, protocol.Subscribe):
+                frames, resumed = self._subscribe(connection_id, principal, frame)
+                return Reply(frames, resumed=resumed)
+            return Reply(self._dispatch(connection_id, principal, frame))
+        except TooManySubscriptions as exc:
+            if not principal.is_agent:
+                return Reply([exc.to_frame()])
+            security_log.warning(
+                "excessive subscriptions by agent %s of entity %s (limit %d)", principal.user_id, principal.entity_id, self.settings.max_subscriptions
+            )
+            return Reply([exc.to_frame()], security_event="agent_excessive_subscriptions")
+        except RealtimeError as exc:
+            return Reply([exc.to_frame()])
+
+    def _forbidden(self, principal: Principal, frame: protocol.ClientFrame) -> Reply:
+        if isinstance(frame, protocol.PrivilegedAction):
+            error = Forbidden(f"'{frame.action}' is not allowed on a client connection")
+            action = frame.action
+        else:
+            error = Forbidden("agents may only subscribe, unsubscribe and ping")
+            action = type(frame).__name__.lower()
+        if not principal.is_agent:
+            return Reply([error.to_frame()])
+        # ids and the action only: never the frame (it may carry anything) or a token
+        security_log.warning("agent %s of entity %s attempted a forbidden operation: %s", principal.user_id, principal.entity_id, action)
+        return Reply([error.to_frame()], security_event="agent_forbidden_operation")
 
     def _dispatch(self, connection_id: str, principal: Principal, frame: protocol.ClientFrame) -> list[dict[str, Any]]:
         if isinstance(frame, protocol.Subscribe):
@@ -143,16 +176,17 @@ class RealtimeService:
         return [protocol.presence_reply(users)]
 
     def subscribe(self, connection_id: str, principal: Principal, frame: protocol.Subscribe) -> list[dict[str, Any]]:
+        return self._subscribe(connection_id, principal, frame)[0]
+
+    def _subscribe(self, connection_id: str, principal: Principal, frame: protocol.Subscribe) -> tuple[list[dict[str, Any]], bool | None]:
+        """Reply frames, and whether this first subscribe of the connection resumes
+        (None when it is not the first)."""
         entity_id = principal.entity_id  # never from the frame
         if frame.since is not None and self.event_log is None:
             raise InvalidMessage("'since' replay is not available on this endpoint")
         existing = self.registry.connection_subscriptions(connection_id)
         others = {s.topic for s in existing if s.topic != frame.topic}
         if len(others) >= self.settings.max_subscriptions:
-            if principal.is_agent:
-                security_log.warning(
-                    "excessive subscriptions by agent %s of entity %s (limit %d)", principal.user_id, entity_id, self.settings.max_subscriptions
-                )
             raise TooManySubscriptions(f"at most {self.settings.max_subscriptions} subscriptions per connection")
         subscription = Subscription(
             connection_id=connection_id,
@@ -166,7 +200,7 @@ class RealtimeService:
         self.registry.put_subscription(subscription)
         if frame.since is None:
             self._notify_changed(entity_id, [frame.topic], connection_id)
-            return [protocol.subscribed(frame.topic)]
+            return [protocol.subscribed(frame.topic)], self._first_subscribe(connection_id, existing, resumed=False)
         assert self.event_log is not None
         try:
             # The fan-out answers `subscribed`, the replay, then live events (DESIGN.md "Replay seam").
@@ -175,7 +209,19 @@ class RealtimeService:
             # A pending subscription nobody will activate would silently drop events.
             self.registry.remove_subscription(connection_id, entity_id, frame.topic)
             raise
-        return []
+        return [], self._first_subscribe(connection_id, existing, resumed=True)
+
+    def _first_subscribe(self, connection_id: str, existing: list[Subscription], *, resumed: bool) -> bool | None:
+        """``resumed`` if this is the connection's first subscribe, else None. The
+        claim is atomic (concurrent first subscribes count once); a registry
+        error only loses the figure, never the subscription."""
+        if existing:
+            return None
+        try:
+            return resumed if self.registry.claim_first_subscribe(connection_id) else None
+        except RealtimeError as exc:
+            log.warning("first-subscribe claim failed (%s); reconnection not counted", exc.code)
+            return None
 
     def unsubscribe(self, connection_id: str, principal: Principal, topic: str) -> list[dict[str, Any]]:
         if not self.registry.remove_subscription(connection_id, principal.entity_id, topic):

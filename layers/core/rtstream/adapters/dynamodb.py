@@ -332,3 +332,77 @@ class DynamoDBRegistry:
             ConditionExpression="pendingReplay = :m",
             ExpressionAttributeValues={":m": {"S": marker}},
         )
+
+    def claim_first_subscribe(self, connection_id: str) -> bool:
+        # Conditional: of concurrent first subscribes (one Lambda each), exactly one wins.
+        out = self._call(
+            "update_item",
+            condition_ok=True,
+            TableName=self.connections_table,
+            Key={"connectionId": {"S": connection_id}},
+            UpdateExpression="SET firstSubscribeAt = :now",
+            ConditionExpression="attribute_exists(connectionId) AND attribute_not_exists(firstSubscribeAt)",
+            ExpressionAttributeValues={":now": {"N": str(self._now_s())}},
+        )
+        return out is not None
+
+    # ---- housekeeping (rtstream.hygiene) ------------------------------------------
+
+    def _scan(self, *, limit: int | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+        """Scan pages until done (or ``limit`` items found)."""
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self._call("scan", **kwargs) or {}
+            items.extend(page.get("Items", []))
+            last = page.get("LastEvaluatedKey")
+            if not last or (limit is not None and len(items) >= limit):
+                return items if limit is None else items[:limit]
+            kwargs["ExclusiveStartKey"] = last
+
+    def count_connections(self, now_s: int) -> dict[str, int]:
+        """One ``Select=COUNT`` Scan per transport (paginated; a scan page reads at
+        most 1 MB). Run by the housekeeping once a minute, never on a hot path."""
+        from typing import get_args
+
+        from ..models import Transport
+
+        counts: dict[str, int] = {}
+        for transport in get_args(Transport):
+            kwargs: dict[str, Any] = {
+                "TableName": self.connections_table,
+                "Select": "COUNT",
+                "FilterExpression": f"#transport = :t AND ({_LIVE})",
+                "ExpressionAttributeNames": {"#transport": "transport", **_TTL_NAMES},
+                "ExpressionAttributeValues": {":t": {"S": transport}, ":now": {"N": str(now_s)}},
+            }
+            total = 0
+            while True:
+                page = self._call("scan", **kwargs) or {}
+                total += int(page.get("Count", 0))
+                last = page.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+            counts[transport] = total
+        return counts
+
+    def stale_connections(self, now_s: int, limit: int) -> list[str]:
+        items = self._scan(
+            limit=limit,
+            TableName=self.connections_table,
+            FilterExpression="#ttl <= :now",
+            ProjectionExpression="connectionId",
+            ExpressionAttributeNames=_TTL_NAMES,
+            ExpressionAttributeValues={":now": {"N": str(now_s)}},
+        )
+        return [_s(i, "connectionId") for i in items if _s(i, "connectionId")]
+
+    def stale_subscriptions(self, now_s: int, limit: int) -> list[Subscription]:
+        items = self._scan(
+            limit=limit,
+            TableName=self.subscriptions_table,
+            FilterExpression="#ttl <= :now",
+            ExpressionAttributeNames=_TTL_NAMES,
+            ExpressionAttributeValues={":now": {"N": str(now_s)}},
+        )
+        return [self._subscription_from(i) for i in items]

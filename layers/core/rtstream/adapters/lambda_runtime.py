@@ -165,6 +165,14 @@ class LambdaRuntime:
 
         return self._once("service", build)
 
+    def housekeeping(self) -> Any:
+        def build() -> Any:
+            from ..hygiene import Housekeeping
+
+            return Housekeeping(registry=self.registry(), presence=self.presence(), event_log=self.event_log())
+
+        return self._once("housekeeping", build)
+
     def pusher(self, endpoint: str) -> Any:
         def build() -> Any:
             from .management_api import ApiGatewayPusher
@@ -238,7 +246,7 @@ def lazy_tracer(service: str | None = None) -> Callable[[Callable], Callable]:
 # ---- message routes: the one shape every message handler shares --------------------
 
 # Per-invocation counters of the message routes (CloudWatch EMF through Powertools).
-MESSAGES = "realtime_streaming.messages"
+from ..metrics import MESSAGES  # noqa: E402  (kept importable from here)
 
 
 def route_response(frames: list[dict[str, Any]]) -> dict[str, Any]:
@@ -280,12 +288,20 @@ def handle_message_event(runtime: LambdaRuntime, event: Any, *, logger: Any = No
     if metrics is not None:
         from aws_lambda_powertools.metrics import MetricUnit
 
-        metrics.add_metric(name=MESSAGES, unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name=names.MESSAGES, unit=MetricUnit.Count, value=1)
         if "rate_limited" in codes:
             metrics.add_metric(name=names.RATE_LIMITED, unit=MetricUnit.Count, value=1)
-        if "forbidden" in codes or ("too_many_subscriptions" in codes and principal.is_agent):
+        if reply.security_event is not None:
             metrics.add_metric(name=names.SECURITY_EVENTS, unit=MetricUnit.Count, value=1)
-    if logger is not None and codes:
+        if reply.resumed is not None:
+            # Average = share of connections that resumed; Sum = reconnects (rtstream.metrics)
+            metrics.add_metric(name=names.RECONNECTION_RATE, unit=MetricUnit.Count, value=names.RESUMED if reply.resumed else names.FRESH)
+    if logger is not None and reply.security_event is not None:
+        logger.warning(
+            "security event",
+            extra={"securityEvent": reply.security_event, "userId": principal.user_id, "entityId": principal.entity_id, "role": principal.role},
+        )
+    elif logger is not None and codes:
         logger.info("message refused", extra={"codes": codes, "route": event.request_context.route_key, "userId": principal.user_id})
     if len(reply.frames) > 1 or reply.close:
         from ..protocol import dumps

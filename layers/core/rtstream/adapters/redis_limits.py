@@ -44,11 +44,14 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
 return n
 """
 
-# KEYS[1] presence zset. ARGV: op ('beat'|'leave'|'read'), member, ttl_ms.
+# KEYS[1] presence zset. ARGV: op ('beat'|'leave'|'read'|'sweep'), member, ttl_ms, keep_ms.
 # 'beat'/'leave' return {members before, live members after}, dropping expired
 # members (connections whose $disconnect never arrived) in the same step, so
 # their users' offline events come out of the next change in that entity.
-# 'read' changes nothing and returns {{}, live members}.
+# 'sweep' only drops expired members (the housekeeping's offline events); it
+# returns {{}, {}} when nothing expired. 'read' changes nothing and returns
+# {{}, live members}. The key outlives its last heartbeat by keep_ms (> ttl) so
+# a sweep still finds the members that expired and can announce them.
 _PRESENCE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,19 +60,26 @@ local cutoff = now - ttl
 if ARGV[1] == 'read' then
   return {{}, redis.call('ZRANGEBYSCORE', KEYS[1], cutoff, '+inf')}
 end
+if ARGV[1] == 'sweep' and redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. cutoff) == 0 then
+  return {{}, {}}
+end
 local before = redis.call('ZRANGE', KEYS[1], 0, -1)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
 if ARGV[1] == 'beat' then
   redis.call('ZADD', KEYS[1], now, ARGV[2])
-else
+elseif ARGV[1] == 'leave' then
   redis.call('ZREM', KEYS[1], ARGV[2])
 end
 local after = redis.call('ZRANGE', KEYS[1], 0, -1)
-if #after > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
+if ARGV[1] ~= 'sweep' and #after > 0 then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 end
 return {before, after}
 """
+# How long a presence key outlives its last heartbeat beyond the TTL: longer
+# than the housekeeping period (1 minute), so no expiry goes unannounced.
+PRESENCE_SWEEP_SLACK_MS = 180_000
+_SCAN_COUNT = 500
 
 
 def _translate(exc: Exception) -> BackendUnavailable:
@@ -110,8 +120,9 @@ class RedisPresence:
 
     def _run(self, entity_id: str, op: str, member: str) -> tuple[list[Member], list[Member]]:
         key = keys.presence(entity_id, self._settings)
+        ttl_ms = key.ttl_seconds * 1000
         try:
-            before, after = self._script(keys=[key.name], args=[op, member, key.ttl_seconds * 1000])
+            before, after = self._script(keys=[key.name], args=[op, member, ttl_ms, ttl_ms + PRESENCE_SWEEP_SLACK_MS])
         except Exception as exc:
             raise _translate(exc) from exc
         decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731
@@ -129,3 +140,19 @@ class RedisPresence:
     def online(self, entity_id: str) -> list[dict]:
         _, after = self._run(entity_id, "read", "")
         return summarize(after)
+
+    def sweep(self) -> dict[str, list[dict]]:
+        """Drop expired members of every entity (SCAN over the presence keys)."""
+        try:
+            names = list(self._client.scan_iter(match=keys.PRESENCE_SCAN_PATTERN, count=_SCAN_COUNT))
+        except Exception as exc:
+            raise _translate(exc) from exc
+        out: dict[str, list[dict]] = {}
+        for name in names:
+            entity_id = keys.presence_entity(name)
+            if entity_id is None:
+                continue
+            before, after = self._run(entity_id, "sweep", "")
+            if before:
+                out[entity_id] = changes(before, after)
+        return out

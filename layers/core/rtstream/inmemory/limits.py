@@ -97,3 +97,19 @@ class InMemoryPresence:
         with self._lock:
             live = [m for m, seen in self._entities.get(entity_id, {}).items() if seen >= cutoff]
         return summarize(live)
+
+    def sweep(self) -> dict[str, list[dict[str, Any]]]:
+        cutoff = self._clock.now_ms() - self._ttl_ms
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self._lock:
+            for entity_id, members in list(self._entities.items()):
+                if all(seen >= cutoff for seen in members.values()):
+                    continue
+                before = list(members)
+                for m, seen in list(members.items()):
+                    if seen < cutoff:
+                        del members[m]
+                if not members:
+                    del self._entities[entity_id]
+                out[entity_id] = changes(before, list(members))
+        return out

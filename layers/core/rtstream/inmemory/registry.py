@@ -18,6 +18,8 @@ class InMemoryRegistry:
         self._connections: dict[str, Connection] = {}
         # channel "{entity}#{topic}" -> connection id -> subscription
         self._channels: dict[str, dict[str, Subscription]] = {}
+        # connections whose first subscribe has been seen
+        self._subscribed_once: set[str] = set()
 
     def _now_s(self) -> int:
         return self._clock.now_ms() // 1000
@@ -45,6 +47,7 @@ class InMemoryRegistry:
     def remove_connection(self, connection_id: str) -> Connection | None:
         with self._lock:
             conn = self._connections.pop(connection_id, None)
+            self._subscribed_once.discard(connection_id)
             for channel in list(self._channels):
                 subs = self._channels[channel]
                 subs.pop(connection_id, None)
@@ -98,3 +101,35 @@ class InMemoryRegistry:
             # Only the replay that set the marker may clear it (a newer subscribe wins).
             if sub is not None and sub.pending_replay == marker:
                 subs[connection_id] = replace(sub, pending_replay=None)
+
+    def claim_first_subscribe(self, connection_id: str) -> bool:
+        with self._lock:
+            if connection_id in self._subscribed_once:
+                return False
+            self._subscribed_once.add(connection_id)
+            return True
+
+    # ---- housekeeping
+
+    def count_connections(self, now_s: int) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._lock:
+            for c in self._connections.values():
+                if self._live(c.expires_at, now_s):
+                    counts[c.transport] = counts.get(c.transport, 0) + 1
+        return counts
+
+    def stale_connections(self, now_s: int, limit: int) -> list[str]:
+        with self._lock:
+            stale = [cid for cid, c in self._connections.items() if not self._live(c.expires_at, now_s)]
+        return stale[:limit]
+
+    def stale_subscriptions(self, now_s: int, limit: int) -> list[Subscription]:
+        with self._lock:
+            stale = [s for subs in self._channels.values() for s in subs.values() if not self._live(s.expires_at, now_s)]
+        return stale[:limit]
+
+    def record_count(self) -> int:
+        """Stored records, live or not (tests: the registry must not grow)."""
+        with self._lock:
+            return len(self._connections) + sum(len(subs) for subs in self._channels.values())
