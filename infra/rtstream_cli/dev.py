@@ -479,8 +479,22 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"Management API: {system.management_url}")
     print(f"Hint: token for the demo entity: rtstream token --user demo-user --entity {DEV_ENTITY}  (logs: {system.log_dir})",
           flush=True)
+    watchdog = asyncio.ensure_future(_report_dead_children(system))
     try:
         await stopping.wait()
     finally:
+        watchdog.cancel()
         await system.stop()
     return 0
+
+
+async def _report_dead_children(system: LocalSystem) -> None:
+    """One line when a child dies under a running system (its log says why)."""
+    reported: set[str] = set()
+    while True:
+        await asyncio.sleep(1.0)
+        for child in (system.worker, system.sse):
+            if child is not None and child.proc is not None and child.proc.returncode is not None and child.name not in reported:
+                reported.add(child.name)
+                print(f"rtstream dev: the {child.name} exited with {child.proc.returncode} (log: {child.log_path})",
+                      file=sys.stderr, flush=True)

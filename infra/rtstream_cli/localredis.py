@@ -17,14 +17,24 @@ from pathlib import Path
 
 
 
+def _resolve_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Resolved in the parent: after fork() in a threaded process, the child must not dlopen.
+_PRCTL = _resolve_prctl()
+
+
 def parent_death_signal() -> None:
     """preexec_fn for children of the local system: on Linux, the kernel sends
     them SIGTERM if the parent dies without stopping them (no orphans)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
-        except OSError:
-            pass
+    if _PRCTL is not None:
+        _PRCTL(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
 
 
 def free_port(host: str = "127.0.0.1") -> int:
