@@ -205,7 +205,11 @@ class WsSession:
 
     # ---- outgoing
     def send(self, data: bytes | str) -> None:
-        """Send one message, in frames of at most ``max_frame_bytes`` as API Gateway does."""
+        """Send one message, in frames of at most ``max_frame_bytes`` as API Gateway does.
+        Messages either way keep a connection from idling out (as on AWS, where a
+        server-sent keep-alive message every few minutes holds a connection open)."""
+        self.last_active = time.monotonic()
+        self.last_active_ms = ev.now_ms()
         if isinstance(data, str):
             payload, text = data.encode("utf-8"), True
         else:

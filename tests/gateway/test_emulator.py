@@ -329,6 +329,19 @@ async def test_activity_defers_idle_timeout_but_not_max_age(fixture_gateway, rec
         await recorder.wait_for("$disconnect")
 
 
+async def test_server_messages_also_keep_a_connection_open(fixture_gateway, recorder):
+    async with fixture_gateway(idle_timeout=0.5) as gw:
+        client = management(gw)
+        async with await connected(gw) as ws:
+            cid = (await recorder.wait_for("$connect"))[0]["requestContext"]["connectionId"]
+            for _ in range(8):  # 1.2 s of server-sent messages only, every 0.15 s
+                await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"keep-alive")
+                assert await asyncio.wait_for(ws.recv(), 5) == "keep-alive"
+                await asyncio.sleep(0.15)
+            with pytest.raises(websockets.ConnectionClosed):  # then silence: it idles out
+                await asyncio.wait_for(ws.recv(), 5)
+
+
 @pytest.mark.parametrize("how", ["client_close", "abort", "server_stop"])
 async def test_disconnect_runs_however_the_socket_closes(fixture_gateway, recorder, how):
     expected = {"client_close": 4000, "abort": 1006, "server_stop": 1001}[how]
