@@ -210,3 +210,32 @@ def aws(deployed):
     from rtstream_cli.localstack.stack import client_factory
 
     return client_factory(deployed.endpoint, deployed.region)
+
+
+def lambda_error_lines(endpoint: str, stack_name: str, limit: int = 40) -> list[str]:
+    """Error lines the stack's Lambdas logged (CloudWatch Logs at the emulator)."""
+    from rtstream_cli.localstack.stack import client_factory
+
+    logs = client_factory(endpoint)("logs")
+    lines = []
+    groups = logs.describe_log_groups(logGroupNamePrefix=f"/aws/lambda/{stack_name}-").get("logGroups", [])
+    for group in groups:
+        for event in logs.filter_log_events(logGroupName=group["logGroupName"], limit=500).get("events", []):
+            message = event.get("message", "")
+            if any(word in message for word in ("Error", "Traceback", "Exception", '"level":"ERROR"')):
+                lines.append(f"{group['logGroupName'].rsplit('/', 1)[-1]}: {message.strip()[:400]}")
+    return lines[-limit:]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed end-to-end test shows what the deployed Lambdas logged as errors."""
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.funcargs.get("deployed") if hasattr(item, "funcargs") else None
+    if report.failed and stack is not None:
+        try:
+            lines = lambda_error_lines(stack.endpoint, stack.stack_name)
+        except Exception as exc:  # the report must not hide the failure itself
+            lines = [f"(could not read Lambda logs: {exc})"]
+        report.sections.append(("deployed Lambda errors", "\n".join(lines) or "(none logged)"))

@@ -249,3 +249,28 @@ async def test_disconnect_cleans_up_and_management_api_answers_410(deployed, ser
         mgmt.post_to_connection(ConnectionId=connection_id, Data=b'{"type":"late"}')
     assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 410
     assert gone.value.response["Error"]["Code"] == "GoneException"
+
+
+# --- SSE fallback, configured from the same stack ----------------------------
+
+async def test_sse_server_streams_the_same_events(deployed, services, redis_url, token):
+    import httpx
+
+    user, entity = ids()
+    client = redis.Redis.from_url(redis_url)
+    frames: list[str] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(EVENT_TIMEOUT)) as http:
+        async with http.stream("GET", services.sse_url, params={"topics": "transactions.new"},
+                               headers={"Authorization": f"Bearer {token(user, entity)}"}) as reply:
+            assert reply.status_code == 200
+            lines = reply.aiter_lines()
+            assert (await asyncio.wait_for(lines.__anext__(), EVENT_TIMEOUT)).startswith("retry:")
+            client.publish(f"transactions.new:entity:{entity}", json.dumps(transaction("t-sse")))
+            deadline = time.monotonic() + EVENT_TIMEOUT
+            while not any(f.startswith("data:") and "t-sse" in f for f in frames):
+                assert time.monotonic() < deadline, frames
+                frames.append(await asyncio.wait_for(lines.__anext__(), EVENT_TIMEOUT))
+        unauthorized = await http.get(services.sse_url, params={"topics": "*"})
+        assert unauthorized.status_code == 401
+    client.close()
+    assert "event: transactions.new" in frames

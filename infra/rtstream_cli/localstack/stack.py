@@ -89,7 +89,6 @@ class DeployedStack:
             "RTSTREAM_MANAGEMENT_ENDPOINT": self.management_endpoint,
             "REDIS_URL": redis_url,
             "RTSTREAM_JWT_SECRET": jwt_secret,
-            "RTSTREAM_EVENT_BUS": self.event_bus,
         }
 
     def to_json(self) -> str:
