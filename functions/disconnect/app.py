@@ -31,7 +31,14 @@ def handler(event: APIGatewayWebSocketEvent, context):
     removed = runtime.service().disconnect(ctx.connection_id, principal=principal)
     raw = event.raw_event.get("requestContext") or {}
     status, reason = raw.get("disconnectStatusCode"), raw.get("disconnectReason")
-    abnormal = names.is_abnormal_close(status if isinstance(status, int) else None, reason if isinstance(reason, str) else None)
+    connected_at, closed_at = raw.get("connectedAt"), raw.get("requestTimeEpoch")
+    age_s = (closed_at - connected_at) / 1000 if isinstance(connected_at, int) and isinstance(closed_at, int) else None
+    abnormal = names.is_abnormal_close(
+        status if isinstance(status, int) else None,
+        reason if isinstance(reason, str) else None,
+        age_seconds=age_s,
+        max_age_seconds=runtime.settings.max_connection_seconds,
+    )
     logger.info("disconnected", extra={"known": removed is not None, "statusCode": status, "reason": reason, "abnormal": abnormal})
     metrics.add_metric(name=names.CONNECTIONS_CLOSED, unit=MetricUnit.Count, value=1)
     if abnormal:  # what realtime_streaming.connection_drop_high watches

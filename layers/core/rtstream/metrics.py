@@ -63,10 +63,18 @@ NORMAL_CLOSE_CODES = frozenset({1000, 1001})
 SERVER_TIMEOUT_REASONS = frozenset({"going away"})
 
 
-def is_abnormal_close(status_code: int | None, reason: str | None) -> bool:
+# A connection this close to the maximum connection life was closed by the limit.
+MAX_AGE_SLACK_SECONDS = 5
+
+
+def is_abnormal_close(status_code: int | None, reason: str | None, *, age_seconds: float | None = None, max_age_seconds: float | None = None) -> bool:
     """A drop worth alarming on: anything but a normal close by either side
     (1000, or a client's 1001), including idle and max-age timeouts and a
-    missing status (the TCP connection just went away)."""
+    missing status (the TCP connection just went away). ``age_seconds`` (from
+    the event's connectedAt / requestTimeEpoch) recognises the max-age close
+    whatever its status says."""
+    if age_seconds is not None and max_age_seconds and age_seconds >= max_age_seconds - MAX_AGE_SLACK_SECONDS:
+        return True
     if status_code is None or status_code not in NORMAL_CLOSE_CODES:
         return True
     return status_code == 1001 and (reason or "").strip().lower() in SERVER_TIMEOUT_REASONS
