@@ -116,11 +116,15 @@ class EventsEndpoint:
             st.metrics.connections_refused[exc.code] += 1
             await _json_error(exc, {**_error_headers(exc), **cors})(scope, receive, send)
             return
-        watcher = asyncio.ensure_future(self._watch_disconnect(receive, client))
+        task = asyncio.current_task()
+        client.task = task
         try:
-            await self._stream(client, req, request, send, cors)
+            await self._stream(client, req, request, receive, send, cors)
+        except asyncio.CancelledError:
+            if client.close_reason is None:
+                raise  # not ours: the server is stopping
+            task.uncancel()  # the hub ended this stream (slow client, shutdown)
         finally:
-            watcher.cancel()
             st.hub.disconnected(client)
             await st.release(client)
 
@@ -139,7 +143,7 @@ class EventsEndpoint:
         st.hub.add(client)  # live events are buffered from here on
         return client, req
 
-    async def _stream(self, client: Client, req: EventsRequest, request: Request, send: Any, cors: dict[str, str]) -> None:
+    async def _stream(self, client: Client, req: EventsRequest, request: Request, receive: Any, send: Any, cors: dict[str, str]) -> None:
         st = self.state
         prefix = [frames.retry(st.config.retry_ms)]
         after = None
@@ -165,7 +169,7 @@ class EventsEndpoint:
             prefix.append(frames.error(gap.to_frame()))
             after = None
         except RealtimeError as exc:
-            st.hub.drop(client, "error")
+            st.hub.drop(client, "error", cancel=False)
             st.metrics.connections_refused[exc.code] += 1
             await _json_error(exc, {**_error_headers(exc), **cors})(request.scope, request.receive, send)
             return
@@ -174,14 +178,10 @@ class EventsEndpoint:
         headers = STREAM_HEADERS + [(k.encode(), v.encode()) for k, v in cors.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         st.hub.go_live(client, b"".join(prefix), after, replayed)
-        await client.done
-
-    async def _watch_disconnect(self, receive: Any, client: Client) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-        self.state.hub.disconnected(client)
+        # The hub writes from here on. This task only waits for the end: the peer
+        # going away, or the hub ending the response (then receive() returns too).
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
 
 class ServerState:

@@ -78,7 +78,7 @@ class Client:
         "pending_bytes",
         "inflight",
         "inflight_frames",
-        "done",
+        "task",
         "close_reason",
         "completed",
         "expires_at",
@@ -99,7 +99,8 @@ class Client:
         self.pending_bytes = 0
         self.inflight: asyncio.Future | None = None  # a send that met backpressure
         self.inflight_frames: list[Delivery] | None = None
-        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        # the request's task: cancelled to end a stream that cannot be ended properly
+        self.task: asyncio.Task | None = None
         self.close_reason: str | None = None
         self.completed = False  # the response was ended properly (final chunk written)
         self.expires_at = expires_at  # monotonic time after which the stream is recycled
@@ -289,9 +290,10 @@ class Hub:
 
     # ---- closing ---------------------------------------------------------------------
 
-    def drop(self, client: Client, reason: str) -> None:
-        """Stop writing to ``client`` now; its handler ends without a final chunk
-        (the server then closes the connection)."""
+    def drop(self, client: Client, reason: str, *, cancel: bool = True) -> None:
+        """Stop writing to ``client`` now. Unless the response was ended properly,
+        its request task is cancelled: the handler returns without a final chunk
+        and the server closes the connection (EventSource then reconnects)."""
         if client.close_reason is not None:
             return
         client.close_reason = reason
@@ -301,13 +303,13 @@ class Hub:
         client.pending = []
         client.pending_bytes = 0
         self.metrics.connections_dropped[reason] += 1
-        if not client.done.done():
-            client.done.set_result(reason)
+        if cancel and not client.completed and client.task is not None:
+            client.task.cancel()
 
     def disconnected(self, client: Client) -> None:
-        """The peer went away (or the response ended)."""
+        """The peer went away or the handler is finishing (called from its task)."""
         if client.close_reason is None:
-            self.drop(client, "disconnect")
+            self.drop(client, "disconnect", cancel=False)
 
     def end(self, client: Client, reason: str, final: bytes) -> None:
         """End the stream properly with ``final`` (a comment and a retry hint), or
