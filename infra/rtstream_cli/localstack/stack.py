@@ -44,7 +44,9 @@ def client_factory(endpoint: str, region: str = DEFAULT_REGION) -> Callable[[str
         aws_session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
         region_name=region,
     )
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    # path-style S3: "<bucket>.localhost" does not resolve everywhere
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                    s3={"addressing_style": "path"})
     cache: dict[str, Any] = {}
 
     def clients(service: str):
