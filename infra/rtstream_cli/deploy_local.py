@@ -112,6 +112,9 @@ def run_deploy(args) -> int:
             services.check()
     except KeyboardInterrupt:
         pass
+    except RuntimeError as exc:  # a service died: say which, with its log tail
+        print(f"deploy-local: {exc}", file=sys.stderr)
+        return 1
     finally:
         services.stop()
     return 0
