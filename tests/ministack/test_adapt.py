@@ -86,3 +86,20 @@ def test_resolver_resolves_refs_and_subs_and_refuses_the_unknown():
     assert resolve({"Fn::Sub": "${Api}/${StageName}@${AWS::Region}"}) == "abc123/e2e@us-east-1"
     with pytest.raises(AdaptError):
         resolve({"Ref": "Missing"})
+
+
+def test_nested_container_stacks_are_removed_with_their_outputs(template):
+    template["Resources"]["FanoutService"] = {
+        "Type": "AWS::CloudFormation::Stack",
+        "Properties": {"TemplateURL": "infra/fanout-service.yaml",
+                       "Parameters": {"ConnectionsTable": {"Ref": "ConnectionsTable"}}},
+    }
+    template["Resources"]["SseService"] = {
+        "Type": "AWS::Serverless::Application",
+        "Properties": {"Location": "infra/sse-service.yaml"},
+    }
+    template.setdefault("Outputs", {})["SseUrl"] = {"Value": {"Fn::GetAtt": ["SseService", "Outputs.Url"]}}
+    adapted = adapt_for_emulator(template, endpoint=ENDPOINT)
+    assert {"FanoutService", "SseService"} <= adapted.removed.keys()
+    assert "SseUrl" not in adapted.template["Outputs"]
+    assert "WebSocketUrl" in adapted.template["Outputs"]
