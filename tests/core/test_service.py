@@ -428,3 +428,60 @@ def test_disconnect_clears_presence_even_without_a_record(service, registry, eve
     assert send(service, "c2", ALICE, {"type": "presence"}) == [{"type": "presence", "users": []}]
     offline = [e for e in entity_entries(event_log, "entity-a") if getattr(e, "topic", None) == "presence"][-1]
     assert offline.data["state"] == "offline"
+
+
+# ---- privileged actions, security events, reconnection figure ----------------------------
+
+
+@pytest.mark.parametrize("action", ["publish", "broadcast", "disconnect"])
+@pytest.mark.parametrize("who", [ALICE, AGENT], ids=["user", "agent"])
+def test_publish_broadcast_disconnect_are_forbidden_for_every_role(service, event_log, caplog, action, who):
+    service.connect(who, "c1")
+    frame = {"type": action, "topic": "transactions.new", "data": {"amount": 1}, "connectionId": "victim"}
+    with caplog.at_level(logging.WARNING, logger="rtstream.security"):
+        reply = service.handle("c1", who, json.dumps(frame))
+    assert [f["code"] for f in reply.frames] == ["forbidden"]
+    assert not reply.close
+    # nothing was published, nobody was disconnected
+    assert not [e for e in entity_entries(event_log, who.entity_id) if getattr(e, "topic", None) == "transactions.new"]
+    security = [r.getMessage() for r in caplog.records if r.name == "rtstream.security"]
+    if who.is_agent:
+        assert reply.security_event == "agent_forbidden_operation"
+        assert security and action in security[0] and "bot-1" in security[0]
+    else:
+        assert reply.security_event is None and not security
+    # the connection stays usable
+    assert send(service, "c1", who, {"type": "ping"})[0]["type"] == "pong"
+
+
+def test_agent_excessive_subscriptions_flag_a_security_event(service):
+    service.connect(AGENT, "a1")
+    for topic in ("transactions.new", "balance.updated", "sync.completed"):
+        assert service.handle("a1", AGENT, json.dumps({"type": "subscribe", "topic": topic})).security_event is None
+    reply = service.handle("a1", AGENT, json.dumps({"type": "subscribe", "topic": "*"}))
+    assert reply.frames[0]["code"] == "too_many_subscriptions" and reply.security_event == "agent_excessive_subscriptions"
+    # a user hitting the same limit is refused, but that is not a security event
+    service.connect(ALICE, "u1")
+    for topic in ("transactions.new", "balance.updated", "sync.completed"):
+        service.handle("u1", ALICE, json.dumps({"type": "subscribe", "topic": topic}))
+    reply = service.handle("u1", ALICE, json.dumps({"type": "subscribe", "topic": "*"}))
+    assert reply.frames[0]["code"] == "too_many_subscriptions" and reply.security_event is None
+
+
+def test_first_subscribe_tells_resume_from_fresh(service, event_log):
+    event = event_log.append("entity-a", "transactions.new", {"transactionId": "t1", "amount": 1.0, "merchant": "m"}, "test")
+    service.connect(ALICE, "fresh")
+    first = service.handle("fresh", ALICE, json.dumps({"type": "subscribe", "topic": "transactions.new"}))
+    assert first.resumed is False
+    assert service.handle("fresh", ALICE, json.dumps({"type": "subscribe", "topic": "balance.updated"})).resumed is None
+    service.connect(ALICE, "back")
+    resumed = service.handle("back", ALICE, json.dumps({"type": "subscribe", "topic": "*", "since": event.id}))
+    assert resumed.resumed is True
+    # later subscribes of the same connection, even after unsubscribing everything, are not counted again
+    service.handle("back", ALICE, json.dumps({"type": "unsubscribe", "topic": "*"}))
+    assert service.handle("back", ALICE, json.dumps({"type": "subscribe", "topic": "*", "since": event.id})).resumed is None
+    # a refused subscribe is not the connection's first
+    service.disconnect("fresh")
+    service.connect(ALICE, "other")
+    assert service.handle("other", ALICE, json.dumps({"type": "subscribe", "topic": "nope"})).resumed is None
+    assert service.handle("other", ALICE, json.dumps({"type": "subscribe", "topic": "*"})).resumed is False
