@@ -94,12 +94,10 @@ class LocalRedis:
                 raise
             self.kind = "redis-server"
         else:
-            from fakeredis import TcpFakeServer
-
-            print("notice: no redis-server on PATH; using an in-process fakeredis server "
-                  "(install Redis for production-like behaviour)", file=sys.stderr, flush=True)
-            self._fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-            self._fake.daemon_threads = True
+            print("notice: no redis-server on PATH; using an in-process fakeredis server, which lacks some "
+                  "Redis 7 stream commands: install Redis 7 or pass --redis-url for the full system",
+                  file=sys.stderr, flush=True)
+            self._fake = _fakeredis_server(port)
             self._fake_thread = threading.Thread(target=self._fake.serve_forever, name="fakeredis", daemon=True)
             self._fake_thread.start()
             await wait_for_port("127.0.0.1", port, 5)
@@ -124,3 +122,45 @@ class LocalRedis:
             fake, self._fake = self._fake, None
             await asyncio.to_thread(fake.shutdown)
             fake.server_close()
+
+
+def _fakeredis_server(port: int):
+    """fakeredis's TCP server, with one fix: its handler closes the connection
+    after any error reply, and Redis clients rely on errors that leave the
+    connection open (NOSCRIPT before EVAL, BUSYGROUP on XGROUP CREATE...)."""
+    import select
+
+    import redis
+    from fakeredis import TcpFakeServer
+    from fakeredis._clients import _tcp_server
+
+    class Handler(_tcp_server.TCPFakeRequestHandler):
+        def handle(self) -> None:
+            while not self.server._shutdown_event.is_set():
+                try:
+                    if self.current_client.can_read():
+                        try:
+                            response = self.current_client.read_response()
+                        except redis.exceptions.ResponseError as exc:
+                            response = exc  # an error reply; the connection stays usable
+                        self.writer.dump(response)
+                        continue
+                    data = self.rfile.readline()
+                    if data == b"":
+                        readable, _, _ = select.select([self.connection], [], [], 0.01)
+                        if not readable:
+                            continue
+                        data = self.rfile.readline()
+                        if data == b"":
+                            break  # the peer closed
+                    self.current_client.get_socket().sendall(data)
+                except ConnectionError:
+                    break
+                except Exception as exc:  # noqa: BLE001 - what fakeredis does: report, then close
+                    self.writer.dump(exc)
+                    break
+
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    server.RequestHandlerClass = Handler
+    server.daemon_threads = True
+    return server

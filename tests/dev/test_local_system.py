@@ -109,6 +109,16 @@ async def test_redis_falls_back_to_fakeredis_with_a_notice(capfd):
         client = redis.Redis.from_url(url)
         assert client.ping() and client.set("k", "v") and client.get("k") == b"v"
         client.close()
+        # error replies leave the connection usable, as in Redis (clients rely on NOSCRIPT, BUSYGROUP)
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(b"*3\r\n$7\r\nEVALSHA\r\n$40\r\n" + b"0" * 40 + b"\r\n$1\r\n0\r\n*1\r\n$4\r\nPING\r\n")
+            replies = b""
+            while b"PONG" not in replies:
+                chunk = raw.recv(4096)
+                assert chunk, f"connection closed after {replies!r}"
+                replies += chunk
+        assert replies.startswith(b"-NOSCRIPT") and replies.endswith(b"+PONG\r\n")
     finally:
         await local.stop()
 
