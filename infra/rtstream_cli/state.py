@@ -4,7 +4,9 @@
 File: ``$RTSTREAM_STATE_DIR/dev.json`` (default ``~/.cache/rtstream/dev.json``) with
 keys ``ws_url``, ``sse_url``, ``dashboard_url``, ``management_url``,
 ``redis_url``, ``aws_endpoint``, ``event_bus``, ``connections_table``,
-``subscriptions_table``, ``pid``.
+``subscriptions_table``, ``pid``; also ``management_endpoint`` (boto3's
+``endpoint_url``), ``jwt_secret`` (the dev signing key, so ``rtstream token``
+matches the running system) and ``log_dir`` (the children's logs).
 """
 
 from __future__ import annotations
