@@ -250,6 +250,26 @@ async def test_post_throttling_and_latency(fixture_gateway, recorder):
             assert 429 in outcomes and outcomes[0] == 200, (outcomes, time.monotonic() - started)
 
 
+async def test_client_that_stops_reading_gets_429_not_unbounded_buffers(fixture_gateway, recorder):
+    async with fixture_gateway(client_buffer_limit=256 * 1024) as gw:
+        client = management(gw)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, limit=1024)
+        writer.write(f"GET /{gw.stage}?token=allow-slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 101")
+        cid = (await recorder.wait_for("$connect"))[0]["requestContext"]["connectionId"]
+        # the client never reads again: kernel buffers fill, then the emulator's, then 429
+        outcome = None
+        for _ in range(400):
+            try:
+                await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"b" * (128 * 1024))
+            except client.exceptions.LimitExceededException as exc:
+                outcome = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+                break
+        assert outcome == 429
+        writer.close()
+
+
 async def test_keep_alive_and_pipelining(fixture_gateway, recorder):
     async with fixture_gateway() as gw:
         async with await connected(gw) as ws:
