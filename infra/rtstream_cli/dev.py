@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,7 +142,7 @@ class LocalSystem:
                  settings_overrides: dict[str, str] | None = None, with_worker: bool = True, with_sse: bool = True,
                  with_eventbridge: bool = True, gateway_options: dict[str, Any] | None = None,
                  template_path: str | Path = TEMPLATE_PATH, region: str | None = None, log_dir: str | Path | None = None,
-                 write_state_file: bool = True):
+                 write_state_file: bool = True, keep_logs: bool = False):
         self.host = host
         self.ws_port = ws_port
         self.sse_port = sse_port
@@ -153,10 +154,10 @@ class LocalSystem:
         self.with_sse = with_sse
         self.with_eventbridge = with_eventbridge
         self.gateway_options = dict(gateway_options or {})
+        # children's logs; a directory made here is removed on stop unless keep_logs
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="rtstream-dev-"))
+        self._remove_log_dir = not log_dir and not keep_logs
         self.write_state_file = write_state_file
-        self._aws_endpoint_arg = aws_endpoint
-        self._redis_url_arg = redis_url
 
         from .localaws import LocalAws
         from .localredis import LocalRedis
@@ -194,12 +195,16 @@ class LocalSystem:
         return self.gateway.management_url
 
     @property
+    def _url_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    @property
     def sse_url(self) -> str:
-        return f"http://{self.host}:{self.sse_port}/events"
+        return f"http://{self._url_host}:{self.sse_port}/events"
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://{self.host}:{self.sse_port}/"
+        return f"http://{self._url_host}:{self.sse_port}/"
 
     @property
     def connections_table(self) -> str:
@@ -315,6 +320,8 @@ class LocalSystem:
         if self.write_state_file and self.started and read_state().get("pid") == os.getpid():
             clear_state()
         self.started = False
+        if self._remove_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     async def __aenter__(self) -> "LocalSystem":
         return await self.start()
@@ -396,7 +403,7 @@ class LocalSystem:
         while time.monotonic() < deadline:
             if not self.sse.running:
                 raise RuntimeError(f"the SSE server exited at start:\n{self.sse.log_tail()}")
-            if await _http_ok(self.host, self.sse_port, "/healthz"):
+            if await _http_ok(self._url_host, self.sse_port, "/healthz"):
                 return
             await asyncio.sleep(0.05)
         raise TimeoutError(f"the SSE server did not answer /healthz within {SSE_READY_TIMEOUT:.0f}s:\n{self.sse.log_tail()}")
@@ -453,7 +460,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     system = LocalSystem(ws_port=args.ws_port, sse_port=args.sse_port, host=args.host, aws_endpoint=args.aws_endpoint,
-                         redis_url=args.redis_url, jwt_secret=args.jwt_secret)
+                         redis_url=args.redis_url, jwt_secret=args.jwt_secret, keep_logs=True)
     starting = asyncio.ensure_future(system.start())
     waiting = asyncio.ensure_future(stopping.wait())
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
