@@ -223,6 +223,39 @@ async def test_entity_isolation(deployed, services, redis_url, token):
     client.close()
 
 
+async def test_unsubscribe_and_presence_routes(deployed, aws, token):
+    user, entity = ids()
+    async with await connect(deployed, token(user, entity)) as ws:
+        await subscribe(ws, "balance.updated")
+        [connection_id] = connection_ids_of(aws, deployed, user)
+        await ws.send(json.dumps({"type": "unsubscribe", "topic": "balance.updated"}))
+        assert await next_json(ws) == {"type": "unsubscribed", "topic": "balance.updated"}
+        assert subscription_items(aws, deployed, connection_id) == []
+        await ws.send(json.dumps({"type": "presence"}))
+        presence = await next_json(ws)
+        assert presence["type"] == "presence"
+        assert [u["userId"] for u in presence["users"]] == [user]
+
+
+async def test_subscribe_since_replays_what_was_missed(deployed, services, redis_url, token):
+    """subscribe Lambda (Redis replay request) -> fan-out -> subscribed, then the history after `since`."""
+    user, entity = ids()
+    client = redis.Redis.from_url(redis_url)
+    async with await connect(deployed, token(user, entity)) as ws:
+        await subscribe(ws, "transactions.new")
+        for tx in ("r1", "r2", "r3"):
+            client.publish(f"transactions.new:entity:{entity}", json.dumps(transaction(tx)))
+        seen = [await wait_for(ws, lambda m: m.get("type") == "event") for _ in range(3)]
+        assert [e["data"]["transactionId"] for e in seen] == ["r1", "r2", "r3"]
+    async with await connect(deployed, token(user, entity)) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topic": "transactions.new", "since": seen[0]["id"]}))
+        assert await wait_for(ws, lambda m: m.get("type") in ("subscribed", "error")) == {
+            "type": "subscribed", "topic": "transactions.new"}
+        replayed = [await wait_for(ws, lambda m: m.get("type") == "event") for _ in range(2)]
+        assert [e["id"] for e in replayed] == [seen[1]["id"], seen[2]["id"]]
+    client.close()
+
+
 # --- disconnect ------------------------------------------------------------
 
 async def test_disconnect_cleans_up_and_management_api_answers_410(deployed, services, aws, token):
