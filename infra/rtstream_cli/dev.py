@@ -165,6 +165,7 @@ class LocalSystem:
         self.aws = LocalAws(aws_endpoint, region=self.region)
         self.redis = LocalRedis(redis_url, log_dir=self.log_dir)
         self.gateway = None
+        self.stage = ""
         self.worker: _Child | None = None
         self.sse: _Child | None = None
         self.eventbridge: Any = None
@@ -184,15 +185,15 @@ class LocalSystem:
 
     @property
     def ws_url(self) -> str:
-        return self.gateway.ws_url
+        return f"ws://{self._url_host}:{self.ws_port}/{self.stage}"
 
     @property
     def management_endpoint(self) -> str:
-        return self.gateway.management_endpoint
+        return f"http://{self._url_host}:{self.ws_port}/{self.stage}"
 
     @property
     def management_url(self) -> str:
-        return self.gateway.management_url
+        return f"{self.management_endpoint}/@connections"
 
     @property
     def _url_host(self) -> str:
@@ -216,13 +217,26 @@ class LocalSystem:
 
     # ---- lifecycle
     async def start(self) -> "LocalSystem":
+        """Everything boots in parallel once Redis is up (it is quick): the AWS
+        emulator and the tables, the gateway, and the children. Ports are chosen
+        first, so every endpoint is known before anything listens; nothing talks
+        to DynamoDB before the first connection, and start() returns only when
+        every part is ready."""
         from rtstream.settings import Settings
+        from rtstream_gateway.api import load_api
+
+        from .localredis import free_port
 
         check_port_free(self.host, self.ws_port, "WS")
         if self.with_sse:
             check_port_free(self.host, self.sse_port, "SSE")
         try:
-            await asyncio.gather(self.aws.start(), self.redis.start())
+            self.ws_port = self.ws_port or free_port(self.host)
+            if self.with_sse:
+                self.sse_port = self.sse_port or free_port(self.host)
+            self.stage = self.gateway_options.get("stage") or load_api(self.template_path, region=self.region).stage
+            aws_endpoint = self.aws.plan()
+            await self.redis.start()
             base = {
                 "RTSTREAM_JWT_SECRET": self.jwt_secret,
                 "REDIS_URL": self.redis.url,
@@ -232,11 +246,22 @@ class LocalSystem:
             self.settings = Settings.from_env({**base})
             base.setdefault("CONNECTIONS_TABLE", self.settings.connections_table)
             base.setdefault("SUBSCRIPTIONS_TABLE", self.settings.subscriptions_table)
-            self.handler_env = {**self.aws.environment(), **base}
-            # Tables are created while the gateway and the children boot (nothing
-            # touches DynamoDB before the first connection); start() returns when all are ready.
-            outcomes = await asyncio.gather(asyncio.to_thread(self._create_tables), self._start_services(),
-                                            return_exceptions=True)
+            self.handler_env = {**self.aws.environment(), **base,
+                                "RTSTREAM_MANAGEMENT_ENDPOINT": self.management_endpoint}
+            self.child_env = {
+                **os.environ,
+                **self.handler_env,
+                "AWS_ENDPOINT_URL": aws_endpoint,
+                "RTSTREAM_SSE_HOST": self.host,
+                "RTSTREAM_SSE_PORT": str(self.sse_port),
+                "RTSTREAM_PUBLIC_WS_URL": self.ws_url,
+                "RTSTREAM_DASHBOARD_DEV_TOKEN": "1",
+                "RTSTREAM_DEV_ENTITY": DEV_ENTITY,
+                "PYTHONUNBUFFERED": "1",
+            }
+            self.settings = Settings.from_env(self.child_env)
+            outcomes = await asyncio.gather(self._start_aws(), self._start_gateway_instance(self.ws_port),
+                                            self._start_children(), return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
@@ -254,27 +279,11 @@ class LocalSystem:
             write_state(self.state())
         return self
 
-    async def _start_services(self) -> None:
-        from rtstream.settings import Settings
+    async def _start_aws(self) -> None:
+        await self.aws.start()
+        await asyncio.to_thread(self._create_tables)
 
-        await self._start_gateway_instance(self.ws_port)
-        self.ws_port = self.gateway.port
-        self.handler_env["RTSTREAM_MANAGEMENT_ENDPOINT"] = self.gateway.management_endpoint
-        if self.with_sse and not self.sse_port:
-            from .localredis import free_port
-
-            self.sse_port = free_port(self.host)
-        self.child_env = {
-            **os.environ,
-            **self.handler_env,
-            "RTSTREAM_SSE_HOST": self.host,
-            "RTSTREAM_SSE_PORT": str(self.sse_port),
-            "RTSTREAM_PUBLIC_WS_URL": self.gateway.ws_url,
-            "RTSTREAM_DASHBOARD_DEV_TOKEN": "1",
-            "RTSTREAM_DEV_ENTITY": DEV_ENTITY,
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.settings = Settings.from_env(self.child_env)
+    async def _start_children(self) -> None:
         if self.with_worker and _module_available("rtstream_fanout"):
             self.worker = _Child("worker", [sys.executable, "-m", "rtstream_fanout"], self.child_env,
                                  self.log_dir / "worker.log")

@@ -31,23 +31,27 @@ class LocalAws:
         self.region = region
         self.kind = "external" if endpoint else "moto"
         self._moto = None
+        self._port = 0
         self._session: Any = None
 
+    def plan(self) -> str:
+        """The endpoint, known before the server runs (a free port is chosen for moto)."""
+        if self.endpoint is None:
+            self._port = free_port()
+            self.endpoint = f"http://127.0.0.1:{self._port}"
+        return self.endpoint
+
     async def start(self) -> str:
-        if self.endpoint:
+        if self.kind == "external":
             parsed = urlparse(self.endpoint)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise ValueError(f"--aws-endpoint must be an http(s) URL, got {self.endpoint!r}")
             self._session = _localstack_session(self.endpoint, self.region)
             return self.endpoint
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call otherwise
-        port = free_port()
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        self._moto.start()
-        await wait_for_port("127.0.0.1", port, 10)
-        self.endpoint = f"http://127.0.0.1:{port}"
+        self.plan()
+        # importing moto takes a while: off the event loop, so the rest of the system boots meanwhile
+        self._moto = await asyncio.to_thread(_start_moto, self._port)
+        await wait_for_port("127.0.0.1", self._port, 10)
         return self.endpoint
 
     def client(self, service: str) -> Any:
@@ -62,7 +66,7 @@ class LocalAws:
 
     def environment(self) -> dict[str, str]:
         """What a process needs to reach these services with boto3, unchanged."""
-        assert self.endpoint, "start() first"
+        assert self.endpoint, "plan() or start() first"
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
                 **FAKE_CREDENTIALS}
 
@@ -70,6 +74,15 @@ class LocalAws:
         if self._moto is not None:
             moto, self._moto = self._moto, None
             await asyncio.to_thread(moto.stop)
+
+
+def _start_moto(port: int) -> Any:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
 
 
 def _localstack_session(endpoint: str, region: str) -> Any:
