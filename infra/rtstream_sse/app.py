@@ -281,6 +281,19 @@ class ServerState:
         ]
         if self.presence is not None:
             self._tasks.append(asyncio.create_task(self._presence_beats(), name="sse-presence"))
+        if self.config.emf_interval_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._emf(), name="sse-emf"))
+
+    async def _emf(self) -> None:
+        """Active connections per task for CloudWatch (autoscaling tracks its average)."""
+        from .metrics import emf_line
+
+        sent = 0
+        while True:
+            await asyncio.sleep(self.config.emf_interval_seconds)
+            delta, sent = self.metrics.deliveries - sent, self.metrics.deliveries
+            line = emf_line(self.config.emf_namespace, self.config.emf_service, active_connections=self.hub.count, deliveries=delta, now_ms=int(time.time() * 1000))
+            print(line, flush=True)
 
     async def _ticks(self) -> None:
         while True:

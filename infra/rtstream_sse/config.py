@@ -55,6 +55,11 @@ class SSEConfig:
     dashboard_dev_token: bool = False  # RTSTREAM_DASHBOARD_DEV_TOKEN=1: hand the dashboard a dev token
     dev_entity: str = "demo-entity"  # RTSTREAM_DEV_ENTITY
     dev_user: str = "demo-user"
+    # CloudWatch EMF line with this task's active connections every N s on stdout
+    # (awslogs turns it into a metric; the autoscaling policy tracks it). 0 = off.
+    emf_interval_seconds: float = 0.0  # RTSTREAM_EMF_INTERVAL_S
+    emf_namespace: str = "RealtimeStreaming"  # POWERTOOLS_METRICS_NAMESPACE
+    emf_service: str = "rtstream-sse"  # RTSTREAM_SERVICE_NAME (the metric's ServiceName dimension)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SSEConfig":
@@ -76,6 +81,9 @@ class SSEConfig:
             public_sse_url=env.get("RTSTREAM_PUBLIC_SSE_URL", d.public_sse_url),
             dashboard_dev_token=env.get("RTSTREAM_DASHBOARD_DEV_TOKEN", "") == "1",
             dev_entity=env.get("RTSTREAM_DEV_ENTITY", d.dev_entity) or d.dev_entity,
+            emf_interval_seconds=_float(env, "RTSTREAM_EMF_INTERVAL_S", d.emf_interval_seconds),
+            emf_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", d.emf_namespace) or d.emf_namespace,
+            emf_service=env.get("RTSTREAM_SERVICE_NAME", d.emf_service) or d.emf_service,
         )
 
     def replace(self, **changes) -> "SSEConfig":

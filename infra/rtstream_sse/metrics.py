@@ -87,3 +87,30 @@ class SSEMetrics:
         metric("realtime_streaming_sse_invalid_entries_total", "counter", "Partition stream entries that could not be decoded.", [("", self.invalid_entries)])
         metric("realtime_streaming_sse_redis_connected", "gauge", "1 while the Redis reader is connected.", [("", 1 if redis_connected else 0)])
         return "\n".join(lines) + "\n"
+
+
+def emf_line(namespace: str, service: str, *, active_connections: int, deliveries: int, now_ms: int) -> str:
+    """One CloudWatch Embedded Metric Format record (CloudWatch Logs extracts it)."""
+    import json
+
+    return json.dumps(
+        {
+            "_aws": {
+                "Timestamp": now_ms,
+                "CloudWatchMetrics": [
+                    {
+                        "Namespace": namespace,
+                        "Dimensions": [["ServiceName"]],
+                        "Metrics": [
+                            {"Name": names.ACTIVE_CONNECTIONS, "Unit": "Count"},
+                            {"Name": names.DELIVERIES, "Unit": "Count"},
+                        ],
+                    }
+                ],
+            },
+            "ServiceName": service,
+            names.ACTIVE_CONNECTIONS: active_connections,
+            names.DELIVERIES: deliveries,
+        },
+        separators=(",", ":"),
+    )
