@@ -15,7 +15,8 @@ STACK = ROOT / "infra" / "sse-service.yaml"
 
 
 def test_stack_passes_cfn_lint():
-    out = subprocess.run([sys.executable, "-m", "cfnlint", str(STACK)], capture_output=True, text=True, timeout=120)
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    out = subprocess.run([str(cfn_lint), str(STACK)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
