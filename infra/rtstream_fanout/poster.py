@@ -25,13 +25,24 @@ import httptools
 BROKEN = 0  # pseudo-status: no answer (connection lost / refused)
 
 
+class _Batch:
+    __slots__ = ("count", "statuses", "future")
+
+    def __init__(self, count: int, future: "asyncio.Future[list[int]]") -> None:
+        self.count = count
+        self.statuses: list[int] = []
+        self.future = future
+
+
 class _Conn(asyncio.Protocol):
+    """One keep-alive connection; requests are written in batches and the
+    answers (in order) complete one future per batch, not one per request."""
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.waiting: deque[asyncio.Future[int]] = deque()
+        self.batches: deque[_Batch] = deque()
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self._status = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -39,10 +50,10 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        while self.waiting:
-            fut = self.waiting.popleft()
-            if not fut.done():
-                fut.set_result(BROKEN)
+        while self.batches:
+            batch = self.batches.popleft()
+            if not batch.future.done():
+                batch.future.set_result(batch.statuses + [BROKEN] * (batch.count - len(batch.statuses)))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -51,28 +62,24 @@ class _Conn(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
 
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        self._status = 0
-
-    def on_status(self, status: bytes) -> None:
-        self._status = self.parser.get_status_code()
-
+    # httptools callback
     def on_message_complete(self) -> None:
-        if self.waiting:
-            fut = self.waiting.popleft()
-            if not fut.done():
-                fut.set_result(self._status or self.parser.get_status_code())
+        if self.batches:
+            batch = self.batches[0]
+            batch.statuses.append(self.parser.get_status_code())
+            if len(batch.statuses) == batch.count:
+                self.batches.popleft()
+                if not batch.future.done():
+                    batch.future.set_result(batch.statuses)
         if not self.parser.should_keep_alive() and self.transport is not None:
             self.transport.close()
 
-    def send(self, payload: bytes, count: int) -> list[asyncio.Future[int]]:
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in range(count)]
-        self.waiting.extend(futs)
+    def send(self, payload: bytes, count: int) -> "asyncio.Future[list[int]]":
+        future = asyncio.get_running_loop().create_future()
+        self.batches.append(_Batch(count, future))
         assert self.transport is not None
         self.transport.write(payload)
-        return futs
+        return future
 
 
 class ManagementPoster:
@@ -104,9 +111,30 @@ class ManagementPoster:
         self._locks = [asyncio.Lock() for _ in range(self.pool_size)]
         self._next = 0
         self._signer = _Signer(region) if sign else None
+        self._quoted: dict[str, bytes] = {}
 
     def _path(self, connection_id: str) -> str:
         return f"{self.base_path}/@connections/{quote(connection_id, safe='')}"
+
+    def _requests(self, method: str, connection_ids: Sequence[str], data: bytes) -> list[bytes]:
+        """One request per connection; unsigned requests share everything but the path."""
+        if self._signer is not None:
+            return [self._request(method, cid, data) for cid in connection_ids]
+        prefix = f"{method} {self.base_path}/@connections/".encode()
+        suffix = (
+            f" HTTP/1.1\r\nHost: {self.host_header}\r\nContent-Length: {len(data)}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode("latin-1") + data
+        quoted = self._quoted
+        out = []
+        for cid in connection_ids:
+            q = quoted.get(cid)
+            if q is None:
+                if len(quoted) > 100_000:
+                    quoted.clear()
+                q = quoted[cid] = quote(cid, safe="").encode()
+            out.append(prefix + q + suffix)
+        return out
 
     def _request(self, method: str, connection_id: str, data: bytes) -> bytes:
         path = self._path(connection_id)
@@ -142,13 +170,13 @@ class ManagementPoster:
                 except (OSError, asyncio.TimeoutError):
                     results += [BROKEN] * len(chunk)
                     continue
-                futs = conn.send(b"".join(chunk), len(chunk))
+                future = conn.send(b"".join(chunk), len(chunk))
                 try:
-                    results += await asyncio.wait_for(asyncio.gather(*futs), self.timeout_s)
+                    results += await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
                 except asyncio.TimeoutError:
                     if conn.transport is not None:
-                        conn.transport.abort()
-                    results += [f.result() if f.done() else BROKEN for f in futs]
+                        conn.transport.abort()  # connection_lost completes the batch with BROKEN
+                    results += await future
         return results
 
     async def post_many(self, connection_ids: Sequence[str], data: bytes) -> list[int]:
@@ -156,7 +184,7 @@ class ManagementPoster:
         n = len(connection_ids)
         if n == 0:
             return []
-        requests = [self._request("POST", cid, data) for cid in connection_ids]
+        requests = self._requests("POST", connection_ids, data)
         slots = min(self.pool_size, max(1, (n + 31) // 32))
         first = self._next
         self._next = (self._next + slots) % self.pool_size
@@ -178,12 +206,12 @@ class ManagementPoster:
         they arrive in order."""
         slot = self._next
         self._next = (self._next + 1) % self.pool_size
-        return await self._send_on(slot, [self._request("POST", connection_id, f) for f in frames])
+        return await self._send_on(slot, [self._requests("POST", [connection_id], f)[0] for f in frames])
 
     async def delete(self, connection_id: str) -> int:
         slot = self._next
         self._next = (self._next + 1) % self.pool_size
-        return (await self._send_on(slot, [self._request("DELETE", connection_id, b"")]))[0]
+        return (await self._send_on(slot, self._requests("DELETE", [connection_id], b"")))[0]
 
     async def close(self) -> None:
         for conn in self._conns:

@@ -125,6 +125,7 @@ class FanoutWorker:
         self.cache = SubscriberCache()
         self.markers = MarkerSet()
         self.leases: dict[int, Lease] = {}
+        self._retiring: dict[int, asyncio.Task] = {}  # consumers of lost leases, still finishing
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.redis: aioredis.Redis | None = None
@@ -154,7 +155,7 @@ class FanoutWorker:
     async def stop(self, timeout_s: float = 15.0) -> None:
         """Stop reading, let in-flight entries finish, release the leases."""
         self._stopping.set()
-        consumers = [lease.task for lease in self.leases.values() if lease.task is not None]
+        consumers = [lease.task for lease in self.leases.values() if lease.task is not None] + list(self._retiring.values())
         waiting = [t for t in self._tasks + consumers if not t.done()]
         if waiting:
             done, pending = await asyncio.wait(waiting, timeout=timeout_s)
@@ -198,6 +199,8 @@ class FanoutWorker:
                         else:
                             log.warning("lost the lease of partition %d", p)
                             self._drop_lease(p)
+                    elif self._retiring_busy(p):
+                        continue  # the previous consumer of p is finishing its entry: never two at once
                     elif await self.redis.set(name, self.worker_id, nx=True, px=self.lease_ms):
                         lease = Lease(p, now + self.lease_ms / 1000)
                         self.leases[p] = lease
@@ -217,6 +220,17 @@ class FanoutWorker:
         lease = self.leases.pop(p, None)
         if lease is not None:
             lease.active = False  # the consumer finishes its current entry and exits
+            if lease.task is not None and not lease.task.done():
+                self._retiring[p] = lease.task
+
+    def _retiring_busy(self, p: int) -> bool:
+        task = self._retiring.get(p)
+        if task is None:
+            return False
+        if task.done():
+            del self._retiring[p]
+            return False
+        return True
 
     # ---- partition consumer -----------------------------------------------------------
 
