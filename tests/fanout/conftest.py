@@ -23,6 +23,9 @@ class ManagementStub:
         self.received: dict[str, list[bytes]] = defaultdict(list)
         self.script: dict[str, deque[int]] = defaultdict(deque)
         self.requests = 0
+        self.headers: list[dict[str, str]] = []  # of every request, in order
+        self.close_after_response = False  # answer "Connection: close" and hang up
+        self.connections_made = 0
         self.server: asyncio.AbstractServer | None = None
         self.endpoint = ""
 
@@ -55,6 +58,7 @@ class ManagementStub:
 
         class Proto(asyncio.Protocol):
             def connection_made(self, transport):
+                stub.connections_made += 1
                 self.transport = transport
                 self.parser = httptools.HttpRequestParser(self)
                 self.url = b""
@@ -64,7 +68,10 @@ class ManagementStub:
                 self.parser.feed_data(data)
 
             def on_message_begin(self):
-                self.url, self.body = b"", bytearray()
+                self.url, self.body, self.headers = b"", bytearray(), {}
+
+            def on_header(self, name, value):
+                self.headers[name.decode().lower()] = value.decode()
 
             def on_url(self, url):
                 self.url += url
@@ -73,8 +80,13 @@ class ManagementStub:
                 self.body += body
 
             def on_message_complete(self):
+                stub.headers.append(self.headers)
                 status = stub.answer(self.parser.get_method().decode(), self.url.decode(), bytes(self.body))
-                self.transport.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
+                if stub.close_after_response:
+                    self.transport.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+                    self.transport.close()
+                else:
+                    self.transport.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
 
         self.server = await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", 0)
         port = self.server.sockets[0].getsockname()[1]
