@@ -202,22 +202,25 @@ class Hub:
         clients = self.by_entity.get(entity_id)
         if not clients:
             return
-        # subscription key -> (frames, joined body) for this batch
-        selections: dict[Any, tuple[list[Delivery], bytes]] = {}
+        # subscription key -> (frames, joined body, ASGI message) for this batch
+        selections: dict[Any, tuple[list[Delivery], bytes, dict[str, Any]]] = {}
         for client in tuple(clients.values()):
             if client.close_reason is not None:
                 continue
             sel = selections.get(client.subscription_key)
             if sel is None:
                 chosen = [d for d in deliveries if client.wants(d.event)]  # type: ignore[arg-type]
-                sel = selections[client.subscription_key] = (chosen, b"".join(d.data for d in chosen))
-            chosen, body = sel
+                body = b"".join(d.data for d in chosen)
+                # one message dict shared by every client of the key (the server only reads it)
+                sel = selections[client.subscription_key] = (chosen, body, {"type": BODY, "body": body, "more_body": True})
+            chosen, body, message = sel
             if client.seam is not None and not client.replaying:
                 chosen, body = self._past_seam(client, deliveries, chosen)
+                message = {"type": BODY, "body": body, "more_body": True}
             if not chosen:
                 continue
             if client.inflight is None and not client.replaying:
-                self._write(client, body, chosen)
+                self._write(client, body, chosen, message)
             else:
                 self._enqueue(client, chosen, len(body))
 
@@ -232,8 +235,8 @@ class Hub:
             client.seam = None
         return kept, b"".join(d.data for d in kept)
 
-    def _write(self, client: Client, body: bytes, sent: list[Delivery]) -> None:
-        coro = client.send({"type": BODY, "body": body, "more_body": True})
+    def _write(self, client: Client, body: bytes, sent: list[Delivery], message: dict[str, Any] | None = None) -> None:
+        coro = client.send(message or {"type": BODY, "body": body, "more_body": True})
         try:
             yielded = coro.send(None)
         except StopIteration:
