@@ -252,3 +252,24 @@ def test_alarms_and_dashboards_of_the_seed(template):
         assert widgets
         used = set(re.findall(r"realtime_streaming\.[a-z_]+", body))
         assert used <= known, used - known
+
+
+def test_housekeeping_runs_every_minute_with_scan_rights(template):
+    fn = template["Resources"]["HousekeepingFunction"]["Properties"]
+    assert (ROOT / fn["CodeUri"] / "app.py").is_file()
+    (event,) = fn["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == "rate(1 minute)"
+    assert fn["Timeout"] >= 30  # a bounded sweep (rtstream.hygiene) fits
+    (statement,) = fn["Policies"][0]["Statement"]
+    assert {"dynamodb:Scan", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"} <= set(statement["Action"])
+    assert {ref(r) for r in statement["Resource"]} == {"ConnectionsTable", "SubscriptionsTable"}
+
+
+def test_alarms_notify_the_sns_topic_parameter(template):
+    assert template["Parameters"]["AlarmTopicArn"]["Type"] == "String"
+    for alarm in resources_of_type(template, "AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        for key in ("AlarmActions", "OKActions"):
+            condition, (topic,), _ = props[key]["Fn::If"]
+            assert condition == "HasAlarmTopic" and topic == {"Ref": "AlarmTopicArn"}
+        assert props["TreatMissingData"] == "notBreaching"

@@ -266,3 +266,79 @@ def test_rate_limited_then_closed_through_management_api(load_event, load_handle
     codes = [body(ping(load_event("ping"))).get("code", "ok") for _ in range(4)]
     assert codes == ["ok", "ok", "rate_limited", "rate_limited"]
     assert deleted == [CID]  # the 2nd refusal closes the connection
+
+
+# ---- metrics the alarms and dashboards read ------------------------------------------------
+
+
+def emf_values(stdout: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for line in stdout.splitlines():
+        if line.startswith('{"_aws"'):
+            doc = json.loads(line)
+            for directive in doc["_aws"]["CloudWatchMetrics"]:
+                for metric in directive["Metrics"]:
+                    out.setdefault(metric["Name"], []).extend(doc[metric["Name"]])
+    return out
+
+
+@pytest.mark.parametrize(
+    "status, reason, age_s, dropped",
+    [
+        (1000, "Connection Closed Normally", 60, False),  # client or @connections DELETE
+        (1001, "", 60, False),  # a browser leaving the page
+        (1001, "Going away", 600, True),  # API Gateway's idle timeout
+        (1000, "", 7200, True),  # closed at the 2-hour maximum, whatever the status says
+        (1006, "Connection closed abnormally", 60, True),  # network gone
+        (1011, "Internal error", 60, True),
+        (None, None, 60, True),  # no status at all
+    ],
+)
+def test_disconnect_counts_every_close_and_only_abnormal_drops(load_event, load_handler, capsys, status, reason, age_s, dropped):
+    from rtstream import metrics as names
+
+    disconnect = load_handler("disconnect")
+    event = load_event("disconnect")
+    ctx = event["requestContext"]
+    ctx["connectedAt"] = ctx["requestTimeEpoch"] - age_s * 1000
+    for key, value in (("disconnectStatusCode", status), ("disconnectReason", reason)):
+        if value is None:
+            ctx.pop(key, None)
+        else:
+            ctx[key] = value
+    capsys.readouterr()
+    assert disconnect(event) == {"statusCode": 200}
+    emitted = emf_values(capsys.readouterr().out)
+    assert emitted[names.CONNECTIONS_CLOSED] == [1.0]
+    assert emitted.get(names.CONNECTIONS_DROPPED) == ([1.0] if dropped else None)
+
+
+def test_subscribe_reports_fresh_or_resumed_once_per_connection(load_event, load_handler, capsys):
+    from rtstream import metrics as names
+
+    connect, subscribe = load_handler("connect"), load_handler("subscribe")
+    for cid in ("fresh-1", "resumed-1"):
+        assert connect(with_connection(load_event("connect"), cid))["statusCode"] == 200
+    capsys.readouterr()
+    subscribe(with_connection(load_event("subscribe"), "fresh-1"))
+    subscribe(with_connection(load_event("subscribe_since"), "resumed-1"))
+    subscribe(with_connection(load_event("subscribe"), "resumed-1"))  # not the first any more
+    assert emf_values(capsys.readouterr().out)[names.RECONNECTION_RATE] == [float(names.FRESH), float(names.RESUMED)]
+
+
+def test_housekeeping_handler_sweeps_and_counts(load_event, load_handler, registry, capsys):
+    from rtstream import metrics as names
+    from rtstream.models import Connection, Principal, Subscription
+
+    now = int(time.time())
+    principal = Principal("user-1", "entity-1", "user")
+    registry.add_connection(Connection("stale-1", principal, connected_at_ms=(now - 8000) * 1000, expires_at=now - 1))
+    registry.put_subscription(Subscription("stale-1", "entity-1", "*", expires_at=now - 1))
+    load_handler("connect")(load_event("connect"))
+    capsys.readouterr()
+    summary = load_handler("housekeeping")({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}})
+    assert summary["connectionsSwept"] == 1 and summary["active"] == {"websocket": 1, "sse": 0} and summary["errors"] == []
+    emitted = emf_values(capsys.readouterr().out)
+    assert emitted[names.STALE_CONNECTIONS_SWEPT] == [1.0]
+    assert sorted(emitted[names.ACTIVE_CONNECTIONS]) == [0.0, 1.0, 1.0]  # total 1, websocket 1, sse 0 (dimensions: tests/monitoring)
+    assert registry.get_connection("stale-1") is None and registry.connection_subscriptions("stale-1") == []

@@ -219,3 +219,42 @@ def test_redis_presence_key_outlives_the_ttl_for_the_sweep(redis_client):
     assert presence.sweep() == {entity: [{"userId": "alice", "state": "offline", "connections": 0, "transports": []}]}
     assert redis_client.zcard(keys.presence(entity, settings).name) == 0
     assert redis_client.pttl(keys.presence(entity, settings).name) <= 0 or not redis_client.exists(keys.presence(entity, settings).name)
+
+
+def test_report_as_prometheus_text(clock, settings):
+    registry = InMemoryRegistry(clock)
+    registry.add_connection(Connection("c1", ALICE, connected_at_ms=clock.now_ms(), expires_at=clock.now_ms() // 1000 + 60))
+    registry.add_connection(Connection("c2", BOB, transport="sse", connected_at_ms=clock.now_ms(), expires_at=clock.now_ms() // 1000 - 1))
+    text = Housekeeping(registry=registry, clock=clock).run().prometheus()
+    lines = text.splitlines()
+    assert 'realtime_streaming_active_connections{transport="websocket"} 1' in lines
+    assert 'realtime_streaming_active_connections{transport="sse"} 0' in lines
+    assert "realtime_streaming_stale_connections_swept 1" in lines
+    assert "# TYPE realtime_streaming_active_connections gauge" in lines
+
+
+async def test_run_periodically_keeps_going_after_a_failure(clock):
+    import asyncio
+
+    from rtstream.hygiene import run_periodically
+
+    class FlakyRegistry(InMemoryRegistry):
+        calls = 0
+
+        def count_connections(self, now_s):
+            FlakyRegistry.calls += 1
+            if FlakyRegistry.calls == 1:
+                raise RuntimeError("a bug, not a coded error")
+            return super().count_connections(now_s)
+
+    reports = []
+    task = asyncio.create_task(run_periodically(Housekeeping(registry=FlakyRegistry(clock), clock=clock), interval=0.01, on_report=reports.append))
+    try:
+        for _ in range(200):
+            if len(reports) >= 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert len(reports) >= 2 and FlakyRegistry.calls >= 3
+    assert reports[0].active == {"websocket": 0, "sse": 0}

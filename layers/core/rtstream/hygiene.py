@@ -21,10 +21,13 @@ left is taken by the next run.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import metrics as names
 from .errors import RealtimeError
 from .metrics import TRANSPORTS
 from .ports import Clock, ConnectionRegistry, EventLog, PresenceStore, SystemClock
@@ -34,6 +37,8 @@ log = logging.getLogger("rtstream.hygiene")
 
 SWEEP_BATCH = 200
 SWEEP_MAX_BATCHES = 10
+# The Lambda's schedule; `rtstream dev` and the worker use the same period.
+INTERVAL_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -47,6 +52,23 @@ class HousekeepingReport:
     @property
     def active_total(self) -> int:
         return sum(self.active.values())
+
+    def prometheus(self) -> str:
+        """The report as Prometheus text (``/metrics`` of `rtstream dev` or a container):
+        the active-connections gauge per transport, the sweep counts of this run."""
+        lines: list[str] = []
+        if self.active:
+            name = names.prometheus_name(names.ACTIVE_CONNECTIONS)
+            lines += [f"# HELP {name} Live connections in the registry, by transport.", f"# TYPE {name} gauge"]
+            lines += [f'{name}{{transport="{t}"}} {n}' for t, n in self.active.items()]
+        for metric, value, help_text in (
+            (names.STALE_CONNECTIONS_SWEPT, self.connections_swept, "Stale connection records removed by the last housekeeping run."),
+            (names.STALE_SUBSCRIPTIONS_SWEPT, self.subscriptions_swept, "Stale subscription records removed by the last housekeeping run."),
+            (names.STALE_PRESENCE_SWEPT, self.presence_expired, "Users announced offline by the last presence sweep."),
+        ):
+            name = names.prometheus_name(metric)
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
 
 
 class Housekeeping:
@@ -145,3 +167,19 @@ class Housekeeping:
                 self.event_log.append(entity_id, PRESENCE, data, "rtstream", record_history=False)
             except RealtimeError as exc:
                 log.warning("presence event for entity %s not published: %s", entity_id, exc.code)
+
+
+async def run_periodically(
+    housekeeping: Housekeeping, *, interval: float = INTERVAL_SECONDS, on_report: Callable[[HousekeepingReport], None] | None = None
+) -> None:
+    """Run :meth:`Housekeeping.run` every ``interval`` seconds (in a thread: the
+    ports are synchronous) until cancelled; for `rtstream dev` and long-running
+    containers. A failed run is logged and the next one tries again."""
+    while True:
+        try:
+            report = await asyncio.to_thread(housekeeping.run)
+            if on_report is not None:
+                on_report(report)
+        except Exception:  # noqa: BLE001 - one bad run must not end the loop
+            log.exception("housekeeping run failed")
+        await asyncio.sleep(interval)
