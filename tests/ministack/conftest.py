@@ -78,6 +78,7 @@ def ministack_endpoint():
     try:
         yield endpoint
     finally:
+        stopping = time.monotonic()
         # its process group: MiniStack and the Lambda workers it spawned, by PID
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -93,6 +94,7 @@ def ministack_endpoint():
             print(f"MiniStack log: {log_path}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+        print(f"MiniStack stopped and removed in {time.monotonic() - stopping:.1f}s")
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +112,7 @@ def deploy(endpoint: str, redis_url: str, python_version: str, template_path=Non
         template_path=template_path,
         parameters={"JwtSecret": JWT_SECRET, "RedisUrl": redis_url, "StageName": STAGE},
         python_version=python_version,
+        slim=True,  # see the deployed fixture
         timeout=180,
         log=lambda msg: print(f"deploy-local: {msg}"),
     )
@@ -162,7 +165,10 @@ def deployed(ministack_endpoint, redis_url, lambda_python_version, e2e_template_
     started = time.monotonic()
     code, out = run_cli("deploy-local", "--endpoint", ministack_endpoint, "--stack", name, "--stage", STAGE,
                         "--template", str(e2e_template_path), "--redis-url", redis_url, "--jwt-secret", JWT_SECRET,
-                        "--lambda-python", lambda_python_version)
+                        "--lambda-python", lambda_python_version,
+                        # boto3/botocore from the runtime (MiniStack's venv), as on AWS: MiniStack unpacks
+                        # the layer for every Lambda worker, and botocore is half of it
+                        "--slim")
     assert code == 0, out
     stack = describe_deployed(ministack_endpoint, name)
     # the printed contract: `WebSocket: ws://…`, `Management API: http://…/@connections`, the tables

@@ -30,6 +30,12 @@ from typing import Any
 
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".DS_Store")
 
+# What the AWS Lambda Python runtime already ships (boto3 and its dependencies).
+# ``slim=True`` leaves these out of the built layer/functions: the runtime's
+# copy is used, as on AWS. ``sam build`` would package them when a dependency
+# pulls them in (aws-xray-sdk pulls botocore: 30 of the layer's ~57 MB).
+RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"})
+
 
 class BuildError(RuntimeError):
     """A layer or function could not be built (missing sources, pip failure)."""
@@ -103,6 +109,29 @@ def _copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=_IGNORED, dirs_exist_ok=True)
 
 
+def _runtime_provided_entries(deps_dir: Path) -> set[str]:
+    """Top-level names in ``deps_dir`` that belong to ``RUNTIME_PROVIDED`` distributions."""
+    from importlib.metadata import distributions
+
+    names: set[str] = set()
+    for dist in distributions(path=[str(deps_dir)]):
+        if (dist.metadata.get("Name") or "").lower().replace("_", "-") in RUNTIME_PROVIDED:
+            names.update(Path(str(f)).parts[0] for f in (dist.files or []) if not str(f).startswith(".."))
+    return names
+
+
+def _copy_deps(deps_dir: Path, dst: Path, slim: bool) -> None:
+    skipped = _runtime_provided_entries(deps_dir) if slim else set()
+    dst.mkdir(parents=True, exist_ok=True)
+    for entry in deps_dir.iterdir():
+        if entry.name in skipped or entry.name == ".complete":
+            continue
+        if entry.is_dir():
+            _copy_tree(entry, dst / entry.name)
+        else:
+            shutil.copy2(entry, dst / entry.name)
+
+
 def _zip_dir(src: Path, zip_path: Path) -> str:
     """Zip ``src`` reproducibly (sorted entries, fixed timestamps); return its sha256."""
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -132,12 +161,14 @@ def _local_uri(value: Any, base: Path, what: str) -> Path | None:
 
 
 def build_artifacts(template: dict[str, Any], template_dir: Path, build_dir: Path,
-                    python_version: str | None = None, cache_dir: Path | None = None) -> dict[str, Artifact]:
+                    python_version: str | None = None, cache_dir: Path | None = None,
+                    slim: bool = False) -> dict[str, Artifact]:
     """Build every Serverless layer and zip function; ``{logical_id: Artifact}``.
 
     ``python_version`` overrides the version taken from each resource's
     runtime (an emulator that runs every Lambda with its own interpreter
-    needs dependencies for that interpreter).
+    needs dependencies for that interpreter). ``slim`` leaves out what the
+    Lambda runtime provides (``RUNTIME_PROVIDED``).
     """
     cache_dir = cache_dir or default_cache_dir()
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -161,14 +192,14 @@ def build_artifacts(template: dict[str, Any], template_dir: Path, build_dir: Pat
             # reuse it (zipping ~50 MB of dependencies dominates a rebuild)
             key = hashlib.sha256("|".join([
                 _tree_digest(src), _deps_digest(requirements, version) if requirements.exists() else "-",
-                "python" if python_layer else "plain"]).encode()).hexdigest()[:24]
+                "python" if python_layer else "plain", "slim" if slim else "full"]).encode()).hexdigest()[:24]
             cached_zip = cache_dir / "layers" / f"{key}.zip"
             zip_path = build_dir / f"{logical_id}.zip"
             if not cached_zip.exists():
                 if python_layer:
                     dest = out / "python"
                     if requirements.exists():
-                        _copy_tree(_install_requirements(requirements, version, cache_dir), dest)
+                        _copy_deps(_install_requirements(requirements, version, cache_dir), dest, slim)
                     _copy_tree(src, dest)
                 else:
                     _copy_tree(src, out)
@@ -189,7 +220,7 @@ def build_artifacts(template: dict[str, Any], template_dir: Path, build_dir: Pat
             requirements = src / "requirements.txt"
             if requirements.exists():
                 version = python_version or runtime_python_version(props.get("Runtime") or globals_fn.get("Runtime"))
-                _copy_tree(_install_requirements(requirements, version, cache_dir), out)
+                _copy_deps(_install_requirements(requirements, version, cache_dir), out, slim)
             _copy_tree(src, out)
             zip_path = build_dir / f"{logical_id}.zip"
             artifacts[logical_id] = Artifact(logical_id, "function", zip_path, _zip_dir(out, zip_path))

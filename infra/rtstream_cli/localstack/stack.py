@@ -236,6 +236,7 @@ def deploy_stack(
     region: str = DEFAULT_REGION,
     python_version: str | None = None,
     lambda_endpoint: str | None = None,
+    slim: bool = False,
     timeout: float = 300.0,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> DeployedStack:
@@ -268,7 +269,7 @@ def deploy_stack(
     build_dir = Path(tempfile.mkdtemp(prefix="rtstream-deploy-local-"))
     try:
         log(f"building layers and functions (python {python_version or 'from Runtime'}) in {build_dir}")
-        artifacts = build_artifacts(template, template_path.parent, build_dir, python_version=python_version)
+        artifacts = build_artifacts(template, template_path.parent, build_dir, python_version=python_version, slim=slim)
         timings["build_s"] = time.monotonic() - t0
 
         adapted = adapt_for_emulator(template, endpoint=endpoint, lambda_endpoint=lambda_endpoint)
