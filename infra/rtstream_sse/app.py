@@ -241,7 +241,7 @@ class ServerState:
                 await self._presence_call(self.presence.leave, p.entity_id, p.user_id, client.connection_id, "sse")
             return
         try:
-            await asyncio.to_thread(self.service.disconnect, client.connection_id)
+            await asyncio.to_thread(self.service.disconnect, client.connection_id, principal=p, transport="sse")
         except Exception as exc:  # the record expires by TTL anyway
             log.warning("could not remove SSE connection %s from the registry: %s", client.connection_id, exc)
 
