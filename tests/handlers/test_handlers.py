@@ -282,35 +282,36 @@ def emf_values(stdout: str) -> dict[str, list[float]]:
     return out
 
 
-@pytest.mark.parametrize(
-    "status, reason, age_s, dropped",
-    [
-        (1000, "Connection Closed Normally", 60, False),  # client or @connections DELETE
-        (1001, "", 60, False),  # a browser leaving the page
-        (1001, "Going away", 600, True),  # API Gateway's idle timeout
-        (1000, "", 7200, True),  # closed at the 2-hour maximum, whatever the status says
-        (1006, "Connection closed abnormally", 60, True),  # network gone
-        (1011, "Internal error", 60, True),
-        (None, None, 60, True),  # no status at all
-    ],
-)
-def test_disconnect_counts_every_close_and_only_abnormal_drops(load_event, load_handler, capsys, status, reason, age_s, dropped):
+CLOSES = [
+    # status, reason, connection age (s), abnormal drop?
+    (1000, "Connection Closed Normally", 60, False),  # client or @connections DELETE
+    (1001, "", 60, False),  # a browser leaving the page
+    (1001, "Going away", 600, True),  # API Gateway's idle timeout
+    (1000, "", 7200, True),  # closed at the 2-hour maximum, whatever the status says
+    (1006, "Connection closed abnormally", 60, True),  # network gone
+    (1011, "Internal error", 60, True),
+    (None, None, 60, True),  # no status at all
+]
+
+
+def test_disconnect_counts_every_close_and_only_abnormal_drops(load_event, load_handler, capsys):
     from rtstream import metrics as names
 
-    disconnect = load_handler("disconnect")
-    event = load_event("disconnect")
-    ctx = event["requestContext"]
-    ctx["connectedAt"] = ctx["requestTimeEpoch"] - age_s * 1000
-    for key, value in (("disconnectStatusCode", status), ("disconnectReason", reason)):
-        if value is None:
-            ctx.pop(key, None)
-        else:
-            ctx[key] = value
-    capsys.readouterr()
-    assert disconnect(event) == {"statusCode": 200}
-    emitted = emf_values(capsys.readouterr().out)
-    assert emitted[names.CONNECTIONS_CLOSED] == [1.0]
-    assert emitted.get(names.CONNECTIONS_DROPPED) == ([1.0] if dropped else None)
+    disconnect = load_handler("disconnect")  # one cold start, every kind of close
+    for status, reason, age_s, dropped in CLOSES:
+        event = load_event("disconnect")
+        ctx = event["requestContext"]
+        ctx["connectedAt"] = ctx["requestTimeEpoch"] - age_s * 1000
+        for key, value in (("disconnectStatusCode", status), ("disconnectReason", reason)):
+            if value is None:
+                ctx.pop(key, None)
+            else:
+                ctx[key] = value
+        capsys.readouterr()
+        assert disconnect(event) == {"statusCode": 200}
+        emitted = emf_values(capsys.readouterr().out)
+        assert emitted[names.CONNECTIONS_CLOSED] == [1.0], (status, reason)
+        assert emitted.get(names.CONNECTIONS_DROPPED) == ([1.0] if dropped else None), (status, reason, age_s)
 
 
 def test_subscribe_reports_fresh_or_resumed_once_per_connection(load_event, load_handler, capsys):
