@@ -470,6 +470,18 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stopping.set)
     system = LocalSystem(ws_port=args.ws_port, sse_port=args.sse_port, host=args.host, aws_endpoint=args.aws_endpoint,
                          redis_url=args.redis_url, jwt_secret=args.jwt_secret, keep_logs=True)
+    # The in-process handlers log JSON lines and metrics to stdout, as on Lambda:
+    # they go to a log file, and the console keeps the endpoint lines.
+    console = sys.stdout
+    sys.stdout = open(system.log_dir / "handlers.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - process-long
+    try:
+        return await _run_system(system, stopping, console)
+    finally:
+        handlers_log, sys.stdout = sys.stdout, console
+        handlers_log.close()
+
+
+async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console) -> int:
     starting = asyncio.ensure_future(system.start())
     waiting = asyncio.ensure_future(stopping.wait())
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -483,18 +495,18 @@ async def _serve(args: argparse.Namespace) -> int:
         starting.result()
     except PortInUse as exc:
         print(f"rtstream dev: {exc}", file=sys.stderr, flush=True)
+        shutil.rmtree(system.log_dir, ignore_errors=True)  # nothing ran
         return 2
     except Exception as exc:  # one clear line; details are in the logs
         print(f"rtstream dev: could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
               f"(logs: {system.log_dir})", file=sys.stderr, flush=True)
         return 1
-    print(f"WebSocket: {system.ws_url}")
+    lines = [f"WebSocket: {system.ws_url}"]
     if system.sse is not None:
-        print(f"SSE: {system.sse_url}")
-        print(f"Dashboard: {system.dashboard_url}")
-    print(f"Management API: {system.management_url}")
-    print(f"Hint: token for the demo entity: rtstream token --user demo-user --entity {DEV_ENTITY}  (logs: {system.log_dir})",
-          flush=True)
+        lines += [f"SSE: {system.sse_url}", f"Dashboard: {system.dashboard_url}"]
+    lines += [f"Management API: {system.management_url}",
+              f"Hint: token for the demo entity: rtstream token --user demo-user --entity {DEV_ENTITY}  (logs: {system.log_dir})"]
+    print("\n".join(lines), file=console, flush=True)
     watchdog = asyncio.ensure_future(_report_dead_children(system))
     try:
         await stopping.wait()

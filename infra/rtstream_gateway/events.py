@@ -22,7 +22,7 @@ _ALPHABET = string.ascii_letters + string.digits
 def aws_id() -> str:
     """An API Gateway-style id (connectionId, messageId, requestId): 15
     alphanumerics and '=', like ``TF9dteHXoAMCJ5g=``."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(15)) + "="
+    return "".join([_ALPHABET[b % 62] for b in secrets.token_bytes(15)]) + "="  # one syscall, not 15
 
 
 def api_id() -> str:

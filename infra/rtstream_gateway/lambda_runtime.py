@@ -44,7 +44,7 @@ class HandlerTimeout(Exception):
 
 
 class LambdaRuntime:
-    def __init__(self, functions: list[FunctionSpec], *, region: str, max_workers: int = 32):
+    def __init__(self, functions: list[FunctionSpec], *, region: str, max_workers: int = 16):
         self.region = region
         self._specs = {f.logical_id: f for f in functions}
         self._handlers: dict[str, Callable[[dict, Any], Any]] = {}
