@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import socket
 
@@ -54,6 +55,10 @@ async def test_defaults_children_state_and_restarts_on_the_same_ports(tmp_path, 
 
         if system.worker is not None:
             assert system.worker.running
+            # the worker's raw-publish subscription exists before start() returns
+            assert redis.Redis.from_url(system.redis_url).pubsub_numpat() >= 1
+        if importlib.util.find_spec("rtstream_cli.eventbridge_local") is not None:
+            assert system.eventbridge is not None
         if system.sse is not None:
             assert await _http_ok("127.0.0.1", system.sse_port, "/healthz")
             sse_port = system.sse_port
