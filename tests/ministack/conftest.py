@@ -49,7 +49,7 @@ def ministack_python_version() -> str:
     return out.stdout.strip()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ministack_endpoint():
     if not MINISTACK_PYTHON.exists():
         pytest.fail(f"{MINISTACK_PYTHON} is missing: run `bash .ci/setup.d/ministack.sh` (CI runs it before pytest)")
@@ -118,17 +118,34 @@ def deploy(endpoint: str, redis_url: str, python_version: str, template_path=Non
     )
 
 
+E2E_REDIS_DB = 7
+
+
+@pytest.fixture(scope="module")
+def e2e_redis_url(redis_url):
+    """The shared test Redis, on a database of its own: what the stack's Lambdas and
+    services write there is removed after the module, never touching other tests' data."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{E2E_REDIS_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def e2e_jwt_secret():
     """The JwtSecret the stack is deployed with (tokens for the tests are signed with it)."""
     return JWT_SECRET
 
 
-@pytest.fixture(scope="session")
-def deploy_template(ministack_endpoint, redis_url, lambda_python_version):
+@pytest.fixture(scope="module")
+def deploy_template(ministack_endpoint, e2e_redis_url, lambda_python_version):
     """``deploy_template(template_path=None, stack_name=None)``: deploy-local into this MiniStack."""
     return lambda template_path=None, stack_name=None: deploy(
-        ministack_endpoint, redis_url, lambda_python_version, template_path, stack_name)
+        ministack_endpoint, e2e_redis_url, lambda_python_version, template_path, stack_name)
 
 
 @pytest.fixture(scope="session")
@@ -156,15 +173,15 @@ def run_cli(*argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-@pytest.fixture(scope="session")
-def deployed(ministack_endpoint, redis_url, lambda_python_version, e2e_template_path):
+@pytest.fixture(scope="module")
+def deployed(ministack_endpoint, e2e_redis_url, lambda_python_version, e2e_template_path):
     """The stack, deployed and (at the end) removed by the `rtstream` commands themselves."""
     from rtstream_cli.localstack.stack import _stack, client_factory, describe_deployed
 
     name = f"rtstream-e2e-{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
     code, out = run_cli("deploy-local", "--endpoint", ministack_endpoint, "--stack", name, "--stage", STAGE,
-                        "--template", str(e2e_template_path), "--redis-url", redis_url, "--jwt-secret", JWT_SECRET,
+                        "--template", str(e2e_template_path), "--redis-url", e2e_redis_url, "--jwt-secret", JWT_SECRET,
                         "--lambda-python", lambda_python_version,
                         # boto3/botocore from the runtime (MiniStack's venv), as on AWS: MiniStack unpacks
                         # the layer for every Lambda worker, and botocore is half of it
@@ -188,15 +205,15 @@ def deployed(ministack_endpoint, redis_url, lambda_python_version, e2e_template_
     print(f"destroy-local {name}: {time.monotonic() - started:.1f}s")
 
 
-@pytest.fixture(scope="session")
-def services(deployed, redis_url, tmp_path_factory):
+@pytest.fixture(scope="module")
+def services(deployed, e2e_redis_url, tmp_path_factory):
     from rtstream_cli.localstack.services import start_services
 
     import redis
 
-    running = start_services(deployed, redis_url, JWT_SECRET, tmp_path_factory.mktemp("services"))
+    running = start_services(deployed, e2e_redis_url, JWT_SECRET, tmp_path_factory.mktemp("services"))
     # raw PUBLISHes are only seen once the worker's PSUBSCRIBE is active
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(e2e_redis_url)
     deadline = time.monotonic() + 30
     while client.pubsub_numpat() < 1:
         running.check()
@@ -211,7 +228,7 @@ def services(deployed, redis_url, tmp_path_factory):
     print(f"services stopped in {time.monotonic() - started:.1f}s")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def aws(deployed):
     from rtstream_cli.localstack.stack import client_factory
 

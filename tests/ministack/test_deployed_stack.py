@@ -1,4 +1,4 @@
-"""End to end against template.yaml deployed into MiniStack (one stack per module).
+"""End to end against template.yaml deployed into MiniStack (one stack for the module).
 
 client -> deployed WebSocket API -> authorizer / route Lambdas (built layer)
 -> DynamoDB; publisher -> Redis / EventBridge (rule -> bridge Lambda) ->
@@ -10,6 +10,7 @@ environment) is wrong, not only if the code is.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 import json
 import time
 import uuid
@@ -168,7 +169,7 @@ async def test_bad_message_gets_coded_error_and_connection_stays_usable(deployed
 
 # --- publish -> fan-out -> client -----------------------------------------
 
-async def test_subscribe_then_publish_through_redis(deployed, services, aws, redis_url, token):
+async def test_subscribe_then_publish_through_redis(deployed, services, aws, e2e_redis_url, token):
     user, entity = ids()
     async with await connect(deployed, token(user, entity)) as ws:
         await subscribe(ws, "transactions.new")
@@ -176,7 +177,7 @@ async def test_subscribe_then_publish_through_redis(deployed, services, aws, red
         [sub] = subscription_items(aws, deployed, connection_id)
         assert sub["channel"]["S"] == f"{entity}#transactions.new"
 
-        client = redis.Redis.from_url(redis_url)
+        client = redis.Redis.from_url(e2e_redis_url)
         client.publish(f"transactions.new:entity:{entity}", json.dumps(transaction("t-redis")))
         event = await wait_for(ws, lambda m: m.get("type") == "event")
         assert event["topic"] == "transactions.new"
@@ -201,10 +202,10 @@ async def test_publish_through_eventbridge(deployed, services, aws, token):
         assert event["source"] == "ledger"
 
 
-async def test_entity_isolation(deployed, services, redis_url, token):
+async def test_entity_isolation(deployed, services, e2e_redis_url, token):
     user_a, entity_a = ids()
     user_b, entity_b = ids()
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(e2e_redis_url)
     async with await connect(deployed, token(user_a, entity_a)) as ws_a, \
             await connect(deployed, token(user_b, entity_b)) as ws_b:
         await subscribe(ws_a, "*")
@@ -237,10 +238,10 @@ async def test_unsubscribe_and_presence_routes(deployed, aws, token):
         assert [u["userId"] for u in presence["users"]] == [user]
 
 
-async def test_subscribe_since_replays_what_was_missed(deployed, services, redis_url, token):
+async def test_subscribe_since_replays_what_was_missed(deployed, services, e2e_redis_url, token):
     """subscribe Lambda (Redis replay request) -> fan-out -> subscribed, then the history after `since`."""
     user, entity = ids()
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(e2e_redis_url)
     async with await connect(deployed, token(user, entity)) as ws:
         await subscribe(ws, "transactions.new")
         for tx in ("r1", "r2", "r3"):
@@ -286,11 +287,11 @@ async def test_disconnect_cleans_up_and_management_api_answers_410(deployed, ser
 
 # --- SSE fallback, configured from the same stack ----------------------------
 
-async def test_sse_server_streams_the_same_events(deployed, services, redis_url, token):
+async def test_sse_server_streams_the_same_events(deployed, services, e2e_redis_url, token):
     import httpx
 
     user, entity = ids()
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(e2e_redis_url)
     frames: list[str] = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(EVENT_TIMEOUT)) as http:
         async with http.stream("GET", services.sse_url, params={"topics": "transactions.new"},
@@ -307,3 +308,71 @@ async def test_sse_server_streams_the_same_events(deployed, services, redis_url,
         assert unauthorized.status_code == 401
     client.close()
     assert "event: transactions.new" in frames
+
+
+# --- a broken template must fail this path ---------------------------------
+#
+# The copy of template.yaml deployed here differs in one place: the integration
+# behind the ``subscribe`` route points at a function that does not exist (a
+# typo'd or deleted function). CloudFormation accepts it, as it would on AWS;
+# the end-to-end call must then fail: no ``subscribed`` reply and no
+# subscription in DynamoDB, where the intact stack answers both.
+
+def broken_template(source: Path, tmp_path: Path) -> Path:
+    from rtstream_cli.localstack.adapt import _referenced_ids
+    from rtstream_cli.template import load_template
+
+    template = json.loads(json.dumps(load_template(source)))
+    resources = template["Resources"]
+    for resource in resources.values():  # the copy lives elsewhere: keep code paths pointing at the project
+        props = resource.get("Properties") or {}
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(props.get(key), str) and not props[key].startswith("s3://"):
+                props[key] = str((source.parent / props[key]).resolve())
+    [route] = [r for r in resources.values()
+               if r["Type"] == "AWS::ApiGatewayV2::Route" and r["Properties"].get("RouteKey") == "subscribe"]
+    [integration_id] = [i for i in _referenced_ids(route["Properties"]["Target"])
+                        if resources.get(i, {}).get("Type") == "AWS::ApiGatewayV2::Integration"]
+    resources[integration_id]["Properties"]["IntegrationUri"] = {"Fn::Sub": (
+        "arn:aws:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/"
+        "arn:aws:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-no-such-function/invocations")}
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps(template))
+    return path
+
+
+async def subscribe_reply(ws_url: str, secret: str) -> dict | None:
+    """The reply to ``subscribe`` on ``ws_url``, None if there is none.
+
+    The subscribe is followed by a ping: MiniStack runs one connection's
+    messages in order, so once ``pong`` arrives the subscribe has been
+    handled, and no reply before it means none is coming.
+    """
+    from rtstream.auth import issue_dev_token
+
+    tok = issue_dev_token(secret, user_id=f"u-{uuid.uuid4().hex[:6]}", entity_id="e-wiring")
+    async with websockets.connect(f"{ws_url}?token={tok}", open_timeout=60) as ws:
+        await ws.send(json.dumps({"type": "ping"}))  # the connection and the ping route work
+        assert json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] == "pong"
+        await ws.send(json.dumps({"type": "subscribe", "topic": "transactions.new"}))
+        await ws.send(json.dumps({"type": "ping"}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        return None if reply.get("type") == "pong" else reply
+
+
+async def test_subscribe_route_pointing_nowhere_fails_end_to_end(ministack_endpoint, deploy_template, deployed,
+                                                                  e2e_jwt_secret, e2e_template_path, tmp_path):
+    from rtstream_cli.localstack.stack import client_factory, destroy_stack
+
+    # the intact stack answers (positive control, same MiniStack, same code)
+    assert await subscribe_reply(deployed.websocket_url, e2e_jwt_secret) == {"type": "subscribed", "topic": "transactions.new"}
+
+    broken = deploy_template(broken_template(e2e_template_path, tmp_path), f"rtstream-broken-{uuid.uuid4().hex[:6]}")
+    try:
+        reply = await subscribe_reply(broken.websocket_url, e2e_jwt_secret)
+        # MiniStack sends nothing; AWS sends {"message": "Internal server error", ...}
+        assert reply is None or reply.get("type") != "subscribed", reply
+        items = client_factory(ministack_endpoint)("dynamodb").scan(TableName=broken.subscriptions_table)["Items"]
+        assert items == []
+    finally:
+        destroy_stack(ministack_endpoint, broken.stack_name)
