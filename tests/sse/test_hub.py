@@ -1,0 +1,96 @@
+"""The hub's write path in-process: backpressure, coalescing, the bounded buffer
+and the replay seam. The ASGI ``send`` is a coroutine that blocks while a gate is
+closed, like a server whose transport buffer is full."""
+
+from __future__ import annotations
+
+import asyncio
+
+from rtstream.models import Event, Filters, Principal
+from rtstream_sse.config import SSEConfig
+from rtstream_sse.hub import Client, Hub, delivery_for
+from rtstream_sse.metrics import SSEMetrics
+
+
+class GatedSend:
+    def __init__(self):
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, message):
+        if not self.gate.is_set():
+            await self.gate.wait()
+        self.bodies.append(message["body"])
+
+
+def event(i: int, entity: str = "e1", topic: str = "transactions.new", amount: float = 1.0) -> Event:
+    return Event(id=f"1000-{i}", entity_id=entity, topic=topic, data={"transactionId": f"t{i}", "amount": amount, "merchant": "m"}, published_at_ms=1)
+
+
+async def make(hub: Hub, send, topics=("transactions.new",), filters=Filters()):
+    client = Client("c1", Principal("u1", "e1"), frozenset(topics), filters, send, expires_at=1e12)
+    client.task = asyncio.ensure_future(asyncio.sleep(3600))
+    hub.add(client)
+    return client
+
+
+async def test_backlogged_client_gets_one_coalesced_chunk():
+    hub = Hub(SSEConfig(max_pending_frames=10), SSEMetrics())
+    send = GatedSend()
+    client = await make(hub, send)
+    hub.go_live(client, b"retry: 1\n\n", None)
+    assert send.bodies == [b"retry: 1\n\n"]
+    send.gate.clear()
+    hub.dispatch("e1", [delivery_for(event(1))])  # blocks: continues in a task
+    assert client.inflight is not None
+    hub.dispatch("e1", [delivery_for(event(2))])
+    hub.dispatch("e1", [delivery_for(event(3))])
+    assert len(client.pending) == 2
+    send.gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert send.bodies[1] == delivery_for(event(1)).data
+    assert send.bodies[2] == delivery_for(event(2)).data + delivery_for(event(3)).data  # one chunk
+    assert client.inflight is None and client.pending == [] and hub.metrics.deliveries == 3
+    client.task.cancel()
+
+
+async def test_client_past_the_buffer_limit_is_dropped_and_its_task_cancelled():
+    hub = Hub(SSEConfig(max_pending_frames=3), SSEMetrics())
+    send = GatedSend()
+    client = await make(hub, send)
+    hub.go_live(client, b"", None)
+    send.gate.clear()
+    for i in range(5):
+        hub.dispatch("e1", [delivery_for(event(i))])
+    assert client.close_reason == "slow_client"
+    assert hub.count == 0 and hub.metrics.connections_dropped["slow_client"] == 1
+    await asyncio.sleep(0)
+    assert client.task.cancelled()
+
+
+async def test_replaying_client_buffers_and_seam_skips_covered_ids():
+    hub = Hub(SSEConfig(), SSEMetrics())
+    send = GatedSend()
+    client = await make(hub, send)
+    hub.dispatch("e1", [delivery_for(event(1)), delivery_for(event(2))])  # while history is read
+    assert send.bodies == []
+    # the replay covered ids up to 1000-2; the reader still lags and delivers 1000-2 again
+    hub.go_live(client, b"R", (1000, 2))
+    assert send.bodies == [b"R"]
+    hub.dispatch("e1", [delivery_for(event(2)), delivery_for(event(3))])
+    assert send.bodies[1] == delivery_for(event(3)).data
+    assert client.seam is None  # the reader passed the seam: back to the shared fast path
+    client.task.cancel()
+
+
+async def test_filters_and_entity_routing():
+    hub = Hub(SSEConfig(), SSEMetrics())
+    send = GatedSend()
+    client = await make(hub, send, topics=("transactions.new", "balance.updated"), filters=Filters(min_amount=10))
+    hub.go_live(client, b"", None)
+    hub.dispatch("e1", [delivery_for(event(1, amount=5)), delivery_for(event(2, amount=-50)), delivery_for(event(3, topic="sync.completed"))])
+    hub.dispatch("e2", [delivery_for(event(4, entity="e2", amount=99))])
+    assert send.bodies[1:] == [delivery_for(event(2, amount=-50)).data]
+    client.task.cancel()
