@@ -308,3 +308,27 @@ async def test_two_workers_never_deliver_twice_and_killing_one_loses_nothing(sys
         second.stop()
         for c in cs:
             await c.close()
+
+
+async def test_api_gateway_pusher_over_the_emulators_management_api(system):
+    from rtstream.adapters.management_api import ApiGatewayPusher
+    from rtstream.errors import ConnectionGone
+
+    client = boto3.client("apigatewaymanagementapi", endpoint_url=system.management_endpoint, region_name=system.region)
+    pusher = ApiGatewayPusher(client)
+    before = set(system.gateway.connection_ids)
+    [c] = await clients(system, "ent-p")
+    try:
+        await c.subscribe("*")
+        await wait_for(lambda: len(set(system.gateway.connection_ids) - before) == 1, what="registered")
+        [cid] = set(system.gateway.connection_ids) - before
+        await asyncio.to_thread(pusher.post, cid, b'{"type":"hello"}')
+        await wait_for(lambda: {"type": "hello"} in c.frames, what="posted frame")
+        with pytest.raises(ConnectionGone):
+            await asyncio.to_thread(pusher.post, "unknownConn0=", b"{}")
+        await asyncio.to_thread(pusher.delete, cid)
+        await wait_for(lambda: c._reader.done(), what="closed by DELETE")
+        with pytest.raises(ConnectionGone):
+            await asyncio.to_thread(pusher.post, cid, b"{}")
+    finally:
+        await c.close()
