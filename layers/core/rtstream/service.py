@@ -163,8 +163,7 @@ class RealtimeService:
         return Reply([error.to_frame()], security_event="agent_forbidden_operation")
 
     def _dispatch(self, connection_id: str, principal: Principal, frame: protocol.ClientFrame) -> list[dict[str, Any]]:
-        if isinstance(frame, protocol.Subscribe):
-            return self.subscribe(connection_id, principal, frame)
+        """Unsubscribe, ping and presence (subscribe and refusals are handled in :meth:`handle`)."""
         if isinstance(frame, protocol.Unsubscribe):
             return self.unsubscribe(connection_id, principal, frame.topic)
         if isinstance(frame, protocol.Ping):
