@@ -81,6 +81,17 @@ def test_template_references_the_seed_names():
     assert NAMESPACE == names.NAMESPACE
 
 
+def test_no_function_overrides_the_service_dimension():
+    """Powertools' ``service`` dimension comes from POWERTOOLS_SERVICE_NAME: every
+    Lambda must run with the Globals value the widgets name."""
+    assert SERVICE == names.SERVICE_LAMBDAS
+    for logical_id, resource in TEMPLATE["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            variables = ((resource["Properties"].get("Environment") or {}).get("Variables")) or {}
+            assert variables.get("POWERTOOLS_SERVICE_NAME", SERVICE) == SERVICE, logical_id
+            assert variables.get("POWERTOOLS_METRICS_NAMESPACE", NAMESPACE) == NAMESPACE, logical_id
+
+
 def test_every_template_metric_is_a_named_constant():
     constants = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and v.startswith("realtime_streaming.")}
     assert {metric for _, metric, _, _ in OWN_REFERENCES} <= constants
@@ -135,7 +146,9 @@ def _with_cid(event: dict, cid: str, **authorizer) -> dict:
 @pytest.fixture
 def emitted(load_event, load_handler, token, monkeypatch, capsys):
     """Drive every emitter once through the situations the dashboards chart."""
+    # the deployed environment: Globals (no function overrides them, checked below)
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", NAMESPACE)
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", SERVICE)
     monkeypatch.setenv("RTSTREAM_RATE_BURST", "1")
     monkeypatch.setenv("RTSTREAM_RATE_PER_SECOND", "0.001")
     monkeypatch.setenv("RTSTREAM_RATE_VIOLATIONS_BEFORE_CLOSE", "1000")
