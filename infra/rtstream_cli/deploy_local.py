@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     deploy.add_argument("--lambda-endpoint", default=None,
                         help="the emulator as the Lambdas reach it, for the management API URL in their "
                              "environment (default: --endpoint; LocalStack: http://localhost.localstack.cloud:4566)")
+    deploy.add_argument("--skip-wiring-check", action="store_true",
+                        help="do not fail when AWS would refuse an invoke the emulator allows "
+                             "(missing function or Lambda permission behind a route, authorizer or rule)")
     deploy.add_argument("--run-services", action="store_true",
                         help="then run the fan-out worker and SSE server against the stack until Ctrl-C")
     deploy.add_argument("--sse-port", type=int, default=None, help="SSE port with --run-services (default: free)")
@@ -87,6 +90,7 @@ def run_deploy(args) -> int:
         deployed = deploy_stack(
             endpoint=args.endpoint, stack_name=args.stack, template_path=args.template, parameters=parameters,
             region=args.region, python_version=args.lambda_python, lambda_endpoint=args.lambda_endpoint, slim=args.slim,
+            verify_wiring=not args.skip_wiring_check,
             timeout=args.timeout, log=_log,
         )
     except (DeployError, BuildError, AdaptError) as exc:

@@ -103,7 +103,8 @@ def lambda_python_version():
     return ministack_python_version()
 
 
-def deploy(endpoint: str, redis_url: str, python_version: str, template_path=None, stack_name=None):
+def deploy(endpoint: str, redis_url: str, python_version: str, template_path=None, stack_name=None,
+           verify_wiring: bool = True):
     from rtstream_cli.localstack.stack import deploy_stack
 
     return deploy_stack(
@@ -113,6 +114,7 @@ def deploy(endpoint: str, redis_url: str, python_version: str, template_path=Non
         parameters={"JwtSecret": JWT_SECRET, "RedisUrl": redis_url, "StageName": STAGE},
         python_version=python_version,
         slim=True,  # see the deployed fixture
+        verify_wiring=verify_wiring,
         timeout=180,
         log=lambda msg: print(f"deploy-local: {msg}"),
     )
@@ -143,9 +145,9 @@ def e2e_jwt_secret():
 
 @pytest.fixture(scope="module")
 def deploy_template(ministack_endpoint, e2e_redis_url, lambda_python_version):
-    """``deploy_template(template_path=None, stack_name=None)``: deploy-local into this MiniStack."""
-    return lambda template_path=None, stack_name=None: deploy(
-        ministack_endpoint, e2e_redis_url, lambda_python_version, template_path, stack_name)
+    """``deploy_template(template_path=None, stack_name=None, verify_wiring=True)``: deploy-local into this MiniStack."""
+    return lambda template_path=None, stack_name=None, verify_wiring=True: deploy(
+        ministack_endpoint, e2e_redis_url, lambda_python_version, template_path, stack_name, verify_wiring)
 
 
 @pytest.fixture(scope="session")

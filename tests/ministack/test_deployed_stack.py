@@ -312,33 +312,74 @@ async def test_sse_server_streams_the_same_events(deployed, services, e2e_redis_
 
 # --- a broken template must fail this path ---------------------------------
 #
-# The copy of template.yaml deployed here differs in one place: the integration
-# behind the ``subscribe`` route points at a function that does not exist (a
-# typo'd or deleted function). CloudFormation accepts it, as it would on AWS;
-# the end-to-end call must then fail: no ``subscribed`` reply and no
-# subscription in DynamoDB, where the intact stack answers both.
+# Copies of template.yaml with one wiring fault each. CloudFormation accepts
+# them (as on AWS). deploy-local then reads the deployed API, rules and
+# function policies back and fails, naming the fault; and with that check
+# skipped, the running system fails end to end where the intact stack works.
 
-def broken_template(source: Path, tmp_path: Path) -> Path:
-    from rtstream_cli.localstack.adapt import _referenced_ids
+def template_copy(source: Path, tmp_path: Path, mutate) -> Path:
     from rtstream_cli.template import load_template
 
     template = json.loads(json.dumps(load_template(source)))
-    resources = template["Resources"]
-    for resource in resources.values():  # the copy lives elsewhere: keep code paths pointing at the project
+    for resource in template["Resources"].values():  # the copy lives elsewhere: code paths stay the project's
         props = resource.get("Properties") or {}
         for key in ("CodeUri", "ContentUri"):
             if isinstance(props.get(key), str) and not props[key].startswith("s3://"):
                 props[key] = str((source.parent / props[key]).resolve())
-    [route] = [r for r in resources.values()
-               if r["Type"] == "AWS::ApiGatewayV2::Route" and r["Properties"].get("RouteKey") == "subscribe"]
-    [integration_id] = [i for i in _referenced_ids(route["Properties"]["Target"])
-                        if resources.get(i, {}).get("Type") == "AWS::ApiGatewayV2::Integration"]
-    resources[integration_id]["Properties"]["IntegrationUri"] = {"Fn::Sub": (
-        "arn:aws:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/"
-        "arn:aws:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-no-such-function/invocations")}
+    mutate(template["Resources"])
     path = tmp_path / "template.json"
     path.write_text(json.dumps(template))
     return path
+
+
+def _route(resources: dict, route_key: str) -> dict:
+    [route] = [r for r in resources.values()
+               if r["Type"] == "AWS::ApiGatewayV2::Route" and r["Properties"].get("RouteKey") == route_key]
+    return route
+
+
+def _integration_of(resources: dict, route_key: str) -> str:
+    from rtstream_cli.localstack.adapt import _referenced_ids
+
+    [integration_id] = [i for i in _referenced_ids(_route(resources, route_key)["Properties"]["Target"])
+                        if resources.get(i, {}).get("Type") == "AWS::ApiGatewayV2::Integration"]
+    return integration_id
+
+
+def point_subscribe_at_missing_function(resources: dict) -> None:
+    resources[_integration_of(resources, "subscribe")]["Properties"]["IntegrationUri"] = {"Fn::Sub": (
+        "arn:aws:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/"
+        "arn:aws:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-no-such-function/invocations")}
+
+
+def drop_ping_permission(resources: dict) -> None:
+    """Remove the AWS::Lambda::Permission that lets API Gateway invoke the ping route's function."""
+    from rtstream_cli.localstack.adapt import _referenced_ids
+
+    integration = resources[_integration_of(resources, "ping")]["Properties"]["IntegrationUri"]
+    [function_id] = [i for i in _referenced_ids(integration) if resources.get(i, {}).get("Type") == "AWS::Serverless::Function"]
+    [permission] = [lid for lid, r in resources.items() if r["Type"] == "AWS::Lambda::Permission"
+                    and function_id in _referenced_ids(r["Properties"].get("FunctionName"))
+                    and r["Properties"].get("Principal") == "apigateway.amazonaws.com"]
+    del resources[permission]
+
+
+@pytest.mark.parametrize("fault, expected", [
+    (point_subscribe_at_missing_function, "route subscribe: function"),
+    (drop_ping_permission, "route ping: "),
+])
+def test_broken_wiring_fails_the_deploy(ministack_endpoint, deploy_template, e2e_template_path, tmp_path,
+                                        fault, expected):
+    from rtstream_cli.localstack.stack import DeployError, destroy_stack
+
+    name = f"rtstream-broken-{uuid.uuid4().hex[:6]}"
+    try:
+        with pytest.raises(DeployError) as failed:
+            deploy_template(template_copy(e2e_template_path, tmp_path, fault), name)
+        problems = str(failed.value).split("\n")[1:]
+        assert len(problems) == 1 and problems[0].strip().startswith(expected), failed.value
+    finally:
+        destroy_stack(ministack_endpoint, name)
 
 
 async def subscribe_reply(ws_url: str, secret: str) -> dict | None:
@@ -360,14 +401,15 @@ async def subscribe_reply(ws_url: str, secret: str) -> dict | None:
         return None if reply.get("type") == "pong" else reply
 
 
-async def test_subscribe_route_pointing_nowhere_fails_end_to_end(ministack_endpoint, deploy_template, deployed,
-                                                                  e2e_jwt_secret, e2e_template_path, tmp_path):
+async def test_route_pointing_nowhere_fails_end_to_end(ministack_endpoint, deploy_template, deployed,
+                                                       e2e_jwt_secret, e2e_template_path, tmp_path):
     from rtstream_cli.localstack.stack import client_factory, destroy_stack
 
     # the intact stack answers (positive control, same MiniStack, same code)
     assert await subscribe_reply(deployed.websocket_url, e2e_jwt_secret) == {"type": "subscribed", "topic": "transactions.new"}
 
-    broken = deploy_template(broken_template(e2e_template_path, tmp_path), f"rtstream-broken-{uuid.uuid4().hex[:6]}")
+    broken = deploy_template(template_copy(e2e_template_path, tmp_path, point_subscribe_at_missing_function),
+                             f"rtstream-broken-{uuid.uuid4().hex[:6]}", verify_wiring=False)
     try:
         reply = await subscribe_reply(broken.websocket_url, e2e_jwt_secret)
         # MiniStack sends nothing; AWS sends {"message": "Internal server error", ...}

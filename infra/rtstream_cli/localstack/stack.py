@@ -237,6 +237,7 @@ def deploy_stack(
     python_version: str | None = None,
     lambda_endpoint: str | None = None,
     slim: bool = False,
+    verify_wiring: bool = True,
     timeout: float = 300.0,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> DeployedStack:
@@ -246,6 +247,9 @@ def deploy_stack(
     template declares are passed; an unknown one is an error).
     ``lambda_endpoint`` is the emulator as the Lambdas reach it (default:
     ``endpoint``; LocalStack's containers: http://localhost.localstack.cloud:4566).
+    ``verify_wiring`` fails the deploy when AWS would refuse an invoke the
+    emulator allows (missing function or ``AWS::Lambda::Permission``; see
+    ``verify``); the stack is left in place for inspection.
     """
     from rtstream_cli.template import TEMPLATE_PATH, load_template
 
@@ -322,6 +326,20 @@ def deploy_stack(
     for step in adapted.steps:
         log(f"post-deploy: {step.description}")
         step.apply(resolver, clients)
+
+    if verify_wiring:
+        from .verify import wiring_problems
+
+        problems = wiring_problems(
+            clients,
+            api_ids=[r["id"] for r in resources.values() if r["type"] == "AWS::ApiGatewayV2::Api"],
+            rule_names=[r["id"] for r in resources.values() if r["type"] == "AWS::Events::Rule"],
+            region=region, account_id=account_id,
+        )
+        if problems:
+            raise DeployError(f"stack {stack_name} deployed, but AWS would refuse these invokes "
+                              "(the emulator does not enforce them):\n  " + "\n  ".join(problems))
+        log("wiring verified: every route, authorizer and rule target can invoke its function")
 
     deployed = describe_deployed(endpoint, stack_name, region)
     timings["total_s"] = time.monotonic() - t0
