@@ -59,6 +59,15 @@ async def test_defaults_children_state_and_restarts_on_the_same_ports(tmp_path, 
             assert redis.Redis.from_url(system.redis_url).pubsub_numpat() >= 1
         if importlib.util.find_spec("rtstream_cli.eventbridge_local") is not None:
             assert system.eventbridge is not None
+        if system.worker is not None:  # the composed system delivers: raw PUBLISH -> worker -> @connections -> socket
+            token = issue_dev_token(system.jwt_secret, user_id="u2", entity_id="acme-1")
+            async with websockets.connect(f"{system.ws_url}?token={token}", open_timeout=10, ping_interval=None) as ws:
+                await ws.send('{"type":"subscribe","topic":"transactions.new"}')
+                assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "subscribed"
+                redis.Redis.from_url(system.redis_url).publish(
+                    "transactions.new:entity:acme-1", json.dumps({"transactionId": "t9", "amount": -3.5, "merchant": "Deli"}))
+                event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert event["type"] == "event" and event["data"]["transactionId"] == "t9"
         if system.sse is not None:
             assert await _http_ok("127.0.0.1", system.sse_port, "/healthz")
             sse_port = system.sse_port
