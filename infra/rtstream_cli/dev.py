@@ -15,6 +15,7 @@ import errno
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import secrets
 import shutil
@@ -364,7 +365,9 @@ class LocalSystem:
         names = {"idle_timeout": "RTSTREAM_IDLE_TIMEOUT_SECONDS",
                  "max_connection_seconds": "RTSTREAM_MAX_CONNECTION_SECONDS",
                  "max_frame_bytes": "RTSTREAM_MAX_FRAME_BYTES"}
-        return {env: str(int(self.gateway_options[opt])) for opt, env in names.items() if opt in self.gateway_options}
+        # whole seconds/bytes, rounded up: a sub-second test timeout must not become 0 ("no limit")
+        return {env: str(max(1, math.ceil(float(self.gateway_options[opt]))))
+                for opt, env in names.items() if opt in self.gateway_options}
 
     def _create_tables(self) -> None:
         from .template import create_tables, load_template
