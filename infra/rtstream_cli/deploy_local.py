@@ -62,8 +62,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
 
 
-def _log(message: str) -> None:
-    print(f"deploy-local: {message}", file=sys.stderr, flush=True)
+def _log(message: str, command: str = "deploy-local") -> None:
+    print(f"{command}: {message}", file=sys.stderr, flush=True)
+
+
+def _emulator_errors():
+    """What an unreachable or refusing emulator raises (botocore), for a one-line message."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
 
 
 def stack_parameters(stage: str, redis_url: str | None, jwt_secret: str | None) -> dict[str, str]:
@@ -95,6 +102,9 @@ def run_deploy(args) -> int:
         )
     except (DeployError, BuildError, AdaptError) as exc:
         print(f"deploy-local: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except _emulator_errors() as exc:
+        print(f"deploy-local: FAILED talking to {args.endpoint or 'the emulator'}: {exc}", file=sys.stderr)
         return 1
     print(f"WebSocket: {deployed.websocket_url}")
     print(f"Management API: {deployed.management_url}")
@@ -131,9 +141,13 @@ def run_destroy(args) -> int:
     from rtstream_cli.localstack.stack import DeployError, destroy_stack
 
     try:
-        removed = destroy_stack(endpoint=args.endpoint, stack_name=args.stack, region=args.region, log=_log)
+        removed = destroy_stack(endpoint=args.endpoint, stack_name=args.stack, region=args.region,
+                                log=lambda message: _log(message, "destroy-local"))
     except DeployError as exc:
         print(f"destroy-local: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except _emulator_errors() as exc:
+        print(f"destroy-local: FAILED talking to {args.endpoint or 'the emulator'}: {exc}", file=sys.stderr)
         return 1
     print(f"Removed: {args.stack}" if removed else f"No stack: {args.stack}")
     return 0

@@ -89,10 +89,12 @@ def test_resolver_resolves_refs_and_subs_and_refuses_the_unknown():
 
 
 def test_nested_container_stacks_are_removed_with_their_outputs(template):
+    template["Parameters"]["FanoutImage"] = {"Type": "String"}  # no default: only the nested stack needs it
     template["Resources"]["FanoutService"] = {
         "Type": "AWS::CloudFormation::Stack",
         "Properties": {"TemplateURL": "infra/fanout-service.yaml",
-                       "Parameters": {"ConnectionsTable": {"Ref": "ConnectionsTable"}}},
+                       "Parameters": {"ConnectionsTable": {"Ref": "ConnectionsTable"},
+                                      "Image": {"Ref": "FanoutImage"}}},
     }
     template["Resources"]["SseService"] = {
         "Type": "AWS::Serverless::Application",
@@ -103,3 +105,5 @@ def test_nested_container_stacks_are_removed_with_their_outputs(template):
     assert {"FanoutService", "SseService"} <= adapted.removed.keys()
     assert "SseUrl" not in adapted.template["Outputs"]
     assert "WebSocketUrl" in adapted.template["Outputs"]
+    assert "FanoutImage" not in adapted.template["Parameters"]
+    assert {"StageName", "RedisUrl", "JwtSecret"} <= adapted.template["Parameters"].keys()

@@ -42,7 +42,8 @@ ADAPTATIONS: tuple[tuple[str, str], ...] = (
         "an authorizer without identity sources runs on every $connect",
     ),
     (
-        "nested stacks (AWS::CloudFormation::Stack / AWS::Serverless::Application: the ECS services) removed",
+        "nested stacks (AWS::CloudFormation::Stack / AWS::Serverless::Application: the ECS services) removed, "
+        "with the parameters only they use",
         "the fan-out worker and SSE server run as local processes against the stack "
         "(`rtstream deploy-local --run-services`), not as containers",
     ),
@@ -267,4 +268,9 @@ def adapt_for_emulator(template: dict[str, Any], *, endpoint: str, lambda_endpoi
     outputs = cfn.get("Outputs") or {}
     for name in [n for n, o in outputs.items() if _referenced_ids(o) & removed.keys()]:
         del outputs[name]
+    if removed:  # parameters (e.g. container images, VPC ids) nothing left uses need no value
+        still_used = _referenced_ids({k: v for k, v in cfn.items() if k != "Parameters"})
+        parameters = cfn.get("Parameters") or {}
+        for name in [n for n in parameters if n not in still_used]:
+            del parameters[name]
     return adapted

@@ -297,7 +297,9 @@ def deploy_stack(
         existing = None
     call = dict(
         StackName=stack_name, TemplateBody=json.dumps(cfn_template),
-        Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()],
+        # (an adaptation may have removed a parameter only a removed nested stack used)
+        Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()
+                    if k in (cfn_template.get("Parameters") or {})],
         Capabilities=_CAPABILITIES,
     )
     t_deploy = time.monotonic()
