@@ -433,6 +433,7 @@ class GatewayEmulator:
         self._sweeper: asyncio.Task | None = None
         self._bucket = _TokenBucket(post_throttle) if post_throttle else None
         self._saved_env: dict[str, str | None] = {}
+        self._applied_env: dict[str, str] = {}
         self._management_prefix = ""
         self._stopping = False
 
@@ -523,13 +524,21 @@ class GatewayEmulator:
 
     # ---- environment
     def _apply_environment(self) -> None:
-        for name, value in self.handler_environment.items():
+        """Handlers run in this process and read os.environ (as on Lambda, at cold
+        start and on first use), so the handler environment is set process-wide
+        while the emulator runs."""
+        self._applied_env = self.handler_environment
+        for name, value in self._applied_env.items():
             if name not in self._saved_env:
                 self._saved_env[name] = os.environ.get(name)
             os.environ[name] = value
 
     def _restore_environment(self) -> None:
+        # Only what still holds our value: another emulator started since keeps its own.
+        applied = self._applied_env
         for name, value in self._saved_env.items():
+            if os.environ.get(name) != applied.get(name):
+                continue
             if value is None:
                 os.environ.pop(name, None)
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from aws_lambda_powertools.utilities.parser.models import (
 )
 from botocore.config import Config
 
+from rtstream_gateway import GatewayEmulator
 from rtstream_gateway.api import load_api, select_route
 from rtstream_gateway.events import aws_id
 
@@ -403,3 +405,19 @@ async def test_many_posts_fan_out_quickly(fixture_gateway, recorder):
 
 async def _drain(ws, count):
     return [await ws.recv() for _ in range(count)]
+
+
+async def test_environment_is_restored_and_overlapping_emulators_keep_theirs(fixture_gateway, monkeypatch):
+    monkeypatch.setenv("FIXTURE_EXTRA", "before")
+    async with fixture_gateway(env={"FIXTURE_EXTRA": "alone"}):
+        assert os.environ["FIXTURE_EXTRA"] == "alone"
+    assert os.environ["FIXTURE_EXTRA"] == "before"
+
+    second = GatewayEmulator(FIXTURE_TEMPLATE, env={"FIXTURE_EXTRA": "second", "GATEWAY_TEST_RECORD": os.devnull})
+    async with fixture_gateway(env={"FIXTURE_EXTRA": "first"}):
+        await second.start()
+        assert os.environ["FIXTURE_EXTRA"] == "second"
+    try:
+        assert os.environ["FIXTURE_EXTRA"] == "second"  # the first stopped; the running one keeps its value
+    finally:
+        await second.stop()
