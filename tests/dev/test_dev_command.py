@@ -123,9 +123,9 @@ def test_rtstream_dev_endpoints_ws_within_5s_and_sigterm_stops_children(tmp_path
         jwt.decode(token, state["jwt_secret"], algorithms=["HS256"])
 
         children = children_of(proc.pid)
-        assert len(children) >= 3  # redis-server, fan-out worker, SSE server
+        assert len(children) >= 3, children  # redis-server, fan-out worker, SSE server
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=20) == 0, "rtstream dev did not exit cleanly on SIGTERM"
         deadline = time.monotonic() + 10
         while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -136,6 +136,10 @@ def test_rtstream_dev_endpoints_ws_within_5s_and_sigterm_stops_children(tmp_path
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(("127.0.0.1", port))
                 s.listen()
+    except AssertionError as exc:
+        if proc.poll() is None:
+            proc.kill()
+        raise AssertionError(f"{exc}\n--- rtstream dev stderr:\n{proc.stderr.read()[-3000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
