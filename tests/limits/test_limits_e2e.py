@@ -56,6 +56,20 @@ async def ask(ws, frame) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
+async def quiesce(system, open_sockets: int, timeout: float = 10.0) -> None:
+    """Wait until earlier tests' $disconnect handlers are done: the emulator runs
+    handlers in one process, where Powertools' metric set is shared, so a
+    concurrent flush would mix their metrics into this test's output."""
+    from rtstream.adapters.lambda_runtime import LambdaRuntime
+
+    registry = LambdaRuntime(env=system.handler_env).registry()
+    deadline = time.monotonic() + timeout
+    while registry.count_connections(int(time.time()))["websocket"] != open_sockets:
+        assert time.monotonic() < deadline, "earlier connections still open"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # their metrics flush follows the record's removal
+
+
 async def refused_status(system, user: str, entity: str) -> int | None:
     try:
         ws = await connect(system, user, entity)
@@ -171,6 +185,7 @@ async def test_per_entity_connection_limit_hit_and_recovered(system):
 async def test_publish_broadcast_disconnect_are_forbidden(system, role, capfd, caplog):
     victim = await connect(system, "victim", f"ent-{role}")
     ws = await connect(system, f"{role}-1", f"ent-{role}", role)
+    await quiesce(system, 2)
     capfd.readouterr()
     caplog.clear()
     try:
@@ -203,6 +218,7 @@ async def test_publish_broadcast_disconnect_are_forbidden(system, role, capfd, c
 
 async def test_agent_may_only_follow_events_and_excess_subscriptions_are_security_events(system, capfd, caplog):
     ws = await connect(system, "bot", "ent-bot", "agent")
+    await quiesce(system, 1)
     capfd.readouterr()
     caplog.clear()
     try:

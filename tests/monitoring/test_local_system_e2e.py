@@ -185,8 +185,22 @@ async def test_presence_sweep_announces_when_nobody_else_beats(system, runtime):
         await watcher.close()
 
 
-async def test_reconnection_rate_from_real_resumes(system, capfd):
+async def settle(runtime, timeout: float = 10.0) -> None:
+    """Until earlier tests' $disconnect handlers are done (the connection count is
+    steady): the emulator runs handlers in one process, where Powertools' metric
+    set is shared, so a concurrent flush would mix its metrics into this test's."""
+    registry = runtime.registry()
+    deadline = time.monotonic() + timeout
+    seen: list[int] = []
+    while len(seen) < 4 or len(set(seen[-4:])) > 1:
+        assert time.monotonic() < deadline, "connection count never settled"
+        seen.append(registry.count_connections(int(time.time()))["websocket"])
+        await asyncio.sleep(0.1)
+
+
+async def test_reconnection_rate_from_real_resumes(system, runtime, capfd):
     entity = "ent-resume"
+    await settle(runtime)
     client = await Client(system, "erin", entity).open(heartbeat=False)
     capfd.readouterr()
     try:
