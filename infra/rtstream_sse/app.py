@@ -39,7 +39,7 @@ from . import frames
 from .config import SSEConfig
 from .hub import Client, Hub
 from .metrics import SSEMetrics
-from .query import EventsRequest, parse_events_request
+from .query import parse_events_request
 from .reader import PartitionReader
 
 log = logging.getLogger("rtstream_sse")
@@ -95,31 +95,31 @@ def _error_headers(exc: RealtimeError) -> dict[str, str]:
 
 
 class EventsEndpoint:
-    """``GET /events`` (raw ASGI)."""
+    """``GET /events`` (raw ASGI).
+
+    The request task stays alive for the whole stream but keeps almost nothing:
+    parsing and the replay run in helpers whose frames (request, replayed
+    frames) are gone once the stream is live; then the task only waits for the
+    end while the hub writes.
+    """
 
     def __init__(self, state: "ServerState"):
         self.state = state
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         st = self.state
-        request = Request(scope)
-        cors = st.cors_headers(request.headers.get("origin"))
-        if request.method == "OPTIONS":
-            await Response(status_code=204, headers={**cors, **st.preflight_headers(request)})(scope, receive, send)
-            return
-        if request.method != "GET":
-            await Response(status_code=405, headers={"allow": "GET, OPTIONS", **cors})(scope, receive, send)
-            return
-        try:
-            client, req = await self._open(request, send)
-        except RealtimeError as exc:
-            st.metrics.connections_refused[exc.code] += 1
-            await _json_error(exc, {**_error_headers(exc), **cors})(scope, receive, send)
-            return
+        opened = await self._open(scope, receive, send)
+        if opened is None:
+            return  # answered already (refusal, preflight)
+        client, cursor, cors = opened
         task = asyncio.current_task()
         client.task = task
         try:
-            await self._stream(client, req, request, receive, send, cors)
+            if await self._start(client, cursor, cors, scope, receive, send):
+                # The hub writes from here on. Wait for the end: the peer going
+                # away, or the hub ending the response (receive() returns then too).
+                while (await receive())["type"] != "http.disconnect":
+                    pass
         except asyncio.CancelledError:
             if client.close_reason is None:
                 raise  # not ours: the server is stopping
@@ -128,27 +128,42 @@ class EventsEndpoint:
             st.hub.disconnected(client)
             await st.release(client)
 
-    async def _open(self, request: Request, send: Any) -> tuple[Client, EventsRequest]:
+    async def _open(self, scope: dict[str, Any], receive: Any, send: Any) -> tuple[Client, str | None, dict[str, str]] | None:
+        """Auth, query, limits; registers the client (live events buffer from then on)."""
         st = self.state
-        if st.hub.draining:
-            raise BackendUnavailable("server is shutting down; reconnect")
-        principal = await st.verify(extract_token(request.query_params, request.headers))
-        req = parse_events_request(request.query_params, request.headers)
-        connection_id = f"sse-{uuid.uuid4().hex}"
-        await st.admit(principal, connection_id, request.client.host if request.client else "")
+        request = Request(scope)
+        cors = st.cors_headers(request.headers.get("origin"))
+        if request.method == "OPTIONS":
+            await Response(status_code=204, headers={**cors, **st.preflight_headers(request)})(scope, receive, send)
+            return None
+        if request.method != "GET":
+            await Response(status_code=405, headers={"allow": "GET, OPTIONS", **cors})(scope, receive, send)
+            return None
+        try:
+            if st.hub.draining:
+                raise BackendUnavailable("server is shutting down; reconnect")
+            principal = await st.verify(extract_token(request.query_params, request.headers))
+            req = parse_events_request(request.query_params, request.headers)
+            connection_id = f"sse-{uuid.uuid4().hex}"
+            await st.admit(principal, connection_id, request.client.host if request.client else "")
+        except RealtimeError as exc:
+            st.metrics.connections_refused[exc.code] += 1
+            await _json_error(exc, {**_error_headers(exc), **cors})(scope, receive, send)
+            return None
         # Streams are recycled before the registry's record would expire (it
         # assumes no connection outlives max_connection_seconds); jitter spreads them.
         age = st.settings.max_connection_seconds * random.uniform(0.9, 1.0)
         client = Client(connection_id, principal, req.topics, req.filters, send, expires_at=time.monotonic() + age)
-        st.hub.add(client)  # live events are buffered from here on
-        return client, req
+        st.hub.add(client)
+        return client, req.last_event_id, cors
 
-    async def _stream(self, client: Client, req: EventsRequest, request: Request, receive: Any, send: Any, cors: dict[str, str]) -> None:
+    async def _start(self, client: Client, since: str | None, cors: dict[str, str], scope: Any, receive: Any, send: Any) -> bool:
+        """``retry:``, then the replay after ``since`` (or the entity's cursor),
+        then the live events buffered meanwhile. False if the stream never started."""
         st = self.state
         prefix = [frames.retry(st.config.retry_ms)]
         after = None
         replayed = 0
-        since = req.last_event_id
         try:
             if since is not None:
                 st.metrics.replays += 1
@@ -171,17 +186,14 @@ class EventsEndpoint:
         except RealtimeError as exc:
             st.hub.drop(client, "error", cancel=False)
             st.metrics.connections_refused[exc.code] += 1
-            await _json_error(exc, {**_error_headers(exc), **cors})(request.scope, request.receive, send)
-            return
+            await _json_error(exc, {**_error_headers(exc), **cors})(scope, receive, send)
+            return False
         if client.close_reason is not None:  # gone while we read history
-            return
+            return False
         headers = STREAM_HEADERS + [(k.encode(), v.encode()) for k, v in cors.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         st.hub.go_live(client, b"".join(prefix), after, replayed)
-        # The hub writes from here on. This task only waits for the end: the peer
-        # going away, or the hub ending the response (then receive() returns too).
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        return True
 
 
 class ServerState:
