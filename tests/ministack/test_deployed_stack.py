@@ -10,10 +10,10 @@ environment) is wrong, not only if the code is.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 import json
 import time
 import uuid
+from pathlib import Path
 
 import boto3
 import pytest
@@ -91,13 +91,14 @@ def subscription_items(aws, deployed, connection_id: str) -> list[dict]:
     return reply.get("Items", [])
 
 
-def eventually(check, timeout: float = 15.0, interval: float = 0.25):
+async def eventually(check, timeout: float = 15.0, interval: float = 0.25):
+    """``check()``'s first truthy result, or its last one after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result or time.monotonic() > deadline:
             return result
-        time.sleep(interval)
+        await asyncio.sleep(interval)
 
 
 def transaction(tx: str) -> dict:
@@ -276,8 +277,8 @@ async def test_disconnect_cleans_up_and_management_api_answers_410(deployed, ser
     assert await wait_for(ws, lambda m: m.get("type") == "direct", REPLY_TIMEOUT) == {"type": "direct"}
 
     await ws.close()
-    assert eventually(lambda: not connection_ids_of(aws, deployed, user)), "connection record left after close"
-    assert eventually(lambda: not subscription_items(aws, deployed, connection_id)), "subscriptions left after close"
+    assert await eventually(lambda: not connection_ids_of(aws, deployed, user)), "connection record left after close"
+    assert await eventually(lambda: not subscription_items(aws, deployed, connection_id)), "subscriptions left after close"
 
     with pytest.raises(ClientError) as gone:
         mgmt.post_to_connection(ConnectionId=connection_id, Data=b'{"type":"late"}')
