@@ -23,6 +23,7 @@ import pytest_asyncio
 import redis
 import websockets
 
+from rtstream import keys
 from rtstream.auth import issue_dev_token
 from rtstream.models import parse_event_id
 from rtstream.publishing import publish
@@ -304,6 +305,12 @@ async def test_two_workers_never_deliver_twice_and_killing_one_loses_nothing(sys
             # at-least-once only for the batch in flight at the kill
             assert len(ids) - len(firsts) <= 2, ids
         assert second.proc.poll() is None, second.log()
+        # SIGTERM: finish in flight, release the leases, exit 0
+        await wait_for(lambda: any(rclient.get(keys.fanout_lease(p).name) == b"second" for p in range(system.settings.fanout_partitions)),
+                       what="second owns partitions")
+        await asyncio.to_thread(second.stop)
+        assert second.proc.returncode == 0, second.log()
+        assert all(rclient.get(keys.fanout_lease(p).name) is None for p in range(system.settings.fanout_partitions))
     finally:
         second.stop()
         for c in cs:
