@@ -468,6 +468,13 @@ class GatewayEmulator:
         return {**template_env, "RTSTREAM_MANAGEMENT_ENDPOINT": self.management_endpoint,
                 "AWS_REGION": self.region, **self.env}
 
+    def set_post_behaviour(self, *, latency_ms: float = 0, throttle: float | None = None) -> None:
+        """Change the injected @connections latency and throttling while running
+        (e.g. a fan-out test turns on 429s mid-stream)."""
+        self.post_latency = float(latency_ms) / 1000.0
+        self.post_throttle = throttle
+        self._bucket = _TokenBucket(throttle) if throttle else None
+
     async def start(self) -> None:
         self.api = load_api(self.template_path, region=self.region, stage=self._stage_override, resources=self.resources)
         self.stage = self.api.stage

@@ -252,6 +252,25 @@ async def test_post_throttling_and_latency(fixture_gateway, recorder):
             assert 429 in outcomes and outcomes[0] == 200, (outcomes, time.monotonic() - started)
 
 
+async def test_post_behaviour_changes_while_running(fixture_gateway, recorder):
+    async with fixture_gateway() as gw:
+        client = management(gw)
+        async with await connected(gw):
+            cid = (await recorder.wait_for("$connect"))[0]["requestContext"]["connectionId"]
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"1")
+            gw.set_post_behaviour(throttle=1)
+            outcomes = []
+            for _ in range(3):
+                try:
+                    await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"2")
+                    outcomes.append(200)
+                except client.exceptions.LimitExceededException:
+                    outcomes.append(429)
+            assert outcomes[0] == 200 and 429 in outcomes
+            gw.set_post_behaviour()
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"3")
+
+
 async def test_client_that_stops_reading_gets_429_not_unbounded_buffers(fixture_gateway, recorder):
     async with fixture_gateway(client_buffer_limit=256 * 1024) as gw:
         client = management(gw)
