@@ -27,6 +27,7 @@ def write_state(values: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(values, indent=2))
+    tmp.chmod(0o600)  # it holds the dev signing key
     tmp.replace(path)
     return path
 

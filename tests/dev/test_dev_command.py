@@ -119,6 +119,7 @@ def test_rtstream_dev_endpoints_ws_within_5s_and_sigterm_stops_children(tmp_path
             f"Management API: http://127.0.0.1:{ws_port}/dev/@connections",
         ]
         state = json.loads((tmp_path / "dev.json").read_text())
+        assert (tmp_path / "dev.json").stat().st_mode & 0o077 == 0  # it holds the signing key
         assert state["ws_url"] == f"ws://127.0.0.1:{ws_port}/dev" and state["pid"] == proc.pid
         jwt.decode(token, state["jwt_secret"], algorithms=["HS256"])
 
