@@ -53,6 +53,8 @@ from .poster import BROKEN, ManagementPoster
 log = logging.getLogger("rtstream_fanout")
 
 RETRYABLE_REDIS = (redis.ConnectionError, redis.TimeoutError, OSError)
+# an entry that fails this often for a non-backend reason is skipped (logged, counted)
+POISON_ATTEMPTS = 5
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -214,6 +216,11 @@ class FanoutWorker:
                 log.warning("lease loop: redis unavailable (%s); retrying", exc)
                 await self._sleep_or_stop(backoff_s(failures))
                 continue
+            except Exception:  # noqa: BLE001 - the lease loop must outlive any error
+                failures += 1
+                log.exception("lease loop: unexpected error; retrying")
+                await self._sleep_or_stop(backoff_s(failures))
+                continue
             await self._sleep_or_stop(self.renew_interval_s)
 
     def _drop_lease(self, p: int) -> None:
@@ -241,6 +248,8 @@ class FanoutWorker:
         pending_from: str | None = "0"  # first the entries a previous owner left unacked
         failures = 0
         group_ready = False
+        current: Any = None  # entry being handled, for poison detection
+        poison: tuple[Any, int] = (None, 0)
         while lease.active and not self._stopping.is_set():
             if not lease.valid(self.lease_margin_s):
                 await self._sleep_or_stop(self.renew_interval_s)
@@ -260,9 +269,11 @@ class FanoutWorker:
                 for entry_id, fields in entries:
                     if not lease.valid(self.lease_margin_s) or self._stopping.is_set():
                         break
+                    current = entry_id
                     if fields:
                         await self._handle(entry_id, fields)
                     await self.redis.xack(stream, keys.FANOUT_GROUP, entry_id)
+                    current = None
                     if pending_from is not None:
                         pending_from = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 failures = 0
@@ -283,6 +294,21 @@ class FanoutWorker:
                 log.error("partition %d: redis error %s", lease.partition, exc)
                 pending_from = "0"
                 group_ready = False  # e.g. NOGROUP after the stream was deleted
+                await self._sleep_or_stop(backoff_s(failures))
+            except Exception:  # noqa: BLE001 - a bug must not silently stop a partition
+                failures += 1
+                log.exception("partition %d: unexpected error handling entry %r", lease.partition, current)
+                poison = (current, poison[1] + 1) if current is not None and current == poison[0] else (current, 1)
+                if current is not None and poison[1] >= POISON_ATTEMPTS:
+                    # the same entry keeps failing for a non-backend reason: skip it, keep the partition moving
+                    self.metrics.add("invalid_events")
+                    log.error("partition %d: skipping entry %r after %d failures", lease.partition, current, poison[1])
+                    try:
+                        await self.redis.xack(stream, keys.FANOUT_GROUP, current)
+                    except RETRYABLE_REDIS:
+                        pass
+                    poison = (None, 0)
+                pending_from = "0"
                 await self._sleep_or_stop(backoff_s(failures))
 
     async def _ensure_group(self, stream: str) -> None:
@@ -438,6 +464,10 @@ class FanoutWorker:
                 failures += 1
                 self.metrics.add("redis_reconnects")
                 log.warning("ingest: redis unavailable (%s); resubscribing", exc)
+                await self._sleep_or_stop(backoff_s(failures))
+            except Exception:  # noqa: BLE001 - ingest must outlive any error
+                failures += 1
+                log.exception("ingest: unexpected error; resubscribing")
                 await self._sleep_or_stop(backoff_s(failures))
             finally:
                 try:

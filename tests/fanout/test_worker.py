@@ -256,3 +256,23 @@ async def test_worker_reconnects_after_redis_restarts(management_stub, tmp_path)
         await rig.close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_undecodable_and_poison_entries_are_skipped_and_the_partition_keeps_moving(rig):
+    class Buggy(InMemoryRegistry):
+        def subscribers(self, entity_id, topic):
+            if entity_id == "bad":
+                raise RuntimeError("a bug, not a backend outage")
+            return super().subscribers(entity_id, topic)
+
+    rig.registry = Buggy()
+    # "bad" and "good" share a partition so the poison entry is in the way
+    good = next(e for e in (f"g{i}" for i in range(100)) if keys.partition_of(e, rig.settings) == keys.partition_of("bad", rig.settings))
+    rig.connect("a", good)
+    part = keys.fanout_stream(keys.partition_of(good, rig.settings)).name
+    rig.client.xadd(part, {"kind": "event", "id": "1-0", "entity": good, "topic": "transactions.new", "data": "{not json"})
+    w = await rig.worker()
+    rig.publish("bad", tx(1))
+    after = rig.publish(good, tx(2))
+    await wait_for(lambda: rig.stub.event_ids("a") == [after], timeout=20, what="delivery past the poison entry")
+    assert w.metrics.counts["invalid_events"] == 2
