@@ -133,10 +133,11 @@ def main() -> int:
     try:
         import uvloop
 
-        uvloop.install()
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
-        pass
-    return asyncio.run(amain())
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(amain())
 
 
 if __name__ == "__main__":
