@@ -342,8 +342,9 @@ class FanoutWorker:
         topics = lookup_topics(event)
         found: list[Subscription] = []
         missing = []
+        now = time.monotonic()
         for topic in topics:
-            cached = self.cache.get(event.entity_id, topic)
+            cached = self.cache.get(event.entity_id, topic, now)
             if cached is None:
                 missing.append(topic)
             else:
@@ -351,7 +352,7 @@ class FanoutWorker:
         if missing:
             fetched = await asyncio.gather(*(asyncio.to_thread(self.registry.subscribers, event.entity_id, t) for t in missing))
             for topic, subs in zip(missing, fetched):
-                self.cache.put(event.entity_id, topic, subs)
+                self.cache.put(event.entity_id, topic, subs, now)
                 found += subs
         return found
 

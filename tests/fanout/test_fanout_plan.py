@@ -201,6 +201,13 @@ def test_subscriber_cache_invalidates_and_forgets_pruned_connections():
     assert len(cache) == 2 and cache.get("e0", "x") is None
 
 
+def test_subscriber_cache_entries_age_out():
+    cache = SubscriberCache(max_age_s=30)
+    cache.put("e1", "*", [Subscription("a", "e1", "*")], now=100.0)
+    assert cache.get("e1", "*", now=129.0) is not None
+    assert cache.get("e1", "*", now=131.0) is None
+
+
 def test_changed_entry_is_decoded_for_cache_invalidation():
     log = InMemoryEventLog(Settings(), clock=ManualClock())
     log.notify_changed("e1", ["*", "balance.updated"], "c1")

@@ -105,27 +105,34 @@ def replay_frames(request: streams.ReplayRequest, replayed: Sequence[Event] | Re
 
 
 class SubscriberCache:
-    """Subscribers per ``(entity, topic)``, bounded (LRU).
+    """Subscribers per ``(entity, topic)``, bounded (LRU) and aged.
 
     Coherent because every subscription change queues a ``changed`` or
     ``replay`` entry in the same ordered stream as the entity's events: the
-    reader invalidates at that point, before any later event.
+    reader invalidates at that point, before any later event. ``max_age_s``
+    bounds the staleness if such an entry could not be queued (Redis down
+    during a subscribe); ``now`` is any monotonic clock in seconds.
     """
 
-    def __init__(self, max_keys: int = 10_000) -> None:
+    def __init__(self, max_keys: int = 10_000, max_age_s: float = 60.0) -> None:
         self.max_keys = max_keys
-        self._items: OrderedDict[tuple[str, str], list[Subscription]] = OrderedDict()
+        self.max_age_s = max_age_s
+        self._items: OrderedDict[tuple[str, str], tuple[float, list[Subscription]]] = OrderedDict()
 
-    def get(self, entity_id: str, topic: str) -> list[Subscription] | None:
+    def get(self, entity_id: str, topic: str, now: float = 0.0) -> list[Subscription] | None:
         key = (entity_id, topic)
-        subs = self._items.get(key)
-        if subs is not None:
-            self._items.move_to_end(key)
-        return subs
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if now - item[0] > self.max_age_s:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return item[1]
 
-    def put(self, entity_id: str, topic: str, subscriptions: list[Subscription]) -> None:
+    def put(self, entity_id: str, topic: str, subscriptions: list[Subscription], now: float = 0.0) -> None:
         key = (entity_id, topic)
-        self._items[key] = subscriptions
+        self._items[key] = (now, subscriptions)
         self._items.move_to_end(key)
         while len(self._items) > self.max_keys:
             self._items.popitem(last=False)
@@ -136,9 +143,9 @@ class SubscriberCache:
 
     def remove_connection(self, connection_id: str) -> None:
         """A pruned connection: drop it from every cached list."""
-        for key, subs in list(self._items.items()):
+        for key, (stamp, subs) in list(self._items.items()):
             if any(s.connection_id == connection_id for s in subs):
-                self._items[key] = [s for s in subs if s.connection_id != connection_id]
+                self._items[key] = (stamp, [s for s in subs if s.connection_id != connection_id])
 
     def __len__(self) -> int:
         return len(self._items)
