@@ -107,7 +107,7 @@ class FanoutWorker:
         lease_ms: int | None = None,
         batch: int = 100,
         block_ms: int = 500,
-        max_post_attempts: int = 6,
+        max_post_attempts: int = 10,
         ingest: bool = True,
     ) -> None:
         self.settings = settings

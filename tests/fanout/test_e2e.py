@@ -48,13 +48,23 @@ async def wait_for(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Worker:
     """A ``python -m rtstream_fanout`` child process."""
 
     def __init__(self, system, name: str):
         self.name = name
         self.log_path = Path(system.log_dir) / f"fanout-{name}.log"
-        env = {**system.child_env, "RTSTREAM_WORKER_ID": name, "RTSTREAM_FANOUT_LEASE_MS": str(LEASE_MS), "RTSTREAM_EMF_INTERVAL_S": "0"}
+        self.metrics_port = free_port()
+        env = {**system.child_env, "RTSTREAM_WORKER_ID": name, "RTSTREAM_FANOUT_LEASE_MS": str(LEASE_MS), "RTSTREAM_EMF_INTERVAL_S": "0",
+               "RTSTREAM_WORKER_METRICS_PORT": str(self.metrics_port)}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "rtstream_fanout"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -73,6 +83,13 @@ class Worker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """One value from the worker's Prometheus /metrics."""
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 class Client:
@@ -275,6 +292,24 @@ async def test_replay_gap_when_since_is_older_than_history(system, worker, rclie
         await wait_for(lambda: c.event_ids() == [live], what="live after gap")
     finally:
         await c.close()
+
+
+async def test_throttled_management_api_is_retried_until_delivered(system, worker, rclient):
+    cs = await clients(system, *["ent-t"] * 10)
+    for c in cs:
+        await c.subscribe("*")
+    system.gateway.set_post_behaviour(throttle=20)  # posts/s: most of each 10-post event answers 429
+    try:
+        sent = [publish("ent-t", "transactions.new", tx(i), client=rclient, settings=system.settings) for i in range(5)]
+        await wait_for(lambda: all(len(c.event_ids()) >= 5 for c in cs), timeout=30, what="throttled deliveries")
+        for c in cs:
+            assert c.event_ids() == sent  # every event, once, in order
+        assert await asyncio.to_thread(worker.metric, "realtime_streaming_delivery_retries_total") > 0
+        assert await asyncio.to_thread(worker.metric, "realtime_streaming_delivery_errors_total") == 0
+    finally:
+        system.gateway.set_post_behaviour()
+        for c in cs:
+            await c.close()
 
 
 async def test_two_workers_never_deliver_twice_and_killing_one_loses_nothing(system, worker, rclient):

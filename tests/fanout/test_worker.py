@@ -31,6 +31,27 @@ async def wait_for(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open")
+
+
 def psubscribers(client) -> int:
     return sum(int(c.get("psub", 0)) for c in client.client_list())
 
@@ -224,8 +245,6 @@ async def test_stop_releases_leases_for_an_immediate_takeover(rig):
 
 
 async def test_worker_reconnects_after_redis_restarts(management_stub, tmp_path):
-    from tests.conftest import free_port, wait_for_port
-
     binary = shutil.which("redis-server")
     port = free_port()
 
