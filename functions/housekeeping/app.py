@@ -43,6 +43,7 @@ def handler(event, context):
         "subscriptionsSwept": report.subscriptions_swept,
         "presenceExpired": report.presence_expired,
         "errors": report.errors,
+        "incomplete": report.incomplete,  # more stale records than one run's bounds: the next run goes on
     }
     logger.info("housekeeping", extra=summary)
     return summary

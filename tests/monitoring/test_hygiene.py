@@ -258,3 +258,16 @@ async def test_run_periodically_keeps_going_after_a_failure(clock):
         task.cancel()
     assert len(reports) >= 2 and FlakyRegistry.calls >= 3
     assert reports[0].active == {"websocket": 0, "sse": 0}
+
+
+def test_a_run_is_bounded_and_the_next_one_goes_on(clock, settings):
+    registry = InMemoryRegistry(clock)
+    expired = clock.now_ms() // 1000 - 1
+    for i in range(25):
+        registry.add_connection(Connection(f"c{i}", ALICE, connected_at_ms=clock.now_ms(), expires_at=expired))
+    report = Housekeeping(registry=registry, clock=clock, batch=5, max_batches=2).run()
+    assert report.connections_swept == 10 and report.incomplete
+    out_of_time = Housekeeping(registry=registry, clock=clock, budget_seconds=0).run()
+    assert out_of_time.connections_swept == 0 and out_of_time.incomplete and out_of_time.active == {"websocket": 0, "sse": 0}
+    rest = Housekeeping(registry=registry, clock=clock, batch=5, max_batches=10).run()
+    assert rest.connections_swept == 15 and not rest.incomplete and registry.record_count() == 0

@@ -15,14 +15,16 @@ and the fan-out worker can run the same :meth:`Housekeeping.run`):
   users' ``offline`` events published on the ``presence`` topic.
 
 Pure: works through the ports only. Each sweep is bounded (``batch`` records,
-``max_batches`` rounds) so one run always fits in its Lambda timeout; what is
-left is taken by the next run.
+``max_batches`` rounds, and ``budget_seconds`` of wall time: removing one stale
+connection is ~5 registry calls) so one run always fits in its Lambda timeout;
+what is left is taken by the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,8 @@ log = logging.getLogger("rtstream.hygiene")
 
 SWEEP_BATCH = 200
 SWEEP_MAX_BATCHES = 10
+# Time one run may spend sweeping (the Lambda's Timeout is 60 s; the count follows).
+SWEEP_BUDGET_SECONDS = 40.0
 # The Lambda's schedule; `rtstream dev` and the worker use the same period.
 INTERVAL_SECONDS = 60.0
 
@@ -48,6 +52,7 @@ class HousekeepingReport:
     subscriptions_swept: int = 0
     presence_expired: int = 0  # users announced offline by the presence sweep
     errors: list[str] = field(default_factory=list)  # coded errors of the parts that failed
+    incomplete: bool = False  # the sweep stopped at its bounds; the next run goes on
 
     @property
     def active_total(self) -> int:
@@ -81,6 +86,7 @@ class Housekeeping:
         clock: Clock = SystemClock(),
         batch: int = SWEEP_BATCH,
         max_batches: int = SWEEP_MAX_BATCHES,
+        budget_seconds: float = SWEEP_BUDGET_SECONDS,
     ):
         self.registry = registry
         self.presence = presence
@@ -88,11 +94,14 @@ class Housekeeping:
         self.clock = clock
         self.batch = batch
         self.max_batches = max_batches
+        self.budget_seconds = budget_seconds
+        self._deadline = 0.0
 
     def run(self) -> HousekeepingReport:
         """Sweep, then count (so the count never includes what was just swept).
         A failing part is logged and reported; the others still run."""
         report = HousekeepingReport()
+        self._deadline = time.monotonic() + self.budget_seconds
         for part in (self._sweep_connections, self._sweep_subscriptions, self._sweep_presence, self._count):
             try:
                 part(report)
@@ -114,31 +123,43 @@ class Housekeeping:
     def _count(self, report: HousekeepingReport) -> None:
         report.active = self.count_active()
 
+    def _out_of_time(self, report: HousekeepingReport) -> bool:
+        if time.monotonic() < self._deadline:
+            return False
+        report.incomplete = True
+        return True
+
     def _sweep_connections(self, report: HousekeepingReport) -> None:
-        for _ in range(self.max_batches):
+        for round_ in range(self.max_batches):
             stale = self.registry.stale_connections(self._now_s(), self.batch)
             changed: dict[str, set[str]] = {}
             for connection_id in stale:
+                if self._out_of_time(report):
+                    break
                 subscriptions = self.registry.connection_subscriptions(connection_id)
                 self.registry.remove_connection(connection_id)
                 for sub in subscriptions:
                     changed.setdefault(sub.entity_id, set()).add(sub.topic)
                 report.connections_swept += 1
             self._notify(changed)
-            if len(stale) < self.batch:
+            if len(stale) < self.batch or report.incomplete:
                 return
+            report.incomplete = round_ == self.max_batches - 1
 
     def _sweep_subscriptions(self, report: HousekeepingReport) -> None:
-        for _ in range(self.max_batches):
+        for round_ in range(self.max_batches):
             stale = self.registry.stale_subscriptions(self._now_s(), self.batch)
             changed: dict[str, set[str]] = {}
             for sub in stale:
+                if self._out_of_time(report):
+                    break
                 self.registry.remove_subscription(sub.connection_id, sub.entity_id, sub.topic)
                 changed.setdefault(sub.entity_id, set()).add(sub.topic)
                 report.subscriptions_swept += 1
             self._notify(changed)
-            if len(stale) < self.batch:
+            if len(stale) < self.batch or report.incomplete:
                 return
+            report.incomplete = round_ == self.max_batches - 1
 
     def _sweep_presence(self, report: HousekeepingReport) -> None:
         if self.presence is None:
