@@ -28,6 +28,13 @@ MESSAGES = "realtime_streaming.messages"  # inbound WebSocket messages handled
 AUTHORIZED = "realtime_streaming.authorized"  # handshakes the authorizer accepted
 BRIDGED_EVENTS = "realtime_streaming.bridged_events"  # EventBridge events published
 BRIDGED_DUPLICATES = "realtime_streaming.bridged_duplicates"  # EventBridge redeliveries ignored
+# fan-out worker counters (infra/rtstream_fanout names them literally today)
+FANOUT_EVENTS = "realtime_streaming.fanout_events"
+RAW_INGESTED = "realtime_streaming.raw_ingested"
+DELIVERY_RETRIES = "realtime_streaming.delivery_retries"
+REPLAYS = "realtime_streaming.replays"
+REPLAY_GAPS = "realtime_streaming.replay_gaps"
+REDIS_RECONNECTS = "realtime_streaming.redis_reconnects"
 # housekeeping (rtstream.hygiene): stale registry records removed
 STALE_CONNECTIONS_SWEPT = "realtime_streaming.stale_connections_swept"
 STALE_SUBSCRIPTIONS_SWEPT = "realtime_streaming.stale_subscriptions_swept"
