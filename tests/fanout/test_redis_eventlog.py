@@ -55,7 +55,10 @@ def test_expired_history_is_a_gap_even_after_new_events(redis_client):
     settings = Settings().replace(history_ttl_seconds=1)
     log = RedisEventLog(redis_client, settings)
     old = log.append("e1", "transactions.new", TX, "sdk").id
-    redis_client.delete(keys.history("e1", settings).name)  # what the TTL does
+    # the horizon lives and expires with its stream
+    assert abs(redis_client.pttl(keys.history_horizon("e1", settings).name) - redis_client.pttl(keys.history("e1", settings).name)) < 50
+    # what the TTL does: both keys go together
+    redis_client.delete(keys.history("e1", settings).name, keys.history_horizon("e1", settings).name)
     with pytest.raises(ReplayGap):
         log.replay("e1", old)
     time.sleep(0.002)  # a real TTL expiry is seconds later, never in the same ms
@@ -133,3 +136,19 @@ async def test_async_log_shares_scripts_and_rule(redis_url, redis_client):
             await log.replay("e2", ids[0])
     finally:
         await client.aclose()
+
+
+def test_scripts_run_on_the_embedded_fakeredis_too():
+    """`rtstream dev` falls back to fakeredis without a redis-server: same scripts, same rule."""
+    import fakeredis
+
+    settings = Settings().replace(history_maxlen=3)
+    log = RedisEventLog(fakeredis.FakeRedis(), settings)
+    ids = [log.append("e1", "transactions.new", TX, "sdk").id for _ in range(8)]
+    assert [e.id for e in log.replay("e1", ids[-3])] == ids[-2:]
+    with pytest.raises(ReplayGap):
+        log.replay("e1", ids[0])
+    sub = Subscription("c1", "e1", "*", "u1", pending_replay="m")
+    assert log.request_replay(sub, ids[-1])
+    assert log.ingest_once("d", "e1", "transactions.new", TX, "redis") is not None
+    assert log.ingest_once("d", "e1", "transactions.new", TX, "redis") is None

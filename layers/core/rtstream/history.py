@@ -5,11 +5,10 @@ fields; the stream id is the event id (the replay cursor). Readers (the fan-out
 worker, the SSE server, Lambdas; sync or async Redis clients, or the in-memory
 log) fetch two things in one atomic step and hand them to :func:`replay_events`:
 
-- the stream's *horizon*: the highest id that is no longer retained. Redis keeps
-  it as ``max-deleted-entry-id`` (``XINFO STREAM``), which ``MAXLEN`` trimming
-  advances; when a history stream is (re)created after expiring, the append
-  script sets it to the new stream's first id, so ids from an expired stream are
-  recognised as lost too;
+- the stream's *horizon*: the highest id that is no longer retained. The append
+  script keeps it next to the stream (``keys.history_horizon``): the last id it
+  trimmed, or, when a history stream is (re)created after expiring, the new
+  stream's first id, so ids from an expired stream are recognised as lost too;
 - the entries with ``since < id <= until`` (``XRANGE key (since until``).
 
 Rule: anything after ``since`` is gone iff ``since < horizon``, or the stream no

@@ -48,6 +48,13 @@ def history(entity_id: str, settings: Settings) -> RedisKey:
     return RedisKey(f"{PREFIX}:history:{entity_id}", settings.history_ttl_seconds)
 
 
+def history_horizon(entity_id: str, settings: Settings) -> RedisKey:
+    """Highest id no longer in the entity's history (trimmed, or lost with an
+    expired stream); replays from older cursors are gaps. Lives and expires
+    with the history stream."""
+    return RedisKey(f"{PREFIX}:history-horizon:{entity_id}", settings.history_ttl_seconds)
+
+
 def partition_of(entity_id: str, settings: Settings) -> int:
     """Stable entity -> fan-out partition; one entity's events stay in one ordered stream."""
     return zlib.crc32(entity_id.encode()) % max(1, settings.fanout_partitions)

@@ -1,11 +1,12 @@
 -- Append one event: [dedup] + history XADD (+ trim) + PEXPIRE + fan-out XADD, atomically.
--- KEYS[1] history stream, KEYS[2] partition stream, KEYS[3] (optional) ingest dedup key
+-- KEYS[1] history stream, KEYS[2] partition stream, KEYS[3] history horizon,
+-- KEYS[4] (optional) ingest dedup key
 -- ARGV[1] history maxlen, ARGV[2] history ttl ms, ARGV[3] partition maxlen,
 -- ARGV[4] "1" record in history, ARGV[5] dedup ttl s, ARGV[6] n = history field pairs,
 -- ARGV[7 .. 6+2n] history fields, then the partition entry's fields (without "id").
--- Returns the event id, or false when KEYS[3] shows the raw publish was already ingested.
-if #KEYS >= 3 then
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[5])) then
+-- Returns the event id, or false when KEYS[4] shows the raw publish was already ingested.
+if #KEYS >= 4 then
+  if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[5])) then
     return false
   end
 end
@@ -24,21 +25,21 @@ if ARGV[4] == '1' then
   local existed = redis.call('EXISTS', KEYS[1])
   id = redis.call(unpack(hist))
   if existed == 0 then
-    -- Whatever an earlier, expired stream of this entity held is lost: mark it
-    -- so replays from older cursors answer replay_gap (rtstream.history).
-    redis.call('XSETID', KEYS[1], id, 'MAXDELETEDID', id)
+    -- Whatever an earlier, expired stream of this entity held is lost: the new
+    -- stream's first id is the horizon, so older cursors answer replay_gap.
+    redis.call('SET', KEYS[3], id)
   end
-  -- Trim in batches, exactly, and record the last trimmed id as the horizon
-  -- (MAXLEN trimming does not update max-deleted-entry-id).
+  -- Trim exactly, in small batches, recording the last trimmed id as the horizon.
   local maxlen = tonumber(ARGV[1])
   local len = redis.call('XLEN', KEYS[1])
   if len >= maxlen + math.min(100, math.max(1, math.floor(maxlen / 10))) then
     local drop = len - maxlen
     local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', drop + 1)
     redis.call('XTRIM', KEYS[1], 'MINID', head[drop + 1][1])
-    redis.call('XSETID', KEYS[1], id, 'MAXDELETEDID', head[drop][1])
+    redis.call('SET', KEYS[3], head[drop][1])
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', id, unpack(queued))
 else
   -- Not recorded (presence): the work-stream entry id stands in as the event id.

@@ -3,11 +3,12 @@
 One Lua script per operation, loaded with ``register_script`` (EVALSHA):
 
 - ``append.lua``: [dedup ``SET NX EX`` for raw ingest] + ``XADD`` history
-  (trimmed to ``history_maxlen`` in small batches, recording the last trimmed
-  id as the horizon) + ``PEXPIRE`` + ``XADD`` the ``event`` entry to the entity's
-  partition stream (``MAXLEN ~``). A history stream created afresh gets its
-  ``max-deleted-entry-id`` set to its first id, so cursors into an expired
-  stream are recognised as gaps (see :mod:`rtstream.history`).
+  (trimmed to ``history_maxlen`` in small batches) + ``PEXPIRE`` + ``XADD`` the
+  ``event`` entry to the entity's partition stream (``MAXLEN ~``). The horizon
+  key (``keys.history_horizon``, same TTL) holds the last trimmed id, or the
+  first id of a stream created afresh, so cursors into trimmed or expired
+  history are recognised as gaps (see :mod:`rtstream.history`). Plain commands
+  only (no ``XSETID``/``XINFO``), so the embedded fakeredis runs it too.
 - ``replay.lua``: existence, horizon and ``XRANGE (since until`` in one step.
 - ``request_replay.lua``: ``until`` = last history id, read atomically with the
   ``XADD`` of the ``replay`` entry.
@@ -74,7 +75,7 @@ def append_call(
     queued = streams.encode_event(event)
     del queued["id"]  # the script inserts the history id
     dedup_ttl = "0"
-    call_keys = [hist.name, part.name]
+    call_keys = [hist.name, part.name, keys.history_horizon(entity_id, settings).name]
     if dedup_digest is not None:
         dedup = keys.ingest_dedup(dedup_digest)
         call_keys.append(dedup.name)
@@ -94,7 +95,7 @@ def append_call(
 
 
 def replay_call(settings: Settings, entity_id: str, since: str, until: str | None) -> ScriptCall:
-    return [keys.history(entity_id, settings).name], [since, until if until else "+"]
+    return [keys.history(entity_id, settings).name, keys.history_horizon(entity_id, settings).name], [since, until if until else "+"]
 
 
 def request_replay_call(settings: Settings, subscription: Subscription, since: str) -> ScriptCall:

@@ -2,7 +2,7 @@
 
 Per-entity history streams capped at ``history_maxlen`` (exact trimming) that
 expire ``history_ttl_seconds`` after their last event, a horizon (highest lost
-id) like Redis's ``max-deleted-entry-id``, and the partition work streams with
+id) as the Redis append script keeps it, and the partition work streams with
 the same entry format as Redis (:mod:`rtstream.streams`). Replays go through the
 same pure rule as every other reader (:func:`rtstream.history.replay_events`).
 
