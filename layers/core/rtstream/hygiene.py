@@ -130,18 +130,15 @@ class Housekeeping:
         return True
 
     def _sweep_connections(self, report: HousekeepingReport) -> None:
+        # No subscription-change notice here: a stale connection's subscriptions
+        # expired with it, so no registry read returns them any more.
         for round_ in range(self.max_batches):
             stale = self.registry.stale_connections(self._now_s(), self.batch)
-            changed: dict[str, set[str]] = {}
             for connection_id in stale:
                 if self._out_of_time(report):
                     break
-                subscriptions = self.registry.connection_subscriptions(connection_id)
-                self.registry.remove_connection(connection_id)
-                for sub in subscriptions:
-                    changed.setdefault(sub.entity_id, set()).add(sub.topic)
+                self.registry.remove_connection(connection_id)  # and every subscription of it
                 report.connections_swept += 1
-            self._notify(changed)
             if len(stale) < self.batch or report.incomplete:
                 return
             report.incomplete = round_ == self.max_batches - 1
