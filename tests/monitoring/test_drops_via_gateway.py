@@ -38,14 +38,24 @@ async def gateway(tables, moto_endpoint, redis_url, redis_client, jwt_secret):
         await gw.stop()
 
 
+def emf_documents(text: str) -> list[dict]:
+    """EMF documents in captured stdout. Handlers print from several threads in the
+    emulator, so two documents may share a line: decode them where they start."""
+    decoder = json.JSONDecoder()
+    docs, start = [], text.find('{"_aws"')
+    while start != -1:
+        try:
+            doc, end = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find('{"_aws"', start + 1)
+            continue
+        docs.append(doc)
+        start = text.find('{"_aws"', end)
+    return docs
+
+
 def emitted(stdout: str, metric: str) -> float:
-    total = 0.0
-    for line in stdout.splitlines():
-        if line.startswith('{"_aws"'):
-            doc = json.loads(line)
-            if metric in doc:
-                total += sum(doc[metric])
-    return total
+    return sum(sum(doc[metric]) for doc in emf_documents(stdout) if metric in doc)
 
 
 async def wait_for_output(capfd, metric: str, timeout: float = 10.0) -> str:

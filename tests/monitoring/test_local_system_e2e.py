@@ -112,6 +112,22 @@ def runtime(system):
     return rt.LambdaRuntime(env=system.handler_env)
 
 
+def emf_documents(text: str) -> list[dict]:
+    """EMF documents in captured stdout. Handlers print from several threads in the
+    emulator, so two documents may share a line: decode them where they start."""
+    decoder = json.JSONDecoder()
+    docs, start = [], text.find('{"_aws"')
+    while start != -1:
+        try:
+            doc, end = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find('{"_aws"', start + 1)
+            continue
+        docs.append(doc)
+        start = text.find('{"_aws"', end)
+    return docs
+
+
 def tx() -> dict:
     return {"transactionId": f"t{next(_ids)}", "amount": 12.5, "merchant": "Cafe"}
 
@@ -221,7 +237,7 @@ async def test_reconnection_rate_from_real_resumes(system, runtime, capfd):
         await back.close()
     values = [
         doc[names.RECONNECTION_RATE]
-        for doc in (json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith('{"_aws"'))
+        for doc in emf_documents(capfd.readouterr().out)
         if names.RECONNECTION_RATE in doc
     ]
     assert values == [[float(names.FRESH)], [float(names.RESUMED)]]
@@ -230,6 +246,7 @@ async def test_reconnection_rate_from_real_resumes(system, runtime, capfd):
 async def test_stale_records_swept_gone_connections_pruned_and_real_count(system, runtime):
     registry = runtime.registry()
     entity = "ent-hygiene"
+    await settle(runtime)
     now = int(time.time())
     base = registry.count_connections(now)["websocket"]
     live = [await Client(system, f"u{i}", entity).open(heartbeat=False) for i in range(2)]
