@@ -18,13 +18,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-@pytest.fixture(scope="session")
-def local_system(redis_url, tmp_path_factory):
+@pytest.fixture(scope="module")
+def local_system(tmp_path_factory):
     # The browser keeps idle keep-alive connections to the SSE server (page, static
     # files), which its graceful shutdown waits out; a short grace keeps the
     # outage test quick.
+    # Its own Redis (LocalSystem starts a private one): a worker of another
+    # system on a shared Redis would own the fan-out partitions.
     system = SystemThread(
-        redis_url=redis_url,
         log_dir=tmp_path_factory.mktemp("system-logs"),
         settings_overrides={"RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS": "0.5"},
     ).start()

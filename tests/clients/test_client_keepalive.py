@@ -13,9 +13,8 @@ IDLE_TIMEOUT = 2
 
 
 @pytest.fixture(scope="module")
-def idle_system(redis_url, tmp_path_factory):
+def idle_system(tmp_path_factory):
     system = SystemThread(
-        redis_url=redis_url,
         log_dir=tmp_path_factory.mktemp("system-logs"),
         with_sse=False,
         gateway_options={"idle_timeout": IDLE_TIMEOUT},
