@@ -92,3 +92,27 @@ def test_redis_down_is_a_coded_error():
         RedisRateLimiter(dead).allow("c", 1, 1)
     with pytest.raises(BackendUnavailable):
         RedisPresence(dead, Settings()).online("e1")
+
+
+def test_presence_reply_holds_only_the_users_a_step_touches(redis_client):
+    """A heartbeat in an entity of thousands returns the caller's members, not all."""
+    presence = RedisPresence(redis_client, Settings())
+    presence.touch("big", [(f"u{i}", f"c{i}", "sse") for i in range(2000)])
+    assert len(presence.online("big")) == 2000
+    script_reply = presence._script(keys=["rt:presence:big"], args=["beat", "u7|c7b|websocket", 660_000, 840_000])
+    before, after = script_reply
+    assert sorted(before) == [b"u7|c7|sse"]
+    assert sorted(after) == sorted([b"u7|c7|sse", b"u7|c7b|websocket"])
+    assert presence.leave("big", "u7", "c7b", "websocket") == [
+        {"userId": "u7", "state": "online", "connections": 1, "transports": ["sse"]}
+    ]
+
+
+def test_touch_refreshes_without_events_and_keeps_members_alive(redis_client):
+    presence = RedisPresence(redis_client, Settings(presence_ttl_seconds=1))
+    presence.heartbeat("e1", "erin", "c1", "sse")
+    for _ in range(3):
+        time.sleep(0.5)
+        presence.touch("e1", [("erin", "c1", "sse")])
+    assert presence.online("e1") == [{"userId": "erin", "connections": 1, "transports": ["sse"]}]
+    assert presence.heartbeat("e1", "erin", "c1", "sse") == []

@@ -125,6 +125,10 @@ class PresenceStore(Protocol):
 
     def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict[str, Any]]: ...
 
+    def touch(self, entity_id: str, members: Sequence[tuple[str, str, str]]) -> None:
+        """Refresh many already-announced connections ``(user, connection, transport)`` at once."""
+        ...
+
     def online(self, entity_id: str) -> list[dict[str, Any]]:
         """``[{"userId", "connections", "transports"}]`` of live (unexpired) connections."""
         ...

@@ -8,6 +8,7 @@ bucket or expire a live connection.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .. import keys
@@ -53,29 +54,68 @@ return n
 # {{}, live members}. The key outlives its last heartbeat by keep_ms (> ttl) so
 # a sweep still finds the members that expired and can announce them.
 _PRESENCE = """
+local key = KEYS[1]
+local op = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-local cutoff = now - ttl
-if ARGV[1] == 'read' then
-  return {{}, redis.call('ZRANGEBYSCORE', KEYS[1], cutoff, '+inf')}
+local cutoff = now - tonumber(ARGV[3])
+if op == 'read' then
+  return {{}, redis.call('ZRANGEBYSCORE', key, cutoff, '+inf')}
 end
-if ARGV[1] == 'sweep' and redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. cutoff) == 0 then
+local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. cutoff)
+if op == 'sweep' and #expired == 0 then
   return {{}, {}}
 end
-local before = redis.call('ZRANGE', KEYS[1], 0, -1)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
-if ARGV[1] == 'beat' then
-  redis.call('ZADD', KEYS[1], now, ARGV[2])
-elseif ARGV[1] == 'leave' then
-  redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
+-- Only the users this step touches can change: the caller's and the expired ones'.
+-- Returning just their members keeps the reply small in an entity of thousands.
+local affected = {}
+for _, m in ipairs(expired) do
+  local u = string.match(m, '^([^|]*)|')
+  if u then affected[u] = true end
 end
-local after = redis.call('ZRANGE', KEYS[1], 0, -1)
-if ARGV[1] ~= 'sweep' and #after > 0 then
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+if op ~= 'sweep' then
+  local u = string.match(ARGV[2], '^([^|]*)|')
+  if u then affected[u] = true end
+end
+local current = {}
+if next(affected) ~= nil then
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local u = string.match(m, '^([^|]*)|')
+    if u and affected[u] then table.insert(current, m) end
+  end
+end
+local before = {}
+for _, m in ipairs(expired) do table.insert(before, m) end
+local after = {}
+local present = false
+for _, m in ipairs(current) do
+  table.insert(before, m)
+  if m == ARGV[2] then present = true end
+  if not (op == 'leave' and m == ARGV[2]) then table.insert(after, m) end
+end
+if op == 'beat' then
+  redis.call('ZADD', key, now, ARGV[2])
+  if not present then table.insert(after, ARGV[2]) end
+elseif op == 'leave' then
+  redis.call('ZREM', key, ARGV[2])
+end
+if op ~= 'sweep' and redis.call('ZCARD', key) > 0 then
+  redis.call('PEXPIRE', key, tonumber(ARGV[4]))
 end
 return {before, after}
 """
+# KEYS[1] presence zset; ARGV[1] key lifetime ms; ARGV[2..] members to mark live now.
+_PRESENCE_TOUCH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return #ARGV - 1
+"""
+_TOUCH_BATCH = 500
 # How long a presence key outlives its last heartbeat beyond the TTL: longer
 # than the housekeeping period (1 minute), so no expiry goes unannounced.
 PRESENCE_SWEEP_SLACK_MS = 180_000
@@ -117,6 +157,7 @@ class RedisPresence:
         self._client = client
         self._settings = settings
         self._script = client.register_script(_PRESENCE)
+        self._touch = client.register_script(_PRESENCE_TOUCH)
 
     def _run(self, entity_id: str, op: str, member: str) -> tuple[list[Member], list[Member]]:
         key = keys.presence(entity_id, self._settings)
@@ -136,6 +177,19 @@ class RedisPresence:
     def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict]:
         before, after = self._run(entity_id, "leave", encode_member(user_id, connection_id, transport))
         return changes(before, after)
+
+    def touch(self, entity_id: str, members: Sequence[tuple[str, str, str]]) -> None:
+        """Refresh many live connections of one entity at once (``(user, connection,
+        transport)`` each) without computing changes: a server's periodic heartbeat
+        for connections it already announced."""
+        key = keys.presence(entity_id, self._settings)
+        lifetime_ms = key.ttl_seconds * 1000 + PRESENCE_SWEEP_SLACK_MS
+        encoded = [encode_member(*m) for m in members]
+        try:
+            for i in range(0, len(encoded), _TOUCH_BATCH):
+                self._touch(keys=[key.name], args=[lifetime_ms, *encoded[i : i + _TOUCH_BATCH]])
+        except Exception as exc:
+            raise _translate(exc) from exc
 
     def online(self, entity_id: str) -> list[dict]:
         _, after = self._run(entity_id, "read", "")

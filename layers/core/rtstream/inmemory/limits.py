@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from .. import keys
@@ -91,6 +92,13 @@ class InMemoryPresence:
 
     def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict[str, Any]]:
         return self._change(entity_id, Member(user_id, connection_id, transport), beat=False)
+
+    def touch(self, entity_id: str, members: Sequence[tuple[str, str, str]]) -> None:
+        now = self._clock.now_ms()
+        with self._lock:
+            current = self._entities.setdefault(entity_id, {})
+            for m in members:
+                current[Member(*m)] = now
 
     def online(self, entity_id: str) -> list[dict[str, Any]]:
         cutoff = self._clock.now_ms() - self._ttl_ms
