@@ -90,7 +90,7 @@ def parse_events_request(params: Any, headers: Any) -> EventsRequest:
     if min_amount is not None:
         raw_filters["minAmount"] = parse_min_amount(min_amount)
     # One validator for filters across transports (same rules as WebSocket subscribe).
-    filters = protocol._filters(raw_filters) if raw_filters else Filters()
+    filters = protocol.parse_filters(raw_filters) if raw_filters else Filters()
     # The header is what EventSource sends on reconnect, so it wins over the
     # query (which is the cursor the page started with).
     cursor = (headers.get("last-event-id") or "").strip() or (_single(params, "lastEventId") or "").strip() or None

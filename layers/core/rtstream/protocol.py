@@ -152,7 +152,7 @@ def _string_list(name: str, value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def _filters(value: Any) -> Filters:
+def parse_filters(value: Any) -> Filters:
     if value is None:
         return Filters()
     if not isinstance(value, dict):
@@ -208,7 +208,7 @@ def parse_client_frame(raw: str | bytes, *, max_bytes: int) -> ClientFrame:
     if unknown:
         raise InvalidMessage(f"unknown field(s) for {frame_type}: {', '.join(repr(u[:64]) for u in unknown)}")
     if frame_type == "subscribe":
-        return Subscribe(topic=_topic(frame), filters=_filters(frame.get("filters")), since=_since(frame.get("since")))
+        return Subscribe(topic=_topic(frame), filters=parse_filters(frame.get("filters")), since=_since(frame.get("since")))
     if frame_type == "unsubscribe":
         return Unsubscribe(topic=_topic(frame))
     if frame_type == "ping":
