@@ -122,6 +122,25 @@ class Resolver:
         return value
 
 
+def _conditions_used(value: Any) -> set[str]:
+    """Condition names a fragment uses (a resource's or output's ``Condition``,
+    ``Fn::If``'s first argument, ``{"Condition": name}`` inside conditions)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, arg in value.items():
+            if key == "Condition" and isinstance(arg, str):
+                found.add(arg)
+            elif key == "Fn::If" and isinstance(arg, list) and arg:
+                found.add(str(arg[0]))
+                found.update(_conditions_used(arg[1:]))
+            else:
+                found.update(_conditions_used(arg))
+    elif isinstance(value, list):
+        for item in value:
+            found.update(_conditions_used(item))
+    return found
+
+
 def _referenced_ids(value: Any) -> set[str]:
     found: set[str] = set()
     if isinstance(value, dict):
@@ -268,7 +287,17 @@ def adapt_for_emulator(template: dict[str, Any], *, endpoint: str, lambda_endpoi
     outputs = cfn.get("Outputs") or {}
     for name in [n for n, o in outputs.items() if _referenced_ids(o) & removed.keys()]:
         del outputs[name]
-    if removed:  # parameters (e.g. container images, VPC ids) nothing left uses need no value
+    if removed:  # conditions, then parameters (container images, VPC ids) nothing left uses
+        conditions = cfn.get("Conditions") or {}
+        while True:
+            used = _conditions_used({k: v for k, v in cfn.items() if k != "Conditions"})
+            for body in conditions.values():
+                used |= _conditions_used(body)
+            unused = [n for n in conditions if n not in used]
+            if not unused:
+                break
+            for name in unused:
+                del conditions[name]
         still_used = _referenced_ids({k: v for k, v in cfn.items() if k != "Parameters"})
         parameters = cfn.get("Parameters") or {}
         for name in [n for n in parameters if n not in still_used]:
