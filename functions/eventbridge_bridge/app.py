@@ -20,7 +20,7 @@ from rtstream.publishing import eventbridge_digest, parse_eventbridge
 from rtstream.settings import Settings
 
 logger = Logger()
-metrics = Metrics()
+metrics = Metrics(namespace=names.NAMESPACE)
 _event_log: Any = None
 
 
@@ -36,7 +36,7 @@ def event_log():
 
 
 @metrics.log_metrics
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @event_source(data_class=EventBridgeEvent)
 def handler(event: EventBridgeEvent, context: Any) -> dict[str, Any]:
     try:
@@ -51,9 +51,9 @@ def handler(event: EventBridgeEvent, context: Any) -> dict[str, Any]:
         logger.exception("Redis unavailable; EventBridge will retry", extra={"eventId": event.get_id})
         raise
     if published is None:
-        metrics.add_metric(name="realtime_streaming.bridged_duplicates", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name=names.BRIDGED_DUPLICATES, unit=MetricUnit.Count, value=1)
         logger.info("duplicate EventBridge delivery ignored", extra={"eventId": event.get_id})
         return {"status": "duplicate"}
-    metrics.add_metric(name="realtime_streaming.bridged_events", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=names.BRIDGED_EVENTS, unit=MetricUnit.Count, value=1)
     logger.info("bridged", extra={"eventId": event.get_id, "topic": pub.topic, "id": published.id})
     return {"status": "published", "id": published.id}

@@ -112,7 +112,7 @@ def _flush_emf(metrics: WorkerMetrics) -> None:
 
         from rtstream import metrics as names
 
-        emf = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or names.NAMESPACE, service="fanout-worker")
+        emf = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or names.NAMESPACE, service=names.SERVICE_WORKER)
         metrics.flush_emf(emf)
     except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
         log.warning("EMF flush failed: %s", exc)

@@ -25,12 +25,12 @@ COUNTERS = {
     "delivery_errors": (names.DELIVERY_ERRORS, "Posts that failed after retries or were refused."),
     "pruned": (names.CONNECTIONS_PRUNED, "Connections removed after 410 Gone."),
     "invalid_events": (names.INVALID_EVENTS, "Raw publishes or stream entries refused as invalid."),
-    "events": ("realtime_streaming.fanout_events", "Events read from the partition streams."),
-    "ingested": ("realtime_streaming.raw_ingested", "Raw PUBLISHes recorded in history by this worker."),
-    "retries": ("realtime_streaming.delivery_retries", "Posts retried after 429/5xx."),
-    "replays": ("realtime_streaming.replays", "Replay requests answered."),
-    "replay_gaps": ("realtime_streaming.replay_gaps", "Replay requests answered with replay_gap."),
-    "redis_reconnects": ("realtime_streaming.redis_reconnects", "Redis connection losses recovered."),
+    "events": (names.FANOUT_EVENTS, "Events read from the partition streams."),
+    "ingested": (names.RAW_INGESTED, "Raw PUBLISHes recorded in history by this worker."),
+    "retries": (names.DELIVERY_RETRIES, "Posts retried after 429/5xx."),
+    "replays": (names.REPLAYS, "Replay requests answered."),
+    "replay_gaps": (names.REPLAY_GAPS, "Replay requests answered with replay_gap."),
+    "redis_reconnects": (names.REDIS_RECONNECTS, "Redis connection losses recovered."),
 }
 
 
