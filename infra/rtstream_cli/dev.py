@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ DEV_ENTITY = "demo-entity"
 SSE_READY_TIMEOUT = 20.0
 WORKER_READY_TIMEOUT = 10.0
 CHILD_STOP_TIMEOUT = 5.0
+HOUSEKEEPING_STOP_TIMEOUT = 10.0
 
 
 class PortInUse(RuntimeError):
@@ -143,7 +145,7 @@ class LocalSystem:
                  settings_overrides: dict[str, str] | None = None, with_worker: bool = True, with_sse: bool = True,
                  with_eventbridge: bool = True, gateway_options: dict[str, Any] | None = None,
                  template_path: str | Path = TEMPLATE_PATH, region: str | None = None, log_dir: str | Path | None = None,
-                 write_state_file: bool = True, keep_logs: bool = False):
+                 write_state_file: bool = True, keep_logs: bool = False, housekeeping_interval: float | None = None):
         self.host = host
         self.ws_port = ws_port
         self.sse_port = sse_port
@@ -157,8 +159,19 @@ class LocalSystem:
         self.gateway_options = dict(gateway_options or {})
         # children's logs; a directory made here is removed on stop unless keep_logs
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="rtstream-dev-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self._remove_log_dir = not log_dir and not keep_logs
         self.write_state_file = write_state_file
+        # the dashboard's dev-token entity (the `rtstream dev` demo feed publishes there)
+        self.dev_entity = os.environ.get("RTSTREAM_DEV_ENTITY") or DEV_ENTITY
+        # seconds between housekeeping runs; None = min(60, presence TTL), 0 = never
+        self.housekeeping_interval = housekeeping_interval
+        self.housekeeping_report: Any = None  # the latest rtstream.hygiene.HousekeepingReport
+        self._housekeeping_task: asyncio.Task | None = None
+        self._housekeeping_run: _TrackedRun | None = None
+        self._housekeeping_runtime: Any = None
+        self._report_server: asyncio.AbstractServer | None = None
+        self.worker_metrics_port = 0
 
         from .localaws import LocalAws
         from .localredis import LocalRedis
@@ -249,6 +262,7 @@ class LocalSystem:
             base.setdefault("SUBSCRIPTIONS_TABLE", self.settings.subscriptions_table)
             self.handler_env = {**self.aws.environment(), **base,
                                 "RTSTREAM_MANAGEMENT_ENDPOINT": self.management_endpoint}
+            metrics_env = await self._start_metrics_endpoints()
             self.child_env = {
                 **os.environ,
                 **self.handler_env,
@@ -257,8 +271,9 @@ class LocalSystem:
                 "RTSTREAM_SSE_PORT": str(self.sse_port),
                 "RTSTREAM_PUBLIC_WS_URL": self.ws_url,
                 "RTSTREAM_DASHBOARD_DEV_TOKEN": "1",
-                "RTSTREAM_DEV_ENTITY": DEV_ENTITY,
+                "RTSTREAM_DEV_ENTITY": self.dev_entity,
                 "PYTHONUNBUFFERED": "1",
+                **metrics_env,
             }
             self.settings = Settings.from_env(self.child_env)
             outcomes = await asyncio.gather(self._start_aws(), self._start_gateway_instance(self.ws_port),
@@ -272,6 +287,7 @@ class LocalSystem:
                 self.eventbridge = await handle if inspect.isawaitable(handle) else handle
             if self.worker is not None and not self.worker.running:
                 raise RuntimeError(f"the fan-out worker exited at start:\n{self.worker.log_tail()}")
+            self._start_housekeeping()
         except BaseException:
             await self.stop()
             raise
@@ -307,10 +323,13 @@ class LocalSystem:
             "subscriptions_table": self.subscriptions_table,
             "jwt_secret": self.jwt_secret,
             "log_dir": str(self.log_dir),
+            "demo_entity": self.dev_entity,
+            "metrics_url": f"http://{self._url_host}:{self.sse_port}/metrics" if self.sse is not None else None,
             "pid": os.getpid(),
         }
 
     async def stop(self) -> None:
+        await self._stop_housekeeping()
         if self.eventbridge is not None:
             handle, self.eventbridge = self.eventbridge, None
             for name in ("stop", "aclose", "close"):
@@ -325,6 +344,10 @@ class LocalSystem:
             await self.worker.stop()
             self.worker = None
         await self.stop_gateway()
+        if self._report_server is not None:
+            server, self._report_server = self._report_server, None
+            server.close()
+            await server.wait_closed()
         await self.redis.stop()
         await self.aws.stop()
         if self.write_state_file and self.started and read_state().get("pid") == os.getpid():
@@ -358,6 +381,75 @@ class LocalSystem:
         self.sse = _Child("sse", [sys.executable, "-m", "rtstream_sse"], self.child_env, self.log_dir / "sse.log")
         await self.sse.start()
         await self._wait_sse_ready()
+
+    # ---- metrics and housekeeping
+    async def _start_metrics_endpoints(self) -> dict[str, str]:
+        """The children's part of one ``/metrics``: the worker serves its own on a
+        free port, the housekeeping report is served here; the SSE server (the
+        dashboard port) fetches both into its ``/metrics``."""
+        from rtstream_fanout.metrics import serve_prometheus
+
+        from .localredis import free_port
+
+        env: dict[str, str] = {}
+        targets: list[str] = []
+        if self.with_worker:
+            self.worker_metrics_port = int(self.settings_overrides.get("RTSTREAM_WORKER_METRICS_PORT") or free_port("127.0.0.1"))
+            env.update({"RTSTREAM_WORKER_METRICS_PORT": str(self.worker_metrics_port), "RTSTREAM_WORKER_METRICS_HOST": "127.0.0.1"})
+            targets.append(f"worker=http://127.0.0.1:{self.worker_metrics_port}/metrics")
+        if self._housekeeping_seconds() > 0:
+            self._report_server = await serve_prometheus(_LatestReport(self), 0, "127.0.0.1")
+            port = self._report_server.sockets[0].getsockname()[1]
+            targets.append(f"housekeeping=http://127.0.0.1:{port}/metrics")
+        if targets:
+            env["RTSTREAM_METRICS_FEDERATE"] = ",".join(targets)
+        return env
+
+    def _housekeeping_seconds(self) -> float:
+        if self.housekeeping_interval is not None:
+            return max(0.0, float(self.housekeeping_interval))
+        from rtstream.hygiene import INTERVAL_SECONDS
+
+        return float(min(INTERVAL_SECONDS, self.settings.presence_ttl_seconds))
+
+    def _start_housekeeping(self) -> None:
+        """The real connection count and the stale-state sweep (on AWS a scheduled
+        Lambda), every min(60 s, presence TTL) so stale presence is announced offline."""
+        interval = self._housekeeping_seconds()
+        if interval <= 0:
+            return
+        from rtstream.adapters.dynamodb import DynamoDBRegistry
+        from rtstream.adapters.lambda_runtime import LambdaRuntime
+        from rtstream.hygiene import Housekeeping, run_periodically
+
+        runtime = LambdaRuntime(env=self.handler_env)  # Redis ports as the Lambda builds them
+        # the registry through this system's AWS client: LambdaRuntime's boto3 reads
+        # the endpoint from os.environ, which is not this system's to set
+        registry = DynamoDBRegistry(self.aws.client("dynamodb"), connections_table=self.settings.connections_table,
+                                    subscriptions_table=self.settings.subscriptions_table)
+        housekeeping = Housekeeping(registry=registry, presence=runtime.presence(), event_log=runtime.event_log())
+        self._housekeeping_runtime = runtime
+        self._housekeeping_run = _TrackedRun(housekeeping)
+
+        def keep(report: Any) -> None:
+            self.housekeeping_report = report
+
+        self._housekeeping_task = asyncio.ensure_future(run_periodically(self._housekeeping_run, interval=interval, on_report=keep))
+
+    async def _stop_housekeeping(self) -> None:
+        task, self._housekeeping_task = self._housekeeping_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._housekeeping_run is not None:
+            # a run in its thread finishes against live Redis and AWS, not half-stopped ones
+            await asyncio.to_thread(self._housekeeping_run.idle.wait, HOUSEKEEPING_STOP_TIMEOUT)
+            self._housekeeping_run = None
+        runtime, self._housekeeping_runtime = self._housekeeping_runtime, None
+        if runtime is not None:
+            client = runtime.redis()
+            if client is not None:
+                client.close()
 
     # ---- internals
     def _gateway_settings(self) -> dict[str, str]:
@@ -421,6 +513,33 @@ class LocalSystem:
         raise TimeoutError(f"the SSE server did not answer /healthz within {SSE_READY_TIMEOUT:.0f}s:\n{self.sse.log_tail()}")
 
 
+class _TrackedRun:
+    """Housekeeping whose in-flight run (in a worker thread) stop() can wait for."""
+
+    def __init__(self, housekeeping: Any):
+        self.housekeeping = housekeeping
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def run(self) -> Any:
+        self.idle.clear()
+        try:
+            return self.housekeeping.run()
+        finally:
+            self.idle.set()
+
+
+class _LatestReport:
+    """The latest housekeeping report as Prometheus text (for ``serve_prometheus``)."""
+
+    def __init__(self, system: LocalSystem):
+        self.system = system
+
+    def prometheus(self) -> str:
+        report = self.system.housekeeping_report
+        return report.prometheus() if report is not None else ""
+
+
 async def _http_ok(host: str, port: int, path: str) -> bool:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
@@ -452,6 +571,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Redis to use (default REDIS_URL; else a private redis-server, else fakeredis)")
     parser.add_argument("--jwt-secret", default=None,
                         help="HS256 signing key (default RTSTREAM_JWT_SECRET, else this machine's dev key)")
+    parser.add_argument("--no-demo", action="store_true",
+                        help="do not publish the demo feed (1 event/s for the dashboard's demo entity)")
     parser.set_defaults(func=run)
 
 
@@ -478,13 +599,13 @@ async def _serve(args: argparse.Namespace) -> int:
     console = sys.stdout
     sys.stdout = open(system.log_dir / "handlers.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - process-long
     try:
-        return await _run_system(system, stopping, console)
+        return await _run_system(system, stopping, console, demo=not getattr(args, "no_demo", False))
     finally:
         handlers_log, sys.stdout = sys.stdout, console
         handlers_log.close()
 
 
-async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console) -> int:
+async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console, *, demo: bool = True) -> int:
     starting = asyncio.ensure_future(system.start())
     waiting = asyncio.ensure_future(stopping.wait())
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -507,14 +628,25 @@ async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console) -
     lines = [f"WebSocket: {system.ws_url}"]
     if system.sse is not None:
         lines += [f"SSE: {system.sse_url}", f"Dashboard: {system.dashboard_url}"]
-    lines += [f"Management API: {system.management_url}",
-              f"Hint: token for the demo entity: rtstream token --user demo-user --entity {DEV_ENTITY}  (logs: {system.log_dir})"]
+    lines += [f"Management API: {system.management_url}"]
+    if system.sse is not None:
+        lines += [f"Metrics: http://{system._url_host}:{system.sse_port}/metrics"]
+    feed = None
+    if demo:
+        from .demo import BackgroundDemo
+
+        # a new user's dashboard (dev token for this entity) moves at once
+        feed = BackgroundDemo(system.redis_url, system.settings, system.dev_entity, rate=1.0).start()
+        lines += [f"Demo: publishing 1 event/s to entity {system.dev_entity} (--no-demo to turn off)"]
+    lines += [f"Hint: token for the demo entity: rtstream token --user demo-user --entity {system.dev_entity}  (logs: {system.log_dir})"]
     print("\n".join(lines), file=console, flush=True)
     watchdog = asyncio.ensure_future(_report_dead_children(system))
     try:
         await stopping.wait()
     finally:
         watchdog.cancel()
+        if feed is not None:
+            await asyncio.to_thread(feed.stop)
         await system.stop()
     return 0
 

@@ -37,6 +37,7 @@ from rtstream.settings import Settings
 
 from . import frames
 from .config import SSEConfig
+from .federate import federated
 from .hub import Client, Hub
 from .metrics import SSEMetrics
 from .query import parse_events_request
@@ -429,6 +430,8 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         text = state.metrics.render(active_connections=state.hub.count, redis_connected=state.reader.connected)
+        if config.metrics_federate:
+            text = await federated("sse", text, config.metrics_federate)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def presence_route(request: Request) -> Response:

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from .federate import parse_targets
+
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
@@ -60,6 +62,9 @@ class SSEConfig:
     emf_interval_seconds: float = 0.0  # RTSTREAM_EMF_INTERVAL_S
     emf_namespace: str = "RealtimeStreaming"  # POWERTOOLS_METRICS_NAMESPACE
     emf_service: str = "rtstream-sse"  # RTSTREAM_SERVICE_NAME (the metric's ServiceName dimension)
+    # Other local Prometheus endpoints whose metrics /metrics appends, each labelled
+    # component=<name> (`rtstream dev`: the fan-out worker, housekeeping).
+    metrics_federate: tuple[tuple[str, str], ...] = ()  # RTSTREAM_METRICS_FEDERATE=name=http://h:p/metrics,...
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SSEConfig":
@@ -84,6 +89,7 @@ class SSEConfig:
             emf_interval_seconds=_float(env, "RTSTREAM_EMF_INTERVAL_S", d.emf_interval_seconds),
             emf_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", d.emf_namespace) or d.emf_namespace,
             emf_service=env.get("RTSTREAM_SERVICE_NAME", d.emf_service) or d.emf_service,
+            metrics_federate=parse_targets(env.get("RTSTREAM_METRICS_FEDERATE", "")),
         )
 
     def replace(self, **changes) -> "SSEConfig":

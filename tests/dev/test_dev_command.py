@@ -178,3 +178,72 @@ def test_rtstream_token_uses_env_secret_else_dev_key(tmp_path):
 
     refused = rtstream("token", "--user", "not valid", "--entity", "e1", env=cli_env(tmp_path))
     assert refused.returncode != 0 and refused.stdout == "" and "identifier" in refused.stderr
+
+
+def _dev(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, int, list[str]]:
+    sse_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rtstream_cli.main", "dev", "--ws-port", str(free_port()), "--sse-port", str(sse_port), *extra],
+                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, sse_port, read_lines_until(proc, "Hint: ", timeout=30)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+async def _first_demo_event(sse_port: int, timeout: float) -> tuple[dict, str]:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=timeout)) as http:
+        config = (await http.get(f"http://127.0.0.1:{sse_port}/dashboard/config")).json()
+        async with http.stream("GET", f"http://127.0.0.1:{sse_port}/events", params={"access_token": config["token"]}) as response:
+            assert response.status_code == 200
+            buffer = ""
+            async with asyncio.timeout(timeout):
+                async for chunk in response.aiter_text():
+                    buffer += chunk
+                    while "\n\n" in buffer:
+                        block, buffer = buffer.split("\n\n", 1)
+                        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
+                        if fields.get("event") in ("transactions.new", "balance.updated", "agent.action.completed", "sync.completed"):
+                            return json.loads(fields["data"]), config["entityId"]
+    raise AssertionError("stream ended")
+
+
+def test_rtstream_dev_starts_the_demo_feed_for_the_dashboard_entity(tmp_path):
+    proc, sse_port, lines = _dev(tmp_path)
+    try:
+        assert any(line.startswith("Demo: ") and "demo-entity" in line for line in lines), lines
+        assert f"Metrics: http://127.0.0.1:{sse_port}/metrics" in lines
+        started = time.monotonic()
+        event, entity = asyncio.run(_first_demo_event(sse_port, timeout=10))
+        assert entity == "demo-entity" and event["type"] == "event" and event["source"] in ("data_pool", "agents", "sync")
+        assert time.monotonic() - started < 5, "the dashboard should move within seconds"
+        assert json.loads((tmp_path / "dev.json").read_text())["demo_entity"] == "demo-entity"
+    finally:
+        _stop(proc)
+
+
+def test_rtstream_dev_no_demo_publishes_nothing(tmp_path):
+    import redis
+
+    from rtstream import keys
+    from rtstream.settings import Settings
+
+    proc, _, lines = _dev(tmp_path, "--no-demo")
+    try:
+        assert not any(line.startswith("Demo: ") for line in lines), lines
+        redis_url = json.loads((tmp_path / "dev.json").read_text())["redis_url"]
+        time.sleep(2.5)  # the feed would have published 2 events by now
+        client = redis.Redis.from_url(redis_url)
+        assert client.xlen(keys.history("demo-entity", Settings()).name) == 0
+        client.close()
+    finally:
+        _stop(proc)
