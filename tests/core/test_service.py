@@ -485,3 +485,24 @@ def test_first_subscribe_tells_resume_from_fresh(service, event_log):
     service.connect(ALICE, "other")
     assert service.handle("other", ALICE, json.dumps({"type": "subscribe", "topic": "nope"})).resumed is None
     assert service.handle("other", ALICE, json.dumps({"type": "subscribe", "topic": "*"})).resumed is False
+
+
+def test_subscribed_carries_the_cursor_read_before_the_subscription():
+    """A client that receives nothing before it reconnects can still resume: the
+    `subscribed` reply names the entity's newest event at subscribe time."""
+    from rtstream.inmemory.eventlog import InMemoryEventLog
+    from rtstream.inmemory.registry import InMemoryRegistry
+    from rtstream.models import Principal
+    from rtstream.service import RealtimeService
+    from rtstream.settings import Settings
+
+    settings = Settings()
+    log = InMemoryEventLog(settings)
+    service = RealtimeService(registry=InMemoryRegistry(), settings=settings, event_log=log)
+    alice = Principal("alice", "acme")
+    service.connect(alice, "c1")
+    assert service.handle_message("c1", alice, '{"type":"subscribe","topic":"*"}') == [{"type": "subscribed", "topic": "*"}]
+    first = log.append("acme", "sync.completed", {"source": "bank", "recordsUpdated": 1}, "s").id
+    log.append("other", "sync.completed", {"source": "bank", "recordsUpdated": 2}, "s")
+    reply = service.handle_message("c1", alice, '{"type":"subscribe","topic":"balance.updated"}')
+    assert reply == [{"type": "subscribed", "topic": "balance.updated", "cursor": first}]

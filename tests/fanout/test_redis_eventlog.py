@@ -152,3 +152,12 @@ def test_scripts_run_on_the_embedded_fakeredis_too():
     assert log.request_replay(sub, ids[-1])
     assert log.ingest_once("d", "e1", "transactions.new", TX, "redis") is not None
     assert log.ingest_once("d", "e1", "transactions.new", TX, "redis") is None
+
+
+def test_last_id_is_the_newest_history_id_of_that_entity_only(redis_client):
+    log = RedisEventLog(redis_client, Settings())
+    assert log.last_id("e1") == ""
+    log.append("e1", "transactions.new", TX, "sdk")
+    newest = log.append("e1", "transactions.new", TX, "sdk")
+    log.append("e2", "transactions.new", TX, "sdk")
+    assert log.last_id("e1") == newest.id

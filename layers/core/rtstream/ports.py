@@ -79,6 +79,10 @@ class EventLog(Protocol):
         anything after ``since`` is no longer retained."""
         ...
 
+    def last_id(self, entity_id: str) -> str:
+        """The entity's newest history id ("" when none): the cursor of a client starting now."""
+        ...
+
     def request_replay(self, subscription: Subscription, since: str) -> str:
         """Queue a ``replay`` entry for ``subscription`` (whose ``pending_replay``
         is the marker) in its entity's fan-out stream, with ``until`` = the

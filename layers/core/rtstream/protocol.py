@@ -219,8 +219,13 @@ def parse_client_frame(raw: str | bytes, *, max_bytes: int) -> ClientFrame:
 # ---- server -> client frames ----------------------------------------------------
 
 
-def subscribed(topic: str) -> dict[str, Any]:
-    return {"type": "subscribed", "topic": topic}
+def subscribed(topic: str, cursor: str = "") -> dict[str, Any]:
+    """``cursor``: the entity's newest event id when the subscription started, so a
+    client that receives nothing before it reconnects can still resume from there."""
+    frame: dict[str, Any] = {"type": "subscribed", "topic": topic}
+    if cursor:
+        frame["cursor"] = cursor
+    return frame
 
 
 def unsubscribed(topic: str) -> dict[str, Any]:

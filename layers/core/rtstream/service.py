@@ -196,10 +196,13 @@ class RealtimeService:
             pending_replay=uuid.uuid4().hex if frame.since is not None else None,
             expires_at=self._expires_at(connection_id),
         )
+        # Read before the subscription exists: every event delivered live is newer,
+        # so a client may resume from here even if it receives nothing first.
+        cursor = self._cursor(entity_id) if frame.since is None else ""
         self.registry.put_subscription(subscription)
         if frame.since is None:
             self._notify_changed(entity_id, [frame.topic], connection_id)
-            return [protocol.subscribed(frame.topic)], self._first_subscribe(connection_id, existing, resumed=False)
+            return [protocol.subscribed(frame.topic, cursor)], self._first_subscribe(connection_id, existing, resumed=False)
         assert self.event_log is not None
         try:
             # The fan-out answers `subscribed`, the replay, then live events (DESIGN.md "Replay seam").
@@ -256,6 +259,17 @@ class RealtimeService:
             return False
         security_log.warning("connection %s keeps exceeding the message rate (%d refusals); closing it", connection_id, count)
         return True
+
+    def _cursor(self, entity_id: str) -> str:
+        """The entity's newest event id, or "" (no history, or history unreadable:
+        the subscription still works live; only the resume hint is missing)."""
+        if self.event_log is None:
+            return ""
+        try:
+            return self.event_log.last_id(entity_id)
+        except RealtimeError as exc:
+            log.warning("no resume cursor for entity %s: %s", entity_id, exc.code)
+            return ""
 
     def _notify_changed(self, entity_id: str, topics: list[str], connection_id: str) -> None:
         """Tell subscriber caches; if that fails they refresh on their own TTL, so the

@@ -183,6 +183,13 @@ class RedisEventLog:
         exists, horizon, entries = parse_replay_reply(reply)
         return replay_events(entity_id, since, until, exists=exists, horizon=horizon, entries=entries)
 
+    def last_id(self, entity_id: str) -> str:
+        try:
+            last = self.client.xrevrange(keys.history(entity_id, self.settings).name, count=1)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis history read failed: {exc}") from exc
+        return _text(last[0][0]) if last else ""
+
     def request_replay(self, subscription: Subscription, since: str) -> str:
         k, a = request_replay_call(self.settings, subscription, since)
         try:
