@@ -1,6 +1,6 @@
 """`rtstream deploy-local` / `rtstream destroy-local`: the SAM stack itself,
 deployed through CloudFormation into a LocalStack-compatible emulator
-(LocalStack with an auth token, or MiniStack). See docs/localstack.md and
+(LocalStack with an auth token, or MiniStack). See README.md "Run against LocalStack" and
 ``rtstream_cli.localstack`` for the pipeline and the emulator adaptations."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# (what, why) - printed on every deploy-local, documented in docs/localstack.md
+# (what, why) - printed on every deploy-local, documented in README.md ("Run against LocalStack")
 ADAPTATIONS: tuple[tuple[str, str], ...] = (
     (
         "AWS::ApiGatewayV2::Deployment removed; CreateDeployment called for each stage after the deploy",
