@@ -40,6 +40,11 @@ class GracefulServer(uvicorn.Server):
             server.close()  # no new connections while clients are told to go
         ended = self.rt_app.rt.drain()
         log.info("shutdown: told %d SSE client(s) to reconnect", ended)
+        # Idle keep-alive connections (a page, its scripts, /metrics scrapes) close
+        # now rather than at their keep-alive timeout; connections mid-response
+        # (the ended streams' last chunk) close when it is written.
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
         deadline = asyncio.get_running_loop().time() + self.grace_seconds
         while self.server_state.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)

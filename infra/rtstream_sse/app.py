@@ -34,6 +34,7 @@ from rtstream.errors import BackendUnavailable, RealtimeError, ReplayGap, TooMan
 from rtstream.history import id_key
 from rtstream.models import Event, Principal
 from rtstream.settings import Settings
+from rtstream.topics import PRESENCE
 
 from . import frames
 from .config import SSEConfig
@@ -156,6 +157,8 @@ class EventsEndpoint:
         age = st.settings.max_connection_seconds * random.uniform(0.9, 1.0)
         client = Client(connection_id, principal, req.topics, req.filters, send, expires_at=time.monotonic() + age)
         st.hub.add(client)
+        if req.last_event_id is not None:
+            st.metrics.reconnects += 1  # a resume: realtime_streaming.reconnection_rate
         return client, req.last_event_id, cors
 
     async def _start(self, client: Client, since: str | None, cors: dict[str, str], scope: Any, receive: Any, send: Any) -> bool:
@@ -210,6 +213,7 @@ class ServerState:
         service: Any,
         presence: Any,
         redis_factory: Any,
+        event_log: Any = None,
     ):
         self.settings = settings
         self.config = config
@@ -217,6 +221,7 @@ class ServerState:
         self.verifier = verifier
         self.service = service
         self.presence = presence
+        self.event_log = event_log  # sync EventLog: presence events (without a service)
         self.redis_factory = redis_factory
         self.metrics = SSEMetrics()
         self.hub = Hub(config, self.metrics)
@@ -245,25 +250,37 @@ class ServerState:
             raise TooManyConnections(f"at most {s.max_connections_per_entity} concurrent connections per entity")
         if self.presence is not None:
             # (the service does this itself when configured)
-            await self._presence_call(self.presence.heartbeat, principal.entity_id, principal.user_id, connection_id, "sse")
+            await self._presence_change(self.presence.heartbeat, principal.entity_id, principal.user_id, connection_id)
 
     async def release(self, client: Client) -> None:
         p = client.principal
         if self.service is None:
             if self.presence is not None:
-                await self._presence_call(self.presence.leave, p.entity_id, p.user_id, client.connection_id, "sse")
+                await self._presence_change(self.presence.leave, p.entity_id, p.user_id, client.connection_id)
             return
         try:
             await asyncio.to_thread(self.service.disconnect, client.connection_id, principal=p, transport="sse")
         except Exception as exc:  # the record expires by TTL anyway
             log.warning("could not remove SSE connection %s from the registry: %s", client.connection_id, exc)
 
-    async def _presence_call(self, fn: Any, *args: Any) -> None:
-        """Best effort: presence must never refuse or break a stream."""
+    async def _presence_change(self, change: Any, entity_id: str, user_id: str, connection_id: str) -> None:
+        """Heartbeat or leave, and the changes it returns published on the
+        ``presence`` topic, as the service does for WebSocket connections. Best
+        effort: presence must never refuse or break a stream."""
         try:
-            await asyncio.to_thread(fn, *args)
+            await asyncio.to_thread(self._presence_change_sync, change, entity_id, user_id, connection_id)
         except Exception as exc:
             log.warning("presence update failed: %s", exc)
+
+    def _presence_change_sync(self, change: Any, entity_id: str, user_id: str, connection_id: str) -> None:
+        changes = change(entity_id, user_id, connection_id, "sse")
+        if self.event_log is None:
+            return
+        for data in changes or ():
+            try:
+                self.event_log.append(entity_id, PRESENCE, data, "rtstream", record_history=False)
+            except RealtimeError as exc:
+                log.warning("presence event for entity %s not published: %s", entity_id, exc.code)
 
     # ---- CORS (only when RTSTREAM_ALLOWED_ORIGINS is set) -------------------------------
 
@@ -299,14 +316,18 @@ class ServerState:
 
     async def _emf(self) -> None:
         """Active connections per task for CloudWatch (autoscaling tracks its average)."""
-        from .metrics import emf_line
+        from .metrics import emf_lines
 
-        sent = 0
+        m = self.metrics
+        sent = opened = resumed = 0
         while True:
             await asyncio.sleep(self.config.emf_interval_seconds)
-            delta, sent = self.metrics.deliveries - sent, self.metrics.deliveries
-            line = emf_line(self.config.emf_namespace, self.config.emf_service, active_connections=self.hub.count, deliveries=delta, now_ms=int(time.time() * 1000))
-            print(line, flush=True)
+            delta, sent = m.deliveries - sent, m.deliveries
+            new_opened, opened = m.connections_opened - opened, m.connections_opened
+            new_resumed, resumed = m.reconnects - resumed, m.reconnects
+            for line in emf_lines(self.config.emf_namespace, self.config.emf_service, active_connections=self.hub.count, deliveries=delta,
+                                  resumed=new_resumed, fresh=max(0, new_opened - new_resumed), now_ms=int(time.time() * 1000)):
+                print(line, flush=True)
 
     async def _ticks(self) -> None:
         while True:
@@ -322,15 +343,23 @@ class ServerState:
         interval = max(1.0, self.settings.presence_ttl_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            members = [(c.principal.entity_id, c.principal.user_id, c.connection_id) for c in self.hub.clients() if c.close_reason is None]
+            by_entity: dict[str, list[tuple[str, str, str]]] = {}
+            for c in self.hub.clients():
+                if c.close_reason is None:
+                    by_entity.setdefault(c.principal.entity_id, []).append((c.principal.user_id, c.connection_id, "sse"))
             try:
-                await asyncio.to_thread(self._beat_all, members)
+                await asyncio.to_thread(self._touch_all, by_entity)
             except Exception as exc:
                 log.warning("presence heartbeats failed: %s", exc)
 
-    def _beat_all(self, members: list[tuple[str, str, str]]) -> None:
-        for entity_id, user_id, connection_id in members:
-            self.presence.heartbeat(entity_id, user_id, connection_id, "sse")
+    def _touch_all(self, by_entity: dict[str, list[tuple[str, str, str]]]) -> None:
+        """One batch refresh per entity (a heartbeat per connection read the
+        entity's whole member set each time: O(N^2) for N connections)."""
+        for entity_id, members in by_entity.items():
+            try:
+                self.presence.touch(entity_id, members)
+            except RealtimeError as exc:
+                log.warning("presence refresh of entity %s failed: %s", entity_id, exc.code)
 
     def drain(self) -> int:
         """SIGTERM: refuse new streams, tell every client to reconnect, end streams."""
@@ -417,7 +446,8 @@ def create_app(
                 extra = {"retry": Retry(EqualJitterBackoff(), 0)}
             return redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True, **extra)
 
-    state = ServerState(settings, config, redis_url=redis_url, verifier=verifier, service=service, presence=presence, redis_factory=redis_factory)
+    state = ServerState(settings, config, redis_url=redis_url, verifier=verifier, service=service, presence=presence,
+                        redis_factory=redis_factory, event_log=event_log)
     static = static_dir()
 
     async def healthz(request: Request) -> Response:

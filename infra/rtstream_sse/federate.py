@@ -119,7 +119,7 @@ def merge(parts: list[tuple[str, str]]) -> str:
                     elif words[1] == "TYPE":
                         if current.type is not None and current.type != value:
                             log.warning("metric %s is a %s in one part and a %s in %s; %s's samples dropped", name, current.type, value, component, component)
-                            current = None  # its samples would make the text invalid
+                            current = Family(name, type=value)  # a throwaway: its samples would make the text invalid
                             continue
                         current.type = value
                 continue

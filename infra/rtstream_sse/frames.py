@@ -16,9 +16,12 @@ def retry(ms: int) -> bytes:
 
 
 def cursor(event_id: str) -> bytes:
-    """An ``id:`` with no data: sets the browser's Last-Event-ID without an event,
-    so a client that has seen no event yet still resumes from here."""
-    return b"id: " + event_id.encode("ascii") + b"\n\n"
+    """Where a stream without Last-Event-ID starts: ``id:`` sets the browser's
+    Last-Event-ID, so a client that has seen no event yet still resumes from
+    here; ``event: cursor`` with data makes it visible to EventSource code too
+    (it dispatches nothing for an id-only frame)."""
+    data = json.dumps({"type": "cursor", "id": event_id}, separators=(",", ":"))
+    return b"id: " + event_id.encode("ascii") + b"\nevent: cursor\ndata: " + data.encode("ascii") + b"\n\n"
 
 
 def event(e: Event) -> bytes:

@@ -12,6 +12,9 @@ from collections import Counter
 from rtstream import metrics as names
 
 P = names.prometheus_name
+RECONNECTS = "realtime_streaming_reconnects_total"
+# CloudWatch EMF takes at most 100 values per metric in one document
+EMF_MAX_VALUES = 100
 # Upper bounds of the latency histogram, ms.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -48,6 +51,7 @@ class SSEMetrics:
         self.deliveries = 0  # event frames written to clients
         self.events_read = 0  # events read from the partition streams
         self.connections_opened = 0
+        self.reconnects = 0  # streams opened with Last-Event-ID (resumes)
         self.connections_dropped: Counter[str] = Counter()  # by reason
         self.connections_refused: Counter[str] = Counter()  # by error code
         self.replays = 0
@@ -69,6 +73,13 @@ class SSEMetrics:
         metric(P(names.DELIVERIES) + "_total", "counter", "Event frames written to SSE clients.", [('{transport="sse"}', self.deliveries)])
         metric("realtime_streaming_sse_events_read_total", "counter", "Events read from the fan-out partition streams.", [("", self.events_read)])
         metric(P(names.CONNECTIONS_OPENED) + "_total", "counter", "SSE streams opened.", [('{transport="sse"}', self.connections_opened)])
+        # realtime_streaming.reconnection_rate = rate(reconnects_total) / rate(connections_opened_total)
+        metric(
+            RECONNECTS,
+            "counter",
+            "SSE streams opened with Last-Event-ID (resumes); over connections_opened_total it is the reconnection rate.",
+            [('{transport="sse"}', self.reconnects)],
+        )
         metric(
             P(names.CONNECTIONS_DROPPED) + "_total",
             "counter",
@@ -89,10 +100,31 @@ class SSEMetrics:
         return "\n".join(lines) + "\n"
 
 
-def emf_line(namespace: str, service: str, *, active_connections: int, deliveries: int, now_ms: int) -> str:
-    """One CloudWatch Embedded Metric Format record (CloudWatch Logs extracts it)."""
+def emf_line(
+    namespace: str,
+    service: str,
+    *,
+    active_connections: int | None,
+    deliveries: int | None,
+    now_ms: int,
+    reconnections: list[int] | tuple[int, ...] = (),
+) -> str:
+    """One CloudWatch Embedded Metric Format record (CloudWatch Logs extracts it).
+    ``reconnections``: one value per stream opened since the last record, 1 for a
+    resume (Last-Event-ID) and 0 for a fresh start, as the WebSocket side emits
+    ``realtime_streaming.reconnection_rate`` (Average = share, Sum = count); at
+    most :data:`EMF_MAX_VALUES` (see :func:`emf_lines`). None omits a metric."""
     import json
 
+    values: dict[str, object] = {}
+    if active_connections is not None:
+        values[names.ACTIVE_CONNECTIONS] = active_connections
+    if deliveries is not None:
+        values[names.DELIVERIES] = deliveries
+    if reconnections:
+        if len(reconnections) > EMF_MAX_VALUES:
+            raise ValueError(f"at most {EMF_MAX_VALUES} reconnection values per EMF record")
+        values[names.RECONNECTION_RATE] = list(reconnections)
     return json.dumps(
         {
             "_aws": {
@@ -101,16 +133,22 @@ def emf_line(namespace: str, service: str, *, active_connections: int, deliverie
                     {
                         "Namespace": namespace,
                         "Dimensions": [["ServiceName"]],
-                        "Metrics": [
-                            {"Name": names.ACTIVE_CONNECTIONS, "Unit": "Count"},
-                            {"Name": names.DELIVERIES, "Unit": "Count"},
-                        ],
+                        "Metrics": [{"Name": name, "Unit": "Count"} for name in values],
                     }
                 ],
             },
             "ServiceName": service,
-            names.ACTIVE_CONNECTIONS: active_connections,
-            names.DELIVERIES: deliveries,
+            **values,
         },
         separators=(",", ":"),
     )
+
+
+def emf_lines(namespace: str, service: str, *, active_connections: int, deliveries: int, resumed: int, fresh: int, now_ms: int) -> list[str]:
+    """The records of one EMF interval: the first carries the gauges and counts,
+    further ones the reconnection values beyond the first hundred."""
+    values = [names.RESUMED] * resumed + [names.FRESH] * fresh
+    chunks = [values[i : i + EMF_MAX_VALUES] for i in range(0, len(values), EMF_MAX_VALUES)] or [[]]
+    lines = [emf_line(namespace, service, active_connections=active_connections, deliveries=deliveries, now_ms=now_ms, reconnections=chunks[0])]
+    lines += [emf_line(namespace, service, active_connections=None, deliveries=None, now_ms=now_ms, reconnections=chunk) for chunk in chunks[1:]]
+    return lines

@@ -170,11 +170,11 @@ class SSEStream:
         return parse_block(block)
 
     async def next_event(self, timeout: float = 5.0) -> Frame | None:
-        """Next frame with data (skips comments, retry and cursor-only frames)."""
+        """Next frame with data (skips comments, retry and the starting cursor frame)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             frame = await self.next_frame(max(0.01, deadline - asyncio.get_running_loop().time()))
-            if frame is None or frame.data is not None:
+            if frame is None or (frame.data is not None and frame.event != "cursor"):
                 return frame
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("no SSE event within timeout")

@@ -194,3 +194,27 @@ async def test_limit_is_shared_with_websocket_connections_in_the_registry(redis_
         assert await asyncio.to_thread(wait_until, lambda: registry.count_user_connections(user, int(time.time())) == 2)
     finally:
         server.stop()
+
+
+async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(redis_url, sse_secret, sse_logs, entity, token_for, open_stream):
+    # grace and keep-alive both longer than the exit we expect
+    server = start_server(redis_url, sse_secret, sse_logs, RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS="10")
+    try:
+        stream = await open_stream(server.url, token_for(entity))
+        await stream.next_frame()
+        # a browser's idle keep-alive connection: one request answered, the socket kept open
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        idle.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+        head = idle.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+        started = time.monotonic()
+        server.sigterm()
+        hint = await stream.next_frame(timeout=5)
+        assert any("shutting down" in c for c in hint.comments)  # the stream still gets its retry hint
+        assert await asyncio.to_thread(server.wait, 10) in (0, -signal.SIGTERM)
+        took = time.monotonic() - started
+        assert took < 3.0, f"shutdown waited {took:.1f}s for an idle keep-alive connection"
+        assert idle.recv(4096) == b""  # closed by the server
+        idle.close()
+    finally:
+        server.stop()

@@ -32,13 +32,30 @@ async def test_access_token_query_works_like_the_header(sse_server, event_log, e
     assert (await stream.next_event()).id == event.id
 
 
-async def test_fresh_client_gets_the_entity_cursor_as_an_id_only_frame(sse_server, event_log, entity, token_for, open_stream):
+async def test_fresh_client_gets_the_entity_cursor_as_a_named_cursor_event(sse_server, event_log, entity, token_for, open_stream):
     [last] = await asyncio.to_thread(publish, event_log, entity, 1)
     stream = await open_stream(sse_server.url, token_for(entity))
     assert (await stream.next_frame()).retry == 3000
     cursor = await stream.next_frame()
-    assert cursor.id == last.id and cursor.data is None  # sets Last-Event-ID, fires no event
+    # id: sets Last-Event-ID; event: cursor + data: EventSource code sees where it starts
+    assert cursor.id == last.id and cursor.event == "cursor"
+    assert cursor.json() == {"type": "cursor", "id": last.id}
     await stream.no_event(0.3)  # the past is not replayed without a cursor
+
+
+async def test_the_cursor_frame_is_understood_by_the_python_client_parser(sse_server, event_log, entity, token_for, open_stream):
+    from rtstream_client.logic import SseDecoder, frame_from_sse
+
+    [last] = await asyncio.to_thread(publish, event_log, entity, 1)
+    stream = await open_stream(sse_server.url, token_for(entity))
+    await stream.next_frame()  # retry
+    raw = (await stream.next_frame()).__dict__
+    lines = [f"id: {raw['id']}", f"event: {raw['event']}", f"data: {raw['data']}", ""]
+    decoder = SseDecoder()
+    [message] = [m for m in (decoder.feed(line) for line in lines) if m]
+    assert frame_from_sse(message) == {"type": "cursor", "id": last.id}
+
+
 
 
 async def test_topic_and_filter_query(sse_server, event_log, entity, token_for, open_stream):

@@ -1,0 +1,191 @@
+"""Presence events of SSE connections (with and without a registry), the batch
+presence refresh, the reconnection metrics (Prometheus and EMF) and the
+federated /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import httpx
+import pytest
+
+from rtstream.inmemory.limits import InMemoryPresence
+from rtstream.settings import Settings
+from rtstream_sse.app import ServerState
+from rtstream_sse.config import SSEConfig
+from rtstream_sse.federate import merge, parse_targets
+from rtstream_sse.metrics import EMF_MAX_VALUES, emf_lines
+
+from .conftest import publish
+from .support import start_server
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)$", line)
+        if match and match.group(1) == name:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(match.group(3))
+    return None
+
+
+async def presence_of(stream, user_id: str, timeout: float = 5.0) -> dict:
+    """The next presence event about ``user_id`` (the watcher's own may come first)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        frame = await stream.next_event(max(0.05, deadline - asyncio.get_running_loop().time()))
+        assert frame is not None and frame.event == "presence", frame
+        data = frame.json()["data"]
+        if data["userId"] == user_id:
+            return data
+
+
+async def check_join_and_leave_events(url: str, entity: str, token_for, open_stream) -> None:
+    watcher = await open_stream(url, token_for(entity, user_id="watcher"), params={"topics": "presence"})
+    await watcher.next_frame()  # retry
+    joiner = await open_stream(url, token_for(entity, user_id="joiner"))
+    await joiner.next_frame()
+    online = await presence_of(watcher, "joiner")
+    assert online == {"userId": "joiner", "state": "online", "connections": 1, "transports": ["sse"]}
+    await joiner.response.aclose()
+    offline = await presence_of(watcher, "joiner")
+    assert offline["state"] == "offline" and offline["connections"] == 0
+
+
+async def test_sse_connect_and_disconnect_publish_presence_without_a_registry(sse_server, entity, token_for, open_stream):
+    await check_join_and_leave_events(sse_server.url, entity, token_for, open_stream)
+
+
+async def test_sse_connect_and_disconnect_publish_presence_with_a_registry(redis_url, sse_secret, sse_logs, moto_endpoint, tables, entity, token_for, open_stream):
+    server = start_server(redis_url, sse_secret, sse_logs, CONNECTIONS_TABLE=tables["ConnectionsTable"],
+                          SUBSCRIPTIONS_TABLE=tables["SubscriptionsTable"], AWS_ENDPOINT_URL=moto_endpoint)
+    try:
+        await check_join_and_leave_events(server.url, entity, token_for, open_stream)
+    finally:
+        server.stop()
+
+
+async def test_presence_is_refreshed_past_its_ttl_while_the_stream_lives(redis_url, sse_secret, sse_logs, entity, token_for, open_stream):
+    server = start_server(redis_url, sse_secret, sse_logs, RTSTREAM_PRESENCE_TTL_SECONDS="2")
+    try:
+        streams = [await open_stream(server.url, token_for(entity, user_id=f"stay-{i % 2}")) for i in range(3)]
+        for stream in streams:
+            await stream.next_frame()
+        await asyncio.sleep(4.5)  # > 2 TTLs: only the periodic refresh keeps them
+        async with httpx.AsyncClient() as http:
+            r = await http.get(server.url + "/presence", headers={"authorization": f"Bearer {token_for(entity)}"})
+        users = {u["userId"]: u["connections"] for u in r.json()["users"]}
+        assert users == {"stay-0": 2, "stay-1": 1}
+    finally:
+        server.stop()
+    assert "presence heartbeats failed" not in server.log_text()
+
+
+class CountingPresence(InMemoryPresence):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str, int]] = []
+
+    def heartbeat(self, entity_id, user_id, connection_id, transport):
+        self.calls.append(("heartbeat", entity_id, 1))
+        return super().heartbeat(entity_id, user_id, connection_id, transport)
+
+    def touch(self, entity_id, members):
+        self.calls.append(("touch", entity_id, len(members)))
+        return super().touch(entity_id, members)
+
+
+def test_the_periodic_refresh_is_one_batch_touch_per_entity():
+    presence = CountingPresence()
+    state = ServerState(Settings(), SSEConfig(), redis_url="redis://unused", verifier=None, service=None, presence=presence,
+                        redis_factory=lambda **_: None)
+    members = {"e1": [(f"u{i}", f"c{i}", "sse") for i in range(50)], "e2": [("u9", "c9", "sse")]}
+    state._touch_all(members)
+    assert presence.calls == [("touch", "e1", 50), ("touch", "e2", 1)]
+    assert {u["userId"] for u in presence.online("e1")} == {f"u{i}" for i in range(50)}
+
+
+async def test_resumes_are_counted_for_the_reconnection_rate(redis_url, sse_secret, sse_logs, event_log, entity, token_for, open_stream):
+    server = start_server(redis_url, sse_secret, sse_logs, RTSTREAM_EMF_INTERVAL_S="0.3")
+    try:
+        [first] = await asyncio.to_thread(publish, event_log, entity, 1)
+        token = token_for(entity)
+        fresh = await open_stream(server.url, token)
+        by_header = await open_stream(server.url, token, headers={"Last-Event-ID": first.id})
+        by_query = await open_stream(server.url, token, params={"lastEventId": first.id})
+        for stream in (fresh, by_header, by_query):
+            await stream.next_frame()
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(server.url + "/metrics")).text
+        assert sample(text, "realtime_streaming_reconnects_total", transport="sse") == 2
+        assert sample(text, "realtime_streaming_connections_opened_total", transport="sse") == 3
+        assert text.count("# TYPE realtime_streaming_reconnects_total counter") == 1
+        deadline = time.monotonic() + 5
+        values: list[int] = []
+        while time.monotonic() < deadline and len(values) < 3:
+            await asyncio.sleep(0.1)
+            values = [v for line in server.log_text().splitlines() if line.startswith('{"_aws"')
+                      for v in json.loads(line).get("realtime_streaming.reconnection_rate", [])]
+        assert sorted(values) == [0, 1, 1]  # Average = 2/3 resumed, Sum = 2 reconnects
+    finally:
+        server.stop()
+
+
+def test_emf_reconnection_values_are_split_at_the_emf_limit():
+    lines = [json.loads(line) for line in emf_lines("NS", "svc", active_connections=4, deliveries=9, resumed=130, fresh=20, now_ms=1)]
+    assert len(lines) == 2
+    assert lines[0]["realtime_streaming.active_connections"] == 4 and lines[0]["realtime_streaming.deliveries"] == 9
+    assert "realtime_streaming.active_connections" not in lines[1]  # counted once
+    rates = [v for record in lines for v in record["realtime_streaming.reconnection_rate"]]
+    assert len(rates) == 150 and sum(rates) == 130 and all(len(r["realtime_streaming.reconnection_rate"]) <= EMF_MAX_VALUES for r in lines)
+    for record in lines:
+        declared = {m["Name"] for m in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+        assert declared == {k for k in record if k.startswith("realtime_streaming.")}
+    quiet = [json.loads(line) for line in emf_lines("NS", "svc", active_connections=0, deliveries=0, resumed=0, fresh=0, now_ms=1)]
+    assert len(quiet) == 1 and "realtime_streaming.reconnection_rate" not in quiet[0]
+
+
+def test_merge_labels_each_part_and_keeps_one_help_and_type_per_family():
+    sse = ('# HELP realtime_streaming_active_connections Open SSE streams.\n# TYPE realtime_streaming_active_connections gauge\n'
+           'realtime_streaming_active_connections{transport="sse"} 2\n'
+           '# HELP realtime_streaming_message_latency_ms Latency.\n# TYPE realtime_streaming_message_latency_ms histogram\n'
+           'realtime_streaming_message_latency_ms_bucket{le="5"} 1\nrealtime_streaming_message_latency_ms_bucket{le="+Inf"} 1\n'
+           'realtime_streaming_message_latency_ms_sum 3.000\nrealtime_streaming_message_latency_ms_count 1\n')
+    worker = ('# HELP realtime_streaming_message_latency_ms Other help.\n# TYPE realtime_streaming_message_latency_ms histogram\n'
+              'realtime_streaming_message_latency_ms_bucket{le="5"} 4\nrealtime_streaming_message_latency_ms_bucket{le="+Inf"} 5\n'
+              'realtime_streaming_message_latency_ms_sum 40.5\nrealtime_streaming_message_latency_ms_count 5\n'
+              '# TYPE realtime_streaming_fanout_owned_partitions gauge\nrealtime_streaming_fanout_owned_partitions 16\n')
+    housekeeping = ('# HELP realtime_streaming_active_connections Live connections.\n# TYPE realtime_streaming_active_connections gauge\n'
+                    'realtime_streaming_active_connections{transport="websocket"} 7\n'
+                    '# TYPE realtime_streaming_active_connections counter\nrealtime_streaming_active_connections{transport="x"} 1\n')
+    text = merge([("sse", sse), ("worker", worker), ("housekeeping", housekeeping)])
+    lines = text.splitlines()
+    assert lines.count("# TYPE realtime_streaming_message_latency_ms histogram") == 1
+    assert lines.count("# HELP realtime_streaming_active_connections Open SSE streams.") == 1
+    latency = lines.index("# TYPE realtime_streaming_message_latency_ms histogram")
+    assert lines[latency + 1 : latency + 9] == [
+        'realtime_streaming_message_latency_ms_bucket{component="sse",le="5"} 1',
+        'realtime_streaming_message_latency_ms_bucket{component="sse",le="+Inf"} 1',
+        'realtime_streaming_message_latency_ms_sum{component="sse"} 3.000',
+        'realtime_streaming_message_latency_ms_count{component="sse"} 1',
+        'realtime_streaming_message_latency_ms_bucket{component="worker",le="5"} 4',
+        'realtime_streaming_message_latency_ms_bucket{component="worker",le="+Inf"} 5',
+        'realtime_streaming_message_latency_ms_sum{component="worker"} 40.5',
+        'realtime_streaming_message_latency_ms_count{component="worker"} 5',
+    ]
+    assert sample(text, "realtime_streaming_active_connections", component="housekeeping", transport="websocket") == 7
+    assert sample(text, "realtime_streaming_active_connections", transport="x") is None  # conflicting type: dropped
+    assert 'realtime_streaming_fanout_owned_partitions{component="worker"} 16' in lines
+
+
+def test_federation_targets_are_validated():
+    assert parse_targets("worker=http://127.0.0.1:9/metrics, hk=http://localhost:10/m") == (
+        ("worker", "http://127.0.0.1:9/metrics"), ("hk", "http://localhost:10/m"))
+    assert parse_targets("") == ()
+    for bad in ("http://127.0.0.1:9/metrics", "worker=https://h:1/m", "worker=http://h/m", "bad name=http://h:1/m"):
+        with pytest.raises(ValueError):
+            parse_targets(bad)
