@@ -1,7 +1,7 @@
 """Benchmark of the emulator's fan-out path: @connections POSTs delivered as
 WebSocket frames to N connections (not a pytest test; run it directly):
 
-    flock /tmp/rtstream-bench.lock .venv/bin/python tests/gateway/bench_posts.py --n 1000 --rounds 30
+    flock /tmp/rtstream-bench.lock .venv/bin/python bench/gateway/bench_posts.py --n 1000 --rounds 30
 
 The emulator runs in its own process (uvloop, like `rtstream dev`) on the
 fixture API; this process holds N lean raw WebSocket clients and posts through
@@ -194,7 +194,7 @@ def main() -> int:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as fh:
             fh.write(f"\n## Gateway emulator @connections fan-out path ({stamp})\n\n"
-                     f"`tests/gateway/bench_posts.py`: emulator in its own process (uvloop), {args.n} WebSocket "
+                     f"`bench/gateway/bench_posts.py`: emulator in its own process (uvloop), {args.n} WebSocket "
                      f"connections, {args.rounds} rounds of one POST per connection through {args.connections} pipelined "
                      f"keep-alive connections, 2 CPUs shared with other jobs (load {result['load_before']:.1f} before).\n\n"
                      f"| posts | elapsed s | delivered posts/s | server CPU µs/post |\n| ---: | ---: | ---: | ---: |\n"
