@@ -79,7 +79,7 @@ async def fetch(url: str, timeout: float = FETCH_TIMEOUT_SECONDS) -> str | None:
 @dataclass
 class Family:
     name: str
-    help: str | None = None
+    helps: dict[str, str] = field(default_factory=dict)  # by component
     type: str | None = None
     samples: list[str] = field(default_factory=list)
 
@@ -114,8 +114,8 @@ def merge(parts: list[tuple[str, str]]) -> str:
                     name = words[2]
                     current = families.setdefault(name, Family(name))
                     value = words[3] if len(words) > 3 else ""
-                    if words[1] == "HELP" and current.help is None:
-                        current.help = value
+                    if words[1] == "HELP":
+                        current.helps.setdefault(component, value)
                     elif words[1] == "TYPE":
                         if current.type is not None and current.type != value:
                             log.warning("metric %s is a %s in one part and a %s in %s; %s's samples dropped", name, current.type, value, component, component)
@@ -134,8 +134,11 @@ def merge(parts: list[tuple[str, str]]) -> str:
     for family in families.values():
         if not family.samples:
             continue
-        if family.help is not None:
-            lines.append(f"# HELP {family.name} {family.help}")
+        helps = list(dict.fromkeys(family.helps.values()))
+        if len(helps) == 1:
+            lines.append(f"# HELP {family.name} {helps[0]}")
+        elif helps:  # one family, several meanings: say which part means what
+            lines.append(f"# HELP {family.name} " + " | ".join(f"{c}: {h}" for c, h in family.helps.items()))
         if family.type is not None:
             lines.append(f"# TYPE {family.name} {family.type}")
         lines.extend(family.samples)

@@ -165,7 +165,9 @@ def test_merge_labels_each_part_and_keeps_one_help_and_type_per_family():
     text = merge([("sse", sse), ("worker", worker), ("housekeeping", housekeeping)])
     lines = text.splitlines()
     assert lines.count("# TYPE realtime_streaming_message_latency_ms histogram") == 1
-    assert lines.count("# HELP realtime_streaming_active_connections Open SSE streams.") == 1
+    assert [line for line in lines if line.startswith("# HELP realtime_streaming_active_connections ")] == [
+        "# HELP realtime_streaming_active_connections sse: Open SSE streams. | housekeeping: Live connections."]
+    assert lines.count("# HELP realtime_streaming_message_latency_ms sse: Latency. | worker: Other help.") == 1
     latency = lines.index("# TYPE realtime_streaming_message_latency_ms histogram")
     assert lines[latency + 1 : latency + 9] == [
         'realtime_streaming_message_latency_ms_bucket{component="sse",le="5"} 1',
