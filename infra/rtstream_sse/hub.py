@@ -134,7 +134,11 @@ class Hub:
         self.config = config
         self.metrics = metrics
         self.monotonic = monotonic
-        self.by_entity: dict[str, dict[str, Client]] = {}
+        # entity -> subscription key -> connection id -> client: one batch's
+        # selection is computed once per key, and a key that wants none of the
+        # batch (a presence event among `*` subscribers) costs O(1), not O(clients)
+        self.by_entity: dict[str, dict[Any, dict[str, Client]]] = {}
+        self.entity_counts: Counter[str] = Counter()
         self.by_user: Counter[str] = Counter()
         self.count = 0
         self.draining = False
@@ -145,21 +149,30 @@ class Hub:
         return self.by_user[user_id]
 
     def entity_connections(self, entity_id: str) -> int:
-        return len(self.by_entity.get(entity_id, ()))
+        return self.entity_counts[entity_id]
 
     def add(self, client: Client) -> None:
         """Register before reading history: live events from now on are buffered."""
-        self.by_entity.setdefault(client.principal.entity_id, {})[client.connection_id] = client
+        entity_id = client.principal.entity_id
+        self.by_entity.setdefault(entity_id, {}).setdefault(client.subscription_key, {})[client.connection_id] = client
+        self.entity_counts[entity_id] += 1
         self.by_user[client.principal.user_id] += 1
         self.count += 1
         self.metrics.connections_opened += 1
 
     def _unregister(self, client: Client) -> None:
-        clients = self.by_entity.get(client.principal.entity_id)
-        if clients is None or clients.pop(client.connection_id, None) is None:
+        entity_id = client.principal.entity_id
+        groups = self.by_entity.get(entity_id)
+        group = groups.get(client.subscription_key) if groups is not None else None
+        if group is None or group.pop(client.connection_id, None) is None:
             return
-        if not clients:
-            del self.by_entity[client.principal.entity_id]
+        if not group:
+            del groups[client.subscription_key]  # type: ignore[union-attr]
+            if not groups:
+                del self.by_entity[entity_id]
+        self.entity_counts[entity_id] -= 1
+        if self.entity_counts[entity_id] <= 0:
+            del self.entity_counts[entity_id]
         user = client.principal.user_id
         self.by_user[user] -= 1
         if self.by_user[user] <= 0:
@@ -167,7 +180,7 @@ class Hub:
         self.count -= 1
 
     def clients(self) -> Iterable[Client]:
-        return [c for group in self.by_entity.values() for c in group.values()]
+        return [c for groups in self.by_entity.values() for group in groups.values() for c in group.values()]
 
     # ---- going live after the replay ---------------------------------------------
 
@@ -199,30 +212,33 @@ class Hub:
 
     def dispatch(self, entity_id: str, deliveries: list[Delivery]) -> None:
         """Write one entity's new events (in id order) to its clients."""
-        clients = self.by_entity.get(entity_id)
-        if not clients:
+        groups = self.by_entity.get(entity_id)
+        if not groups:
             return
-        # subscription key -> (frames, joined body, ASGI message) for this batch
-        selections: dict[Any, tuple[list[Delivery], bytes, dict[str, Any]]] = {}
-        for client in tuple(clients.values()):
-            if client.close_reason is not None:
+        for group in tuple(groups.values()):
+            first = next(iter(group.values()), None)
+            if first is None:
                 continue
-            sel = selections.get(client.subscription_key)
-            if sel is None:
-                chosen = [d for d in deliveries if client.wants(d.event)]  # type: ignore[arg-type]
-                body = b"".join(d.data for d in chosen)
-                # one message dict shared by every client of the key (the server only reads it)
-                sel = selections[client.subscription_key] = (chosen, body, {"type": BODY, "body": body, "more_body": True})
-            chosen, body, message = sel
-            if client.seam is not None and not client.replaying:
-                chosen, body = self._past_seam(client, deliveries, chosen)
-                message = {"type": BODY, "body": body, "more_body": True}
-            if not chosen:
+            # every client of a key wants the same frames: select once per key
+            selected = [d for d in deliveries if first.wants(d.event)]  # type: ignore[arg-type]
+            if not selected:
                 continue
-            if client.inflight is None and not client.replaying:
-                self._write(client, body, chosen, message)
-            else:
-                self._enqueue(client, chosen, len(body))
+            selected_body = b"".join(d.data for d in selected)
+            # one message dict shared by every client of the key (the server only reads it)
+            shared = {"type": BODY, "body": selected_body, "more_body": True}
+            for client in tuple(group.values()):
+                if client.close_reason is not None:
+                    continue
+                chosen, body, message = selected, selected_body, shared
+                if client.seam is not None and not client.replaying:
+                    chosen, body = self._past_seam(client, deliveries, chosen)
+                    message = {"type": BODY, "body": body, "more_body": True}
+                if not chosen:
+                    continue
+                if client.inflight is None and not client.replaying:
+                    self._write(client, body, chosen, message)
+                else:
+                    self._enqueue(client, chosen, len(body))
 
     @staticmethod
     def _past_seam(client: Client, deliveries: list[Delivery], chosen: list[Delivery]) -> tuple[list[Delivery], bytes]:

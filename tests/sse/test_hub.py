@@ -94,3 +94,31 @@ async def test_filters_and_entity_routing():
     hub.dispatch("e2", [delivery_for(event(4, entity="e2", amount=99))])
     assert send.bodies[1:] == [delivery_for(event(2, amount=-50)).data]
     client.task.cancel()
+
+
+
+async def test_a_batch_nobody_wants_skips_whole_groups():
+    """Clients are grouped by subscription: a presence event among subscribers of
+    other topics is selected once per group, not once per client, so every
+    connect's presence event costs O(1) here instead of O(clients)."""
+    calls: list[str] = []
+
+    class CountingClient(Client):
+        __slots__ = ()
+
+        def wants(self, event):
+            calls.append(self.connection_id)
+            return super().wants(event)
+
+    hub = Hub(SSEConfig(), SSEMetrics())
+    send = GatedSend()
+    for i in range(50):
+        client = CountingClient(f"c{i}", Principal(f"u{i}", "e1"), frozenset({"transactions.new"}), Filters(), send, expires_at=1e12)
+        hub.add(client)
+        hub.go_live(client, b"", None)
+    hub.dispatch("e1", [delivery_for(event(1, topic="presence"))])
+    assert len(calls) == 1 and all(body == b"" for body in send.bodies)
+    hub.dispatch("e1", [delivery_for(event(2))])
+    assert len(calls) == 2  # wanted: selected once for the group, written to all 50
+    assert send.bodies.count(delivery_for(event(2)).data) == 50
+    assert hub.entity_connections("e1") == 50

@@ -213,7 +213,7 @@ async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(redis_url, 
         assert any("shutting down" in c for c in hint.comments)  # the stream still gets its retry hint
         assert await asyncio.to_thread(server.wait, 10) in (0, -signal.SIGTERM)
         took = time.monotonic() - started
-        assert took < 3.0, f"shutdown waited {took:.1f}s for an idle keep-alive connection"
+        assert took < 6.0, f"shutdown waited {took:.1f}s for an idle keep-alive connection (grace is 10 s)"
         assert idle.recv(4096) == b""  # closed by the server
         idle.close()
     finally:
