@@ -107,7 +107,8 @@ async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--path", required=True)
+    ap.add_argument("--path", required=True, help="request path; with --paths-file, ignored")
+    ap.add_argument("--paths-file", default=None, help="one request path per line, used round-robin (one token per user)")
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--concurrency", type=int, default=100)
     ap.add_argument("--max-seconds", type=float, default=600)
@@ -118,16 +119,22 @@ async def main():
     loop = asyncio.get_running_loop()
     loop.call_later(args.max_seconds, lambda: os._exit(3))
     rec = Recorder()
-    req = (
-        f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
-    ).encode()
+    paths = [args.path]
+    if args.paths_file:
+        with open(args.paths_file) as fh:
+            paths = [line.strip() for line in fh if line.strip()]
+    requests = [
+        f"GET {path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n".encode()
+        for path in paths
+    ]
     transports = []
     failures = 0
     errors = {}
     sem = asyncio.Semaphore(args.concurrency)
 
-    async def one():
+    async def one(i):
         nonlocal failures
+        req = requests[i % len(requests)]
         async with sem:
             ready = loop.create_future()
             try:
@@ -140,7 +147,7 @@ async def main():
                 errors[key] = errors.get(key, 0) + 1
 
     t0 = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(args.n)))
+    await asyncio.gather(*(one(i) for i in range(args.n)))
     dt = time.monotonic() - t0
     print("READY " + json.dumps({"open": rec.open, "failed": failures, "connect_s": dt, "errors": errors}), flush=True)
 

@@ -137,8 +137,14 @@ def run_ours(args, n: int, rate: float, redis_port: int, log_dir: str) -> dict:
         wait_healthy(url)
         time.sleep(0.3)
         rss0 = harness.rss_kib(server.pid)
-        token = issue_dev_token(SECRET, user_id="bench-user", entity_id=ENTITY, ttl_seconds=3600)
-        client_cmd = [sys.executable, str(Path(__file__).with_name("client.py")), "--port", str(port), "--path", f"/events?access_token={token}", "--n", str(n), "--max-seconds", "600"]
+        # Users hold at most RTSTREAM_MAX_CONNECTIONS_PER_USER (10) connections in
+        # production: one token per user, 10 connections each, all in one entity.
+        paths_file = Path(dump_dir) / "paths.txt"
+        paths_file.write_text("".join(
+            f"/events?access_token={issue_dev_token(SECRET, user_id=f'bench-user-{u}', entity_id=ENTITY, ttl_seconds=3600)}\n"
+            for u in range(max(1, n // 10))))
+        client_cmd = [sys.executable, str(Path(__file__).with_name("client.py")), "--port", str(port), "--path", "/events",
+                      "--paths-file", str(paths_file), "--n", str(n), "--max-seconds", "600"]
         redis_pid = int(rclient.info("server")["process_id"])
         t0 = time.monotonic()
         client = harness.Child("client0", client_cmd, log_dir, cwd=str(ROOT))
