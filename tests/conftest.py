@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers import free_port, wait_for_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = ROOT / "tests" / "events"
@@ -39,22 +38,6 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "realtime_streaming")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "realtime-streaming")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
 
 
 def _redis_answers(url: str) -> bool:

@@ -9,16 +9,10 @@ import pytest
 from rtstream.models import parse_event_id
 from rtstream_client import RealtimeClient, ReplayGap, StreamEvent, collect
 from system_thread import fresh_entity
+from helpers import free_port  # noqa: E402
 
 FAST = dict(backoff_base=0.1, backoff_cap=0.5, open_timeout=3.0)
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def publish(system, entity, first, last):

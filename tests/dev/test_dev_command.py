@@ -18,14 +18,10 @@ from pathlib import Path
 import jwt
 import pytest
 import websockets
+from helpers import free_port  # noqa: E402
 
 ENDPOINT_PREFIXES = ("WebSocket: ", "SSE: ", "Dashboard: ", "Management API: ")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli_env(state_dir: Path, **extra: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from rtstream import keys
 from rtstream.auth import issue_dev_token
 from rtstream.models import parse_event_id
 from rtstream.publishing import publish
+from helpers import free_port  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -47,13 +47,6 @@ async def wait_for(predicate, timeout=10.0, what="condition"):
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Worker:

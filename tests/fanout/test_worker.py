@@ -18,6 +18,7 @@ from rtstream.models import Connection, Filters, Principal, Subscription
 from rtstream.settings import Settings
 from rtstream_fanout.poster import ManagementPoster
 from rtstream_fanout.worker import FanoutWorker
+from helpers import free_port, wait_for_port  # noqa: E402
 
 TX = {"transactionId": "t1", "amount": 42.5, "merchant": "Cafe"}
 
@@ -30,26 +31,6 @@ async def wait_for(predicate, timeout=10.0, what="condition"):
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{host}:{port} did not open")
 
 
 def psubscribers(client) -> int:

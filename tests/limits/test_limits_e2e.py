@@ -17,6 +17,7 @@ import websockets
 
 from rtstream import metrics as names
 from rtstream.auth import issue_dev_token
+from helpers import emf_documents  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,21 +43,6 @@ async def system(tmp_path_factory):
     yield local
     await local.stop()
 
-
-def emf_documents(text: str) -> list[dict]:
-    """EMF documents in captured stdout. Handlers print from several threads in the
-    emulator, so two documents may share a line: decode them where they start."""
-    decoder = json.JSONDecoder()
-    docs, start = [], text.find('{"_aws"')
-    while start != -1:
-        try:
-            doc, end = decoder.raw_decode(text, start)
-        except ValueError:
-            start = text.find('{"_aws"', start + 1)
-            continue
-        docs.append(doc)
-        start = text.find('{"_aws"', end)
-    return docs
 
 
 def token(user: str, entity: str, role: str = "user") -> str:

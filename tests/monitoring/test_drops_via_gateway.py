@@ -5,7 +5,6 @@ a drop (what realtime_streaming.connection_drop_high alarms on)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
@@ -13,6 +12,7 @@ import websockets
 
 from rtstream import metrics as names
 from rtstream.auth import issue_dev_token
+from helpers import emf_documents  # noqa: E402
 
 
 @pytest.fixture
@@ -37,21 +37,6 @@ async def gateway(tables, moto_endpoint, redis_url, redis_client, jwt_secret):
     finally:
         await gw.stop()
 
-
-def emf_documents(text: str) -> list[dict]:
-    """EMF documents in captured stdout. Handlers print from several threads in the
-    emulator, so two documents may share a line: decode them where they start."""
-    decoder = json.JSONDecoder()
-    docs, start = [], text.find('{"_aws"')
-    while start != -1:
-        try:
-            doc, end = decoder.raw_decode(text, start)
-        except ValueError:
-            start = text.find('{"_aws"', start + 1)
-            continue
-        docs.append(doc)
-        start = text.find('{"_aws"', end)
-    return docs
 
 
 def emitted(stdout: str, metric: str) -> float:

@@ -21,6 +21,7 @@ from rtstream.adapters import lambda_runtime as rt
 from rtstream.auth import issue_dev_token
 from rtstream.models import Connection, Principal, Subscription
 from rtstream.publishing import publish
+from helpers import emf_documents  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -113,21 +114,6 @@ def runtime(system):
     """What the Lambdas build from the same environment (the emulator set it)."""
     return rt.LambdaRuntime(env=system.handler_env)
 
-
-def emf_documents(text: str) -> list[dict]:
-    """EMF documents in captured stdout. Handlers print from several threads in the
-    emulator, so two documents may share a line: decode them where they start."""
-    decoder = json.JSONDecoder()
-    docs, start = [], text.find('{"_aws"')
-    while start != -1:
-        try:
-            doc, end = decoder.raw_decode(text, start)
-        except ValueError:
-            start = text.find('{"_aws"', start + 1)
-            continue
-        docs.append(doc)
-        start = text.find('{"_aws"', end)
-    return docs
 
 
 def tx() -> dict:

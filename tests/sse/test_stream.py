@@ -4,7 +4,6 @@ frames, filters, entity isolation, heartbeat, metrics."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 

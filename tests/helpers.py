@@ -1,0 +1,41 @@
+"""Helpers shared by the test suites (importable as ``helpers``: pytest puts
+``tests/`` on the path through its root conftest)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+def emf_documents(text: str) -> list[dict]:
+    """EMF documents in captured stdout. Handlers print from several threads in the
+    emulator, so two documents may share a line: decode them where they start."""
+    decoder = json.JSONDecoder()
+    docs, start = [], text.find('{"_aws"')
+    while start != -1:
+        try:
+            doc, end = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find('{"_aws"', start + 1)
+            continue
+        docs.append(doc)
+        start = text.find('{"_aws"', end)
+    return docs
