@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rtstream_gateway import urls
+
 from .state import clear_state, read_state, state_path, write_state
 from .template import TEMPLATE_PATH
 
@@ -199,11 +201,11 @@ class LocalSystem:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self._url_host}:{self.ws_port}/{self.stage}"
+        return urls.ws_url(self.host, self.ws_port, self.stage)
 
     @property
     def management_endpoint(self) -> str:
-        return f"http://{self._url_host}:{self.ws_port}/{self.stage}"
+        return urls.management_endpoint(self.host, self.ws_port, self.stage)
 
     @property
     def management_url(self) -> str:
@@ -211,7 +213,7 @@ class LocalSystem:
 
     @property
     def _url_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return urls.connectable_host(self.host)
 
     @property
     def sse_url(self) -> str:

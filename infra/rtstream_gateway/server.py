@@ -35,6 +35,7 @@ from websockets.server import ServerProtocol
 from rtstream_cli.template import TEMPLATE_PATH
 
 from . import events as ev
+from . import urls
 from .api import ACCOUNT_ID, ApiSpec, AuthorizerSpec, load_api, select_route
 from .lambda_runtime import LambdaRuntime
 
@@ -440,19 +441,15 @@ class GatewayEmulator:
     # ---- public surface
     @property
     def ws_url(self) -> str:
-        return f"ws://{self._url_host}:{self.port}/{self.stage}"
+        return urls.ws_url(self.host, self.port, self.stage)
 
     @property
     def management_endpoint(self) -> str:
-        return f"http://{self._url_host}:{self.port}/{self.stage}"
+        return urls.management_endpoint(self.host, self.port, self.stage)
 
     @property
     def management_url(self) -> str:
         return f"{self.management_endpoint}/@connections"
-
-    @property
-    def _url_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     @property
     def connection_ids(self) -> list[str]:
@@ -635,7 +632,7 @@ class GatewayEmulator:
         connected_at = ev.now_ms()
         info = ev.ConnectionInfo(
             connection_id=ev.aws_id(), api_id=self.api_id, stage=self.stage,
-            domain_name=request.header("host") or f"{self._url_host}:{self.port}",
+            domain_name=request.header("host") or f"{urls.connectable_host(self.host)}:{self.port}",
             source_ip=str(peer[0]), user_agent=request.header("user-agent"), connected_at=connected_at,
             headers=list(request.headers),
             query=parse_qsl(url.query.decode("latin-1"), keep_blank_values=True) if url.query else [],
