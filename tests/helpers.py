@@ -39,3 +39,15 @@ def emf_documents(text: str) -> list[dict]:
         docs.append(doc)
         start = text.find('{"_aws"', end)
     return docs
+
+
+def handler_env(tables: dict[str, str], *, moto_endpoint: str, redis_url: str, jwt_secret: str) -> dict[str, str]:
+    """Environment for the real handlers behind a test's gateway emulator."""
+    return {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "REDIS_URL": redis_url,
+        "RTSTREAM_JWT_SECRET": jwt_secret,
+        "CONNECTIONS_TABLE": tables["ConnectionsTable"],
+        "SUBSCRIPTIONS_TABLE": tables["SubscriptionsTable"],
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }

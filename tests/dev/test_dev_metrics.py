@@ -52,7 +52,10 @@ async def test_dashboard_port_metrics_include_worker_and_housekeeping(tmp_path, 
                     response = await http.get(url)
                     assert response.status_code == 200
                     text = response.text
-                    if sample(text, "realtime_streaming_active_connections", component="housekeeping", transport="websocket") == 1:
+                    # a scrape can miss a part (1 s federation timeout under load): wait for one that has both
+                    if (sample(text, "realtime_streaming_active_connections", component="housekeeping", transport="websocket") == 1
+                            and sample(text, "realtime_streaming_federated_up", component="worker") == 1
+                            and sample(text, "realtime_streaming_federated_up", component="housekeeping") == 1):
                         break
                     await asyncio.sleep(0.2)
         assert sample(text, "realtime_streaming_active_connections", component="housekeeping", transport="websocket") == 1, text

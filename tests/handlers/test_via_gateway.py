@@ -10,6 +10,7 @@ import pytest
 import websockets
 
 from rtstream.auth import issue_dev_token
+from helpers import handler_env  # noqa: E402
 
 
 @pytest.fixture
@@ -17,14 +18,7 @@ async def gateway(tables, moto_endpoint, redis_url, redis_client, jwt_secret):
     from rtstream_gateway.server import GatewayEmulator
 
     gw = GatewayEmulator(
-        env={
-            "AWS_ENDPOINT_URL": moto_endpoint,
-            "REDIS_URL": redis_url,
-            "RTSTREAM_JWT_SECRET": jwt_secret,
-            "CONNECTIONS_TABLE": tables["ConnectionsTable"],
-            "SUBSCRIPTIONS_TABLE": tables["SubscriptionsTable"],
-            "POWERTOOLS_TRACE_DISABLED": "true",
-        },
+        env=handler_env(tables, moto_endpoint=moto_endpoint, redis_url=redis_url, jwt_secret=jwt_secret),
         resources=tables,
     )
     await gw.start()
