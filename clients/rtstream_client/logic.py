@@ -67,9 +67,10 @@ class TransportChooser:
     WebSocket attempts that never got as far as a confirmed subscription, SSE.
     While on SSE the WebSocket is probed (a handshake; SSE stays up meanwhile)
     every ``ws_retry_after`` seconds, and a successful probe switches back. If
-    SSE failed too before it opened, the server was down rather than the
-    WebSocket blocked, so the first probe comes after ``outage_probe_after``
-    seconds. When SSE keeps failing as well, attempts go back to the WebSocket
+    SSE failed too before it opened, or the WebSocket had worked before, the
+    server was down rather than the WebSocket blocked, so the first probe comes
+    after ``outage_probe_after`` seconds (SSE may come back before the client
+    notices it was down too). When SSE keeps failing as well, attempts go back to the WebSocket
     (either may come back first)."""
 
     mode: str = "auto"  # auto | ws | sse
@@ -81,6 +82,7 @@ class TransportChooser:
     _ws_failures: int = field(init=False, default=0)
     _sse_failures: int = field(init=False, default=0)
     _sse_failed: bool = field(init=False, default=False)
+    _ws_worked: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "ws", "sse"):
@@ -109,11 +111,13 @@ class TransportChooser:
     def opened(self, transport: str, now: float) -> None:
         if transport == "ws":
             self._ws_failures = 0
+            self._ws_worked = True
             self.probe_at = None
         else:
             self._sse_failures = 0
             if self.mode == "auto":
-                self.probe_at = now + (self.outage_probe_after if self._sse_failed else self.ws_retry_after)
+                outage = self._sse_failed or self._ws_worked
+                self.probe_at = now + (self.outage_probe_after if outage else self.ws_retry_after)
         self._sse_failed = False
 
     def probed(self, reachable: bool, now: float) -> None:

@@ -56,6 +56,20 @@ def test_chooser_falls_back_to_sse_after_repeated_ws_failures_and_probes_ws_late
     assert c.choose() == "ws" and c.probe_at is None
 
 
+def test_chooser_probes_soon_when_a_websocket_that_worked_fails_even_if_sse_never_did():
+    """Server restart: the WebSocket fails, and SSE is back by the time the client
+    falls back to it. A WebSocket that worked before is an outage, not a block."""
+    c = TransportChooser("auto", ws_failures_before_fallback=2, ws_retry_after=100, outage_probe_after=1)
+    c.opened("ws", 0)
+    c.failed("ws", 1)
+    c.failed("ws", 2)
+    assert c.choose() == "sse"
+    c.opened("sse", 3)
+    assert c.probe_at == 4
+    c.probed(False, 4)  # still down: back to the long interval
+    assert c.probe_at == 104
+
+
 def test_chooser_after_an_outage_probes_soon_and_alternates_while_both_fail():
     c = TransportChooser("auto", ws_failures_before_fallback=1, ws_retry_after=100, outage_probe_after=1)
     c.failed("ws", 0)

@@ -84,8 +84,9 @@ function sseQuery(topics, filters, since) {
 /**
  * Which transport the next attempt uses (TransportChooser in logic.py): WebSocket
  * first; SSE after repeated WebSocket failures; while on SSE the WebSocket is
- * probed (SSE stays up) every wsRetryAfterMs, or soon after an outage in which
- * SSE failed too, and a successful probe switches back.
+ * probed (SSE stays up) every wsRetryAfterMs, or soon after an outage (SSE
+ * failed too, or the WebSocket had worked before), and a successful probe
+ * switches back.
  */
 class TransportChooser {
   constructor(mode, failuresBeforeFallback, wsRetryAfterMs, outageProbeAfterMs) {
@@ -98,6 +99,7 @@ class TransportChooser {
     this.wsFailures = 0;
     this.sseFailures = 0;
     this.sseFailed = false;
+    this.wsWorked = false;
   }
   choose() {
     return this.current;
@@ -122,10 +124,14 @@ class TransportChooser {
   opened(transport, now) {
     if (transport === "ws") {
       this.wsFailures = 0;
+      this.wsWorked = true;
       this.probeAt = null;
     } else {
       this.sseFailures = 0;
-      if (this.mode === "auto") this.probeAt = now + (this.sseFailed ? this.outageProbeAfterMs : this.wsRetryAfterMs);
+      // SSE may come back before the client sees it fail: a WebSocket that worked
+      // before and now fails means an outage, not a network that blocks it
+      const outage = this.sseFailed || this.wsWorked;
+      if (this.mode === "auto") this.probeAt = now + (outage ? this.outageProbeAfterMs : this.wsRetryAfterMs);
     }
     this.sseFailed = false;
   }
