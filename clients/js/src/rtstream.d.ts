@@ -28,6 +28,8 @@ export type ConnectionStatus = "idle" | "connecting" | "open" | "reconnecting" |
 
 export interface ClientState {
   status: ConnectionStatus;
+  /** `status`, except "fallback-sse" while open on SSE although the WebSocket is wanted. */
+  connection: ConnectionStatus | "fallback-sse";
   transport: Transport | null;
   /** On SSE although the WebSocket is wanted (auto mode). */
   fallback: boolean;

@@ -39,7 +39,7 @@ export * from "./rtstream-logic.js";
 
 /** @typedef {import("./rtstream-logic.js").Filters} Filters */
 /** @typedef {{id: string | null, topic: string, data: any, source: string | null, timestamp: string | null, transport: "ws" | "sse", replayed: boolean}} StreamEvent */
-/** @typedef {{status: string, transport: "ws" | "sse" | null, fallback: boolean, retryIn: number | null, retryAt: number | null, attempt: number, reconnects: number, replayed: number, lastEventId: string | null, error: string | null}} ClientState */
+/** @typedef {{status: string, connection: string, transport: "ws" | "sse" | null, fallback: boolean, retryIn: number | null, retryAt: number | null, attempt: number, reconnects: number, replayed: number, lastEventId: string | null, error: string | null}} ClientState */
 /** @typedef {{opened: boolean, renew?: boolean, stalled?: boolean, error?: string, fatal?: string}} SessionResult */
 /** @typedef {{since: string | null, resumed: boolean, startedMs: number}} Session */
 /** @typedef {(event: StreamEvent) => void} EventHandler */
@@ -84,7 +84,7 @@ export class RealtimeClient extends EventTarget {
     this.rand = o.rand || Math.random;
     this.cursor = new Cursor(o.since || null);
     /** @type {ClientState} */
-    this.state = { status: "idle", transport: null, fallback: false, retryIn: null, retryAt: null, attempt: 0, reconnects: 0, replayed: 0, lastEventId: this.cursor.lastId, error: null };
+    this.state = { status: "idle", connection: "idle", transport: null, fallback: false, retryIn: null, retryAt: null, attempt: 0, reconnects: 0, replayed: 0, lastEventId: this.cursor.lastId, error: null };
     /** @type {Map<string, Set<EventHandler>>} */
     this._handlers = new Map();
     /** @type {Set<string>} topics whose rewind may deliver ids below the cursor */
@@ -205,7 +205,10 @@ export class RealtimeClient extends EventTarget {
 
   /** @param {Partial<ClientState>} changes */
   _setState(changes) {
-    this.state = { ...this.state, ...changes, lastEventId: this.cursor.lastId };
+    const next = { ...this.state, ...changes };
+    // one word for a status line: open on SSE while the WebSocket is wanted is "fallback-sse"
+    const connection = next.status === "open" && next.fallback ? "fallback-sse" : next.status;
+    this.state = { ...next, connection, lastEventId: this.cursor.lastId };
     this.dispatchEvent(new CustomEvent("state", { detail: { ...this.state } }));
   }
 

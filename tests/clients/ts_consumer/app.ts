@@ -13,7 +13,7 @@ const off: () => void = client.on("transactions.new", (event) => {
 client.on("custom.topic", (event: StreamEvent) => console.log(event.data));
 client.addEventListener("state", (e) => {
   const s: ClientState = e.detail;
-  if (s.status === "open" && s.fallback) console.log("on SSE");
+  if (s.connection === "fallback-sse" && s.status === "open") console.log("on SSE");
 });
 client.addEventListener("replaygap", (e) => console.log(e.detail.since));
 client.addEventListener("recovered", (e) => console.log(e.detail.transport));
