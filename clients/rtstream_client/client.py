@@ -320,7 +320,9 @@ class RealtimeClient:
             self.cursor.advance(frame.get("id"))
             self._set_state()
         elif kind == "event":
-            if not self.cursor.accept(frame.get("id")):
+            # a fresh start with rewind gets the start point first, then older events it has not seen
+            rewinding = since is None and bool(self.rewind)
+            if not self.cursor.accept(frame.get("id"), older=rewinding):
                 return
             replayed = is_replayed(frame.get("id"), resumed=resumed, session_started_ms=started_ms)
             self._queue.put_nowait(StreamEvent.from_frame(frame, transport=transport, replayed=replayed))

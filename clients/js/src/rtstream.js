@@ -307,7 +307,8 @@ export class RealtimeClient extends EventTarget {
   _deliver(frame, transport, session) {
     if (frame.type === "event") {
       const topic = String(frame.topic || "");
-      if (!this.cursor.accept(frame.id, { older: this._rewinding.has(topic) })) return;
+      const older = this._rewinding.has(topic) || this._rewinding.has(WILDCARD);
+      if (!this.cursor.accept(frame.id, { older })) return;
       const combined = combineSubscriptions(this.wanted);
       const own = this.wanted.has(topic) ? this.wanted.get(topic) : this.wanted.has(WILDCARD) ? this.wanted.get(WILDCARD) : undefined;
       if (own === undefined && topic !== "presence") return; // unsubscribed meanwhile
@@ -335,7 +336,9 @@ export class RealtimeClient extends EventTarget {
 
   /** @returns {Session} */
   _newSession() {
-    this._rewinding = this.cursor.lastId ? new Set() : this._rewinding; // a resume replays from the cursor
+    if (this.cursor.lastId) this._rewinding = new Set(); // a resume replays from the cursor instead
+    // rewound events are older than the start point the server gives first: let unseen ones through
+    else if (this.rewind) this._rewinding.add(WILDCARD);
     return { since: this.cursor.lastId, resumed: Boolean(this.cursor.lastId), startedMs: Date.now() };
   }
 
