@@ -23,8 +23,10 @@ function signed(n) {
   return (v > 0 ? "+" : v < 0 ? "−" : "") + money.format(Math.abs(v));
 }
 
+// SSE carries no timestamp; an id starts with its publish time in ms
 function timeOf(event) {
-  const d = event.timestamp ? new Date(event.timestamp) : new Date();
+  const fromId = event.id ? Number(event.id.split("-")[0]) : NaN;
+  const d = event.timestamp ? new Date(event.timestamp) : Number.isFinite(fromId) ? new Date(fromId) : new Date();
   return isNaN(d) ? "" : d.toLocaleTimeString();
 }
 
