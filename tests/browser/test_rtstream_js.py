@@ -130,3 +130,38 @@ def test_run_time_subscriptions_handlers_and_presence(local_system, browser, tra
     assert isinstance(users, list), users
     assert "zoe" in [u.get("userId") for u in users]
     browser.execute_script("window.rt.stop()")
+
+
+def test_recovered_signal_after_a_resume(local_system, browser):
+    """After an outage the client resumes from its cursor and says so (`recovered`),
+    and the event it missed arrives marked replayed."""
+    import json
+
+    from system_thread import fresh_entity
+
+    entity = fresh_entity("rec")
+    options = {"wsUrl": local_system.ws_url, "token": local_system.token(entity), "transport": "ws", "backoffBaseMs": 100, "backoffCapMs": 500}
+    run_module(
+        browser,
+        local_system,
+        f"""
+        const client = new m.RealtimeClient({json.dumps(options)});
+        window.rt = client; window.got = []; window.recovered = [];
+        client.on("*", (e) => window.got.push([e.data.transactionId, e.replayed]));
+        client.addEventListener("recovered", (e) => window.recovered.push(e.detail));
+        client.addEventListener("state", (e) => {{ if (e.detail.status === "open") done(true); }});
+        client.start();
+        """,
+    )
+    first = local_system.transaction(entity, 1)
+    wait_js(browser, "window.got.length === 1")
+    local_system.stop_gateway()
+    try:
+        wait_js(browser, "window.rt.state.status === 'reconnecting'")
+        local_system.transaction(entity, 2)
+    finally:
+        local_system.start_gateway()
+    wait_js(browser, "window.got.length === 2", timeout=15)
+    assert browser.execute_script("return window.got") == [["t1", False], ["t2", True]]
+    assert browser.execute_script("return window.recovered") == [{"since": first, "transport": "ws"}]
+    browser.execute_script("window.rt.stop()")
