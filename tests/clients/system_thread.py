@@ -67,6 +67,9 @@ class SystemThread:
     def stop_worker(self) -> None:
         """Stop the fan-out worker: WebSocket connections stay open but receive nothing."""
 
+        if hasattr(self.system, "stop_worker"):  # LocalSystem may grow its own
+            return self.call(self.system.stop_worker())
+
         async def stop():
             if self.system.worker is not None:
                 await self.system.worker.stop()
@@ -75,6 +78,9 @@ class SystemThread:
         self.call(stop())
 
     def start_worker(self) -> None:
+        if hasattr(self.system, "start_worker"):
+            return self.call(self.system.start_worker(), timeout=60)
+
         async def start():
             import sys
 
