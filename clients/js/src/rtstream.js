@@ -263,7 +263,7 @@ export class RealtimeClient extends EventTarget {
         this.chooser.stalled(Date.now());
         this.dispatchEvent(new CustomEvent("stalled", { detail: { lastEventId: this.cursor.lastId, transport } }));
       }
-      if (result.opened) {
+      if (result.opened || result.renew) { // a renew before opening (topics changed) is no failure
         attempt = 0;
         if (result.renew || result.stalled) {
           this._setState({ status: "reconnecting", retryIn: 0, retryAt: Date.now(), attempt: 0, error: result.error || null });
