@@ -40,6 +40,7 @@ def tarball(installed, tmp_path_factory):
     out = tmp_path_factory.mktemp("pack")
     result = run([NPM, "pack", "--json", "--pack-destination", str(out)], installed)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "npm warn" not in result.stderr.lower(), result.stderr  # clean: no manifest warnings
     info = json.loads(result.stdout)[0]
     return out / info["filename"], {f["path"] for f in info["files"]}
 
