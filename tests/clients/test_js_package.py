@@ -8,6 +8,7 @@ wheel shipping the same file the package has, for the dashboard."""
 import json
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_node_unit_tests_and_shared_vectors_pass(installed):
 
 
 def test_the_wheel_ships_the_packages_file_to_the_dashboard(tmp_path):
-    result = run([str(ROOT / ".venv" / "bin" / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)], ROOT, timeout=600)
+    result = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)], ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
