@@ -3,7 +3,9 @@
 - :class:`RealtimeClient` (asyncio): WebSocket with SSE fallback, resume by event
   id, exactly-once delivery, backoff with jitter. For backend services, agents,
   tests and benchmarks.
-- ``static/rtstream.js``: the same client as a dependency-free browser ES module;
+- ``static/rtstream.js`` (+ ``rtstream-logic.js``): the same client as a
+  dependency-free browser ES module; they are the npm package ``rtstream-client``'s
+  files (``clients/js/src``, symlinked; wheels carry their content);
   ``static/dashboard.html``: the live dashboard served by the SSE service.
 """
 

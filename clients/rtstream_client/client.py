@@ -13,7 +13,9 @@ WebSocket cannot be opened or keeps failing; reconnects with capped exponential
 backoff and full jitter; every reconnect resumes from the last delivered id
 (WebSocket ``since``, SSE ``Last-Event-ID``) and drops ids already delivered, so
 each event is delivered exactly once; a ``ping`` keeps the connection under the
-idle timeout and the connection is renewed before the 2-hour limit; the token
+idle timeout, and its ``pong`` (which carries the entity's newest id) shows a
+push path that stalled: behind it for ``stall_after`` seconds, the client goes
+to SSE (or resumes on the WebSocket when it is the only transport) and the connection is renewed before the 2-hour limit; the token
 comes from ``get_token`` before every connect; a ``replay_gap`` (cursor older
 than the retained history) is delivered in-stream so the caller reloads state.
 """
@@ -35,10 +37,14 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .logic import (
+    FATAL_CODES,
+    WILDCARD,
     Cursor,
     SseDecoder,
+    StallWatch,
     TransportChooser,
     backoff_delay,
+    classify_ws_frame,
     frame_from_sse,
     is_replayed,
     normalize_topics,
@@ -48,9 +54,6 @@ from .logic import (
 )
 
 log = logging.getLogger("rtstream_client")
-
-# Subscribe errors that no reconnect can fix: the client stops and raises them.
-FATAL_CODES = frozenset({"unknown_topic", "invalid_message", "forbidden", "unauthorized"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,7 @@ class RealtimeClient:
         topics: Iterable[str] | str = ("*",),
         filters: Mapping[str, Any] | None = None,
         since: str | None = None,
+        rewind: int | None = None,
         transport: str = "auto",
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
@@ -132,6 +136,8 @@ class RealtimeClient:
         open_timeout: float = 5.0,
         ping_interval: float = 300.0,  # well under API Gateway's 10-minute idle timeout
         pong_timeout: float = 15.0,
+        stall_after: float = 10.0,  # behind the pong's cursor this long (and stall_pongs pongs): stalled
+        stall_pongs: int = 2,
         renew_after: float = 7200.0 - 300.0,  # reconnect before the 2-hour maximum
         sse_read_timeout: float = 45.0,  # the SSE server sends a heartbeat every 15 s
         on_state: Callable[[ClientState], Any] | None = None,
@@ -154,6 +160,7 @@ class RealtimeClient:
         self.topics = normalize_topics(topics)
         self.filters = dict(filters or {})
         self.cursor = Cursor(since)
+        self.rewind = rewind
         mode = transport
         if mode == "auto" and not ws_url:
             mode = "sse"
@@ -165,6 +172,8 @@ class RealtimeClient:
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
+        self.stall_after = stall_after
+        self.stall_pongs = stall_pongs
         self.renew_after = renew_after
         self.sse_read_timeout = sse_read_timeout
         self._on_state = on_state
@@ -273,6 +282,13 @@ class RealtimeClient:
                     error = str(exc)
                 except _OpenedThenLost as exc:
                     opened, error = True, str(exc.__cause__ or exc)
+                except _Stalled as exc:
+                    # open but silent: SSE (auto) or a resume on the WebSocket, at once
+                    self.chooser.stalled(loop.time())
+                    log.warning("%s", exc)
+                    self._set_state(status="reconnecting", retry_in=0.0, attempt=0, error=str(exc))
+                    attempt = 0
+                    continue
                 except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed, httpx.HTTPError) as exc:
                     error = f"{type(exc).__name__}: {exc}"
                 if opened:
@@ -301,10 +317,12 @@ class RealtimeClient:
         kind = frame.get("type")
         if kind == "cursor":
             # where this stream starts: later resumes replay from here, not from "now"
-            self.cursor.accept(frame.get("id"))
+            self.cursor.advance(frame.get("id"))
             self._set_state()
         elif kind == "event":
-            if not self.cursor.accept(frame.get("id")):
+            # a fresh start with rewind gets the start point first, then older events it has not seen
+            rewinding = since is None and bool(self.rewind)
+            if not self.cursor.accept(frame.get("id"), older=rewinding):
                 return
             replayed = is_replayed(frame.get("id"), resumed=resumed, session_started_ms=started_ms)
             self._queue.put_nowait(StreamEvent.from_frame(frame, transport=transport, replayed=replayed))
@@ -339,7 +357,12 @@ class RealtimeClient:
             raise _SessionFailed(f"websocket unreachable: {type(exc).__name__}: {exc}") from exc
         try:
             started_ms = int(time.time() * 1000)
-            await ws.send(json.dumps(subscribe_frame(self.topics, self.filters, since)))
+            first = subscribe_frame(self.topics, self.filters, since, None if since else self.rewind)
+            await ws.send(json.dumps(first))
+            # only a subscription that sees every id of the entity can tell it is behind the pong's cursor
+            watch = StallWatch(self.stall_after, self.stall_pongs) if first["topic"] == WILDCARD and "filters" not in first else None
+            if watch is not None:
+                watch.caught_up(since)
             subscribed = False
             now = loop.time()
             subscribe_deadline = now + self.open_timeout
@@ -373,23 +396,34 @@ class RealtimeClient:
                 except ValueError:
                     log.warning("ignoring a non-JSON frame")
                     continue
-                if not isinstance(frame, dict):
-                    continue
-                kind = frame.get("type")
-                if kind == "subscribed" and not subscribed:
+                kind = classify_ws_frame(frame, subscribed)
+                if kind == "confirm":
                     subscribed = True
-                    if frame.get("cursor"):
+                    if frame.get("cursor") and since is None:
                         self._deliver({"type": "cursor", "id": frame["cursor"]}, transport="ws", resumed=resumed, started_ms=started_ms, since=since)
+                        if watch is not None:
+                            watch.caught_up(frame["cursor"])
                     self._opened("ws")
                 elif kind == "pong":
                     pong_deadline = None
-                elif kind == "error" and not subscribed and frame.get("code") in FATAL_CODES:
+                    if watch is not None:
+                        verdict = watch.pong(frame.get("cursor"), loop.time())
+                        if verdict == "ok":
+                            self.chooser.delivered()
+                        elif verdict == "stalled":
+                            raise _Stalled(f"websocket stalled: no events past {watch.seen or 'the start'} while the server has {frame.get('cursor')}")
+                elif kind == "fatal":
                     raise ServerRefused(str(frame.get("code")), str(frame.get("message") or ""))
-                else:
-                    if kind == "event" and not subscribed:
+                elif kind == "event":
+                    if not subscribed:
                         # a server that replays before confirming still confirms by delivering
                         subscribed = True
                         self._opened("ws")
+                    if watch is not None:
+                        watch.caught_up(frame.get("id"))
+                    self.chooser.delivered()
+                    self._deliver(frame, transport="ws", resumed=resumed, started_ms=started_ms, since=since)
+                elif kind in ("gap", "error"):
                     self._deliver(frame, transport="ws", resumed=resumed, started_ms=started_ms, since=since)
         finally:
             await ws.close()
@@ -407,7 +441,7 @@ class RealtimeClient:
         started_ms = int(time.time() * 1000)
         async with httpx.AsyncClient(timeout=timeout) as http:
             try:
-                response_cm = http.stream("GET", self.sse_url, params=sse_query(self.topics, self.filters), headers=headers)
+                response_cm = http.stream("GET", self.sse_url, params=sse_query(self.topics, self.filters, None if since else self.rewind), headers=headers)
                 response = await response_cm.__aenter__()
             except httpx.HTTPError as exc:
                 raise _SessionFailed(f"sse unreachable: {type(exc).__name__}: {exc}") from exc
@@ -478,6 +512,10 @@ class RealtimeClient:
 
 class _OpenedThenLost(Exception):
     """An open, subscribed connection was lost: reconnect, not a fallback reason."""
+
+
+class _Stalled(Exception):
+    """An open WebSocket stayed behind the newest id its pongs report."""
 
 
 async def collect(client: RealtimeClient, count: int, timeout: float) -> list[StreamEvent | ReplayGap]:

@@ -1,29 +1,33 @@
 """Pure client logic: cursor and dedupe, backoff, transport choice, subscribe
-frames and SSE decoding. No I/O, so the asyncio client (``client.py``) stays a
-thin wrapper and the browser module (``static/rtstream.js``) mirrors the same
-rules line for line."""
+frames, SSE decoding, stall detection. No I/O and no clock (times are passed
+in), so the asyncio client (``client.py``) stays a thin wrapper. The browser
+package's ``clients/js/src/rtstream-logic.js`` implements the same rules; both
+run the shared JSON vectors in ``clients/vectors/``."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from rtstream.models import parse_event_id
-
 EVENT_TOPICS = ("transactions.new", "agent.action.completed", "balance.updated", "sync.completed")
 WILDCARD = "*"
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_MAX_ID_PART = 2**64 - 1  # as on the server
 
 
 def event_id_key(event_id: Any) -> tuple[int, int] | None:
     """``"1764090000000-3"`` -> ``(1764090000000, 3)``: ids compare numerically,
     never as strings (``"9-0"`` < ``"10-0"``). None for a missing/malformed id."""
-    try:
-        return parse_event_id(event_id)
-    except ValueError:
+    m = _EVENT_ID.fullmatch(event_id) if isinstance(event_id, str) else None
+    if m is None:
         return None
+    key = (int(m.group(1)), int(m.group(2)))
+    return key if max(key) <= _MAX_ID_PART else None
 
 
 class Cursor:
@@ -31,25 +35,42 @@ class Cursor:
 
     Per entity, ids only increase, and the client keeps all its topics in one
     ordered stream (see :func:`subscribe_frame`), so "drop ids <= last" removes
-    exactly the duplicates a resume or an at-least-once redelivery produces."""
+    exactly the duplicates a resume or an at-least-once redelivery produces.
+    ``older`` admits a never-seen id below the cursor (rewind of a topic added
+    later) without moving the cursor back."""
 
     def __init__(self, last_id: str | None = None):
         if last_id is not None and event_id_key(last_id) is None:
             raise ValueError(f"malformed event id {last_id!r}")
         self.last_id = last_id
         self._last_key = event_id_key(last_id) if last_id else None
+        self._seen: dict[str, None] = {}  # recent ids, oldest first
 
-    def accept(self, event_id: Any) -> bool:
+    def accept(self, event_id: Any, *, older: bool = False) -> bool:
         """True if the event is new (and advance); False for a duplicate.
         Frames without a valid id (e.g. presence) carry no cursor and always pass."""
         key = event_id_key(event_id)
         if key is None:
             return True
-        if self._last_key is not None and key <= self._last_key:
+        if event_id in self._seen:
             return False
-        self._last_key = key
-        self.last_id = event_id
+        newer = self._last_key is None or key > self._last_key
+        if not newer and not older:
+            return False
+        self._seen[event_id] = None
+        if len(self._seen) > 2000:
+            del self._seen[next(iter(self._seen))]
+        if newer:
+            self._last_key = key
+            self.last_id = event_id
         return True
+
+    def advance(self, event_id: Any) -> None:
+        """Move forward to a server-given start point (subscribed/SSE cursor)."""
+        key = event_id_key(event_id)
+        if key is not None and (self._last_key is None or key > self._last_key):
+            self._last_key = key
+            self.last_id = event_id
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
@@ -83,6 +104,7 @@ class TransportChooser:
     _sse_failures: int = field(init=False, default=0)
     _sse_failed: bool = field(init=False, default=False)
     _ws_worked: bool = field(init=False, default=False)
+    _ws_stalled: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "ws", "sse"):
@@ -116,9 +138,24 @@ class TransportChooser:
         else:
             self._sse_failures = 0
             if self.mode == "auto":
-                outage = self._sse_failed or self._ws_worked
+                outage = (self._sse_failed or self._ws_worked) and not self._ws_stalled
                 self.probe_at = now + (self.outage_probe_after if outage else self.ws_retry_after)
         self._sse_failed = False
+
+    def stalled(self, now: float) -> None:
+        """The WebSocket stayed open but stopped delivering (see :class:`StallWatch`):
+        SSE at once, and the WebSocket is probed on the long interval until it
+        delivers again (a handshake succeeds even when its push path is dead)."""
+        self._ws_stalled = True
+        if self.mode != "auto":
+            return
+        self.current = "sse"
+        self._sse_failures = 0
+        self.probe_at = None
+
+    def delivered(self) -> None:
+        """The WebSocket delivered an event or caught up with a pong."""
+        self._ws_stalled = False
 
     def probed(self, reachable: bool, now: float) -> None:
         """Result of a WebSocket probe made while on SSE."""
@@ -130,6 +167,47 @@ class TransportChooser:
             self.probe_at = now + self.ws_retry_after
 
 
+class StallWatch:
+    """Detects a WebSocket whose push path stalled. ``pong.cursor`` is the
+    entity's newest event id; if the newest id this client has (an event, or a
+    server start point) stays behind the first cursor it was found behind for
+    ``after`` seconds and ``pongs`` pongs, the stream is stalled. An event in
+    flight is behind for a moment only. Only meaningful for a subscription that
+    sees every id of the entity (``*``, no filters)."""
+
+    def __init__(self, after: float = 10.0, pongs: int = 2):
+        self.after = after
+        self.pongs = max(2, pongs)
+        self.seen: str | None = None
+        self._seen_key: tuple[int, int] | None = None
+        self._target: tuple[int, int] | None = None
+        self._behind_since = 0.0
+        self._behind_pongs = 0
+
+    def caught_up(self, event_id: Any) -> None:
+        key = event_id_key(event_id)
+        if key is None:
+            return
+        if self._seen_key is None or key > self._seen_key:
+            self._seen_key, self.seen = key, event_id
+        if self._target is not None and self._seen_key >= self._target:
+            self._target = None
+
+    def pong(self, cursor: Any, now: float) -> str:
+        """``ok`` (caught up), ``behind`` (within the bound) or ``stalled``."""
+        key = event_id_key(cursor)
+        if key is None or key == (0, 0):
+            return "ok"
+        if self._seen_key is not None and self._seen_key >= key:
+            self._target = None
+            return "ok"
+        if self._target is None:
+            self._target, self._behind_since, self._behind_pongs = key, now, 1
+            return "behind"
+        self._behind_pongs += 1
+        return "stalled" if self._behind_pongs >= self.pongs and now - self._behind_since >= self.after else "behind"
+
+
 def normalize_topics(topics: Iterable[str] | str) -> tuple[str, ...]:
     if isinstance(topics, str):
         topics = [t for t in topics.split(",") if t]
@@ -139,7 +217,7 @@ def normalize_topics(topics: Iterable[str] | str) -> tuple[str, ...]:
     return out
 
 
-def subscribe_frame(topics: tuple[str, ...], filters: Mapping[str, Any] | None, since: str | None) -> dict[str, Any]:
+def subscribe_frame(topics: tuple[str, ...], filters: Mapping[str, Any] | None, since: str | None, rewind: int | None = None) -> dict[str, Any]:
     """One WebSocket subscription for all the wanted topics.
 
     Several topics become ``*`` with a ``types`` filter: one subscription means
@@ -160,10 +238,12 @@ def subscribe_frame(topics: tuple[str, ...], filters: Mapping[str, Any] | None, 
         frame["filters"] = filters
     if since:
         frame["since"] = since
+    elif rewind:
+        frame["rewind"] = rewind  # the last N events first; a resume replays from the cursor instead
     return frame
 
 
-def sse_query(topics: tuple[str, ...], filters: Mapping[str, Any] | None) -> dict[str, str]:
+def sse_query(topics: tuple[str, ...], filters: Mapping[str, Any] | None, rewind: int | None = None) -> dict[str, str]:
     params = {"topics": ",".join(topics)}
     for name in ("types", "sources"):
         values = (filters or {}).get(name)
@@ -171,6 +251,8 @@ def sse_query(topics: tuple[str, ...], filters: Mapping[str, Any] | None) -> dic
             params[name] = ",".join(values)
     if (filters or {}).get("minAmount") is not None:
         params["minAmount"] = str(filters["minAmount"])  # type: ignore[index]
+    if rewind:
+        params["rewind"] = str(rewind)
     return params
 
 
@@ -229,27 +311,60 @@ class SseDecoder:
 
 
 def frame_from_sse(message: SseMessage) -> dict[str, Any] | None:
-    """The protocol frame an SSE message carries: the same JSON a WebSocket
-    event frame has (``data`` is the wire event); a bare payload is wrapped
-    using the SSE ``event``/``id`` fields."""
-    import json
-
-    if message.data == "" and message.event == "" and message.id:
-        return {"type": "cursor", "id": message.id}
+    """The frame an SSE message carries. The wire format is ``id:`` the event
+    id, ``event:`` the topic, ``data:`` the payload; the older format carried the
+    whole WebSocket envelope in ``data:`` (recognised by its type, topic and id
+    matching the SSE fields) and is still accepted. ``cursor`` and
+    ``error``/``replay_gap`` are control frames. None: ignore it."""
+    event_name, event_id = message.event, message.id or None
+    if message.data == "" and event_name in ("", "message") and event_id:
+        return {"type": "cursor", "id": event_id}
     try:
         payload = json.loads(message.data)
     except ValueError:
         return None
-    if message.event == "cursor" or (isinstance(payload, dict) and payload.get("type") == "cursor"):
-        cursor_id = payload.get("id") if isinstance(payload, dict) and payload.get("id") else message.id
+    is_object = isinstance(payload, dict)
+    if event_name == "cursor" or (event_name == "message" and is_object and payload.get("type") == "cursor"):
+        cursor_id = (payload.get("id") if is_object else None) or event_id
         return {"type": "cursor", "id": cursor_id} if cursor_id else None
-    if isinstance(payload, dict) and payload.get("type") in ("event", "error"):
-        if payload.get("type") == "event" and "id" not in payload and message.id:
-            payload["id"] = message.id
+    if event_name in ("error", "replay_gap"):
+        body = dict(payload) if is_object else {}
+        return {"type": "error", **body, "code": body.get("code") or "replay_gap"}
+    # TRANSITION (old SSE format): data was the WebSocket envelope. Remove once
+    # every server sends the payload only.
+    if (
+        is_object
+        and payload.get("type") == "event"
+        and "data" in payload
+        and (payload.get("topic") == event_name or event_name == "message")
+        and (not event_id or payload.get("id") in (event_id, None))
+    ):
+        return {**payload, "id": payload.get("id") or event_id}
+    if is_object and payload.get("type") == "error" and event_name == "message":
         return payload
-    if message.event == "error" and isinstance(payload, dict):
-        return {"type": "error", **payload}
-    return {"type": "event", "topic": message.event, "id": message.id, "data": payload}
+    return {"type": "event", "topic": event_name, "id": event_id, "data": payload}
+
+
+FATAL_CODES = frozenset({"unknown_topic", "invalid_message", "forbidden", "unauthorized"})
+
+
+def classify_ws_frame(frame: Any, subscribed: bool) -> str:
+    """What a WebSocket frame means to the session: confirm | ack | pong |
+    presence | event | gap | fatal | error | ignore."""
+    if not isinstance(frame, dict):
+        return "ignore"
+    kind = frame.get("type")
+    if kind == "subscribed":
+        return "ack" if subscribed else "confirm"
+    if kind == "unsubscribed":
+        return "ack"
+    if kind in ("pong", "presence", "event"):
+        return str(kind)
+    if kind == "error":
+        if frame.get("code") == "replay_gap":
+            return "gap"
+        return "fatal" if not subscribed and frame.get("code") in FATAL_CODES else "error"
+    return "ignore"
 
 
 def is_replayed(event_id: Any, *, resumed: bool, session_started_ms: int) -> bool:

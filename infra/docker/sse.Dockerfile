@@ -22,6 +22,9 @@ WORKDIR /app
 COPY layers/core/rtstream /app/rtstream
 COPY infra/rtstream_sse /app/rtstream_sse
 COPY clients/rtstream_client /app/rtstream_client
+# static/rtstream*.js are symlinks to the npm package's files (one source); COPY keeps
+# them as links, so the package's src goes where they point (/app/js/src).
+COPY clients/js/src /app/js/src
 
 RUN useradd --system --uid 10001 --no-create-home sse
 USER 10001

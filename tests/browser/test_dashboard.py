@@ -105,3 +105,27 @@ def test_reconnects_after_an_outage_and_shows_missed_events_once(local_system, b
     wait_until(browser, "document.querySelectorAll('#tx-list tr[data-tx]').length >= 6", message="live row over the WebSocket")
     assert tx_ids(browser) == ["t6", "t5", "t4", "t3", "t2", "t1"]
     screenshot()
+
+
+def test_dashboard_gets_events_when_the_push_path_stalls(local_system, browser, screenshot):
+    """The fan-out worker stops under an open WebSocket: pongs report newer ids
+    than the page has, so it falls back to SSE and shows the events, once."""
+    entity = fresh_entity("dash")
+    open_dashboard(browser, local_system, entity, pingMs=400)
+    assert browser.execute_script("return document.querySelector('#conn').dataset.transport") == "ws"
+    local_system.transaction(entity, 1)
+    wait_until(browser, "document.querySelectorAll('#tx-list tr[data-tx]').length === 1", message="first row")
+    local_system.stop_worker()
+    try:
+        local_system.transaction(entity, 2)
+        local_system.transaction(entity, 3)
+        wait_until(browser, "document.querySelectorAll('#tx-list tr[data-tx]').length === 3", timeout=15, message="rows while the worker is down")
+        assert browser.execute_script("return document.querySelector('#conn').dataset.transport") == "sse"
+        assert "fallback" in browser.find_element("id", "conn-text").text
+        screenshot("stalled")
+    finally:
+        local_system.start_worker()
+    local_system.transaction(entity, 4)
+    wait_until(browser, "document.querySelectorAll('#tx-list tr[data-tx]').length >= 4", message="row after the worker is back")
+    time.sleep(0.3)
+    assert tx_ids(browser) == ["t4", "t3", "t2", "t1"]

@@ -64,6 +64,36 @@ class SystemThread:
     def start_sse(self) -> None:
         self.call(self.system.start_sse())
 
+    def stop_worker(self) -> None:
+        """Stop the fan-out worker: WebSocket connections stay open but receive nothing."""
+
+        if hasattr(self.system, "stop_worker"):  # LocalSystem may grow its own
+            return self.call(self.system.stop_worker())
+
+        async def stop():
+            if self.system.worker is not None:
+                await self.system.worker.stop()
+                self.system.worker = None
+
+        self.call(stop())
+
+    def start_worker(self) -> None:
+        if hasattr(self.system, "start_worker"):
+            return self.call(self.system.start_worker(), timeout=60)
+
+        async def start():
+            import sys
+
+            from rtstream_cli.dev import _Child
+
+            if self.system.worker is not None:
+                return
+            self.system.worker = _Child("worker", [sys.executable, "-m", "rtstream_fanout"], self.system.child_env, self.system.log_dir / "worker.log")
+            await self.system.worker.start()
+            await self.system._wait_worker_ready()
+
+        self.call(start(), timeout=60)
+
     # ---- endpoints, tokens, publishing -----------------------------------------
 
     @property

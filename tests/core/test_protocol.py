@@ -181,7 +181,8 @@ def test_error_messages_do_not_echo_huge_input():
 def test_frame_builders_and_compact_dumps():
     assert protocol.subscribed("*") == {"type": "subscribed", "topic": "*"}
     assert protocol.unsubscribed("presence") == {"type": "unsubscribed", "topic": "presence"}
-    assert protocol.pong(123) == {"type": "pong", "timestamp": 123}
+    assert protocol.pong(123) == {"type": "pong", "timestamp": 123, "cursor": "0-0"}
+    assert protocol.pong(123, "17-2") == {"type": "pong", "timestamp": 123, "cursor": "17-2"}
     users = [{"userId": "u1", "connections": 2, "transports": ["websocket"]}]
     assert protocol.presence_reply(users) == {"type": "presence", "users": users}
     assert protocol.dumps({"type": "pong", "timestamp": 1}) == '{"type":"pong","timestamp":1}'

@@ -232,7 +232,16 @@ def test_unsubscribe_cannot_touch_another_entity(service, registry):
 
 def test_ping(service, clock):
     service.connect(ALICE, "c1")
-    assert send(service, "c1", ALICE, {"type": "ping"}) == [{"type": "pong", "timestamp": clock.now_ms()}]
+    assert send(service, "c1", ALICE, {"type": "ping"}) == [{"type": "pong", "timestamp": clock.now_ms(), "cursor": "0-0"}]
+
+
+def test_pong_carries_the_entitys_newest_event_id(service, event_log):
+    """A client behind this cursor for long knows its push path stalled."""
+    service.connect(ALICE, "c1")
+    event_log.append("entity-a", "transactions.new", {"amount": 1}, "tests")
+    newest = event_log.append("entity-a", "sync.completed", {"source": "plaid"}, "tests")
+    event_log.append("entity-m", "sync.completed", {"source": "plaid"}, "tests")  # another entity's is not ours
+    assert send(service, "c1", ALICE, {"type": "ping"})[0]["cursor"] == newest.id
 
 
 def test_presence_lists_the_callers_entity_only(service):

@@ -23,8 +23,10 @@ function signed(n) {
   return (v > 0 ? "+" : v < 0 ? "−" : "") + money.format(Math.abs(v));
 }
 
+// SSE carries no timestamp; an id starts with its publish time in ms
 function timeOf(event) {
-  const d = event.timestamp ? new Date(event.timestamp) : new Date();
+  const fromId = event.id ? Number(event.id.split("-")[0]) : NaN;
+  const d = event.timestamp ? new Date(event.timestamp) : Number.isFinite(fromId) ? new Date(fromId) : new Date();
   return isNaN(d) ? "" : d.toLocaleTimeString();
 }
 
@@ -84,14 +86,19 @@ async function main() {
   };
 
   const transport = ["ws", "sse"].includes(params.get("transport")) ? params.get("transport") : "auto";
+  // ?rewind=N (or the server's config) opens with the last N events, so a fresh page is not empty
+  const rewind = Math.min(100, Math.max(0, Math.floor(Number(params.get("rewind") ?? config.rewind ?? 0)))) || null;
   const client = new RealtimeClient({
     wsUrl: config.wsUrl || null,
     sseUrl: config.sseUrl || new URL("/events", location.href).toString(),
     getToken,
     topics: ["*"],
+    rewind,
     transport,
     // ?retryCap=ms shortens the longest reconnect wait (demos, tests); never below 500 ms
     backoffCapMs: Math.min(30_000, Math.max(500, Number(params.get("retryCap")) || 30_000)),
+    // ?pingMs=ms pings (and so checks the push path) more often (tests)
+    ...(Number(params.get("pingMs")) >= 200 ? { pingIntervalMs: Number(params.get("pingMs")), stallAfterMs: 2 * Number(params.get("pingMs")) } : {}),
   });
 
   const counts = { events: 0, transactions: 0 };
@@ -99,16 +106,15 @@ async function main() {
   const syncs = new Map();
 
   client.addEventListener("state", (e) => renderState(e.detail));
-  client.addEventListener("event", (e) => {
-    const event = e.detail;
+  client.on("*", (event) => {
     counts.events += 1;
     $("event-count").textContent = String(counts.events);
     $("last-id").textContent = event.id || "–";
-    if (event.topic === "transactions.new") addTransaction(event);
-    else if (event.topic === "balance.updated") updateBalance(event);
-    else if (event.topic === "agent.action.completed") addAgentAction(event);
-    else if (event.topic === "sync.completed") updateSync(event);
   });
+  client.on("transactions.new", addTransaction);
+  client.on("balance.updated", updateBalance);
+  client.on("agent.action.completed", addAgentAction);
+  client.on("sync.completed", updateSync);
   client.addEventListener("replaygap", () => { $("gap-banner").hidden = false; });
   client.addEventListener("fatal", (e) => {
     $("fatal-banner").hidden = false;
@@ -124,7 +130,7 @@ async function main() {
     clearInterval(countdown);
     const text = $("conn-text");
     const via = s.transport === "sse" ? "Server-Sent Events" : "WebSocket";
-    const fallback = s.transport === "sse" && transport === "auto" && Boolean(config.wsUrl);
+    const fallback = s.fallback && Boolean(config.wsUrl);
     if (s.status === "open") text.textContent = `Live · ${via}${fallback ? " (fallback)" : ""}`;
     else if (s.status === "connecting") text.textContent = `Connecting · ${via}…`;
     else if (s.status === "reconnecting" && s.retryAt) {

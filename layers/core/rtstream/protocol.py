@@ -232,8 +232,10 @@ def unsubscribed(topic: str) -> dict[str, Any]:
     return {"type": "unsubscribed", "topic": topic}
 
 
-def pong(now_ms: int) -> dict[str, Any]:
-    return {"type": "pong", "timestamp": now_ms}
+def pong(now_ms: int, cursor: str = "") -> dict[str, Any]:
+    """``cursor``: the entity's newest event id ("0-0" when it has none), so a
+    client that is behind it for long knows its push path stalled and resumes."""
+    return {"type": "pong", "timestamp": now_ms, "cursor": cursor or "0-0"}
 
 
 def presence_reply(users: list[dict[str, Any]]) -> dict[str, Any]:

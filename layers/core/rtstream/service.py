@@ -170,7 +170,8 @@ class RealtimeService:
             if self.presence is not None:
                 # a ping is the WebSocket heartbeat; it may also expire others' stale entries
                 self._presence_change(principal.entity_id, lambda p: p.heartbeat(principal.entity_id, principal.user_id, connection_id, "websocket"))
-            return [protocol.pong(self.clock.now_ms())]
+            # the newest id lets the client see that its push path stalled (it resumes when behind for long)
+            return [protocol.pong(self.clock.now_ms(), self._cursor(principal.entity_id))]
         users = self.presence.online(principal.entity_id) if self.presence is not None else []
         return [protocol.presence_reply(users)]
 
