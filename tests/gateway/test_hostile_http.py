@@ -12,6 +12,7 @@ import time
 
 import pytest
 import websockets
+from helpers import loop_and_gateway_errors
 
 from rtstream_gateway.server import MAX_HEAD_BYTES, MAX_URL_CHARS
 
@@ -28,12 +29,7 @@ def rss_bytes() -> int:
 def task_errors(caplog):
     """Errors logged by asyncio (unretrieved task exceptions) or the emulator."""
     caplog.set_level(logging.ERROR)
-
-    def errors() -> list[str]:
-        return [r.getMessage() for r in caplog.records
-                if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("asyncio", "rtstream_gateway")]
-
-    return errors
+    return lambda: loop_and_gateway_errors(caplog.records)
 
 
 def endless(head: bytes, filler: bytes, total: int, chunk: int = 64 * 1024):
