@@ -41,7 +41,8 @@ from .lambda_runtime import LambdaRuntime
 
 log = logging.getLogger("rtstream_gateway")
 
-# Bodies larger than this are not read at all (the limit for a POST is 128 KB).
+# Bodies larger than this are refused (413) as they arrive; over the message
+# limit (128 KB for a POST) a body is counted but not kept.
 MAX_HTTP_BODY = 1024 * 1024
 # Bytes a client may send before its handshake completes.
 MAX_PREOPEN_BUFFER = 256 * 1024
@@ -120,13 +121,15 @@ def _aws_error(status: int, error_type: str, message: str | None, *, close: bool
 
 
 class _HttpRequest:
-    __slots__ = ("method", "url", "headers", "body", "keep_alive")
+    __slots__ = ("method", "url", "headers", "body", "body_size", "keep_alive")
 
-    def __init__(self, method: str, url: bytes, headers: list[tuple[str, str]], body: bytes, keep_alive: bool):
+    def __init__(self, method: str, url: bytes, headers: list[tuple[str, str]], body: bytes, keep_alive: bool,
+                 body_size: int | None = None):
         self.method = method
         self.url = url
         self.headers = headers
-        self.body = body
+        self.body = body  # empty when the body was over the limit (only its size is kept)
+        self.body_size = len(body) if body_size is None else body_size
         self.keep_alive = keep_alive
 
     def header(self, name: str) -> str | None:
@@ -459,15 +462,21 @@ class _Connection(asyncio.Protocol):
             raise _HeadRefused()
 
     def on_body(self, body: bytes) -> None:
+        # A body over the message limit is counted, not kept (it is answered 413);
+        # one past MAX_HTTP_BODY is refused at once.
         self._body_size += len(body)
         if self._body_size > MAX_HTTP_BODY:
-            self.transport.abort()
-            return
-        self._body.append(body)
+            self._refused_status = 413
+            raise _HeadRefused()
+        if self._body_size <= self.gateway.max_message_bytes:
+            self._body.append(body)
+        else:
+            self._body.clear()
 
     def on_message_complete(self) -> None:
+        body = b"".join(self._body) if self._body_size <= self.gateway.max_message_bytes else b""
         self._queue.append(_HttpRequest(self.parser.get_method().decode("ascii", "replace"), self._url,
-                                        self._headers, b"".join(self._body), self.parser.should_keep_alive()))
+                                        self._headers, body, self.parser.should_keep_alive(), self._body_size))
 
     # ---- request processing, in order per connection
     def _drain(self) -> None:
@@ -697,7 +706,7 @@ class GatewayEmulator:
         if self._bucket is not None and not self._bucket.take():
             return _aws_error(429, "LimitExceededException", "Rate exceeded", close=close)
         method = request.method
-        if method == "POST" and len(request.body) > self.max_message_bytes:
+        if method == "POST" and request.body_size > self.max_message_bytes:
             return _aws_error(413, "PayloadTooLargeException", "Message too long", close=close)
         session = self._sessions.get(connection_id)
         if session is None or not session.open:

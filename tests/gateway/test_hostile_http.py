@@ -121,6 +121,11 @@ async def test_never_ending_request_line_and_header_are_cut_off_with_bounded_mem
         answer, sent, took = await send_and_read(gw.port, endless_header)
         assert answer.startswith(b"HTTP/1.1 431 ") and took < 2.0
         assert sent < 20 * 1024 * 1024
+        # a body that never ends (to the management API, which needs no login here)
+        endless_body = endless(f"POST /{gw.stage}/@connections/abc HTTP/1.1\r\nHost: x\r\n"
+                               f"Content-Length: {1 << 34}\r\n\r\n".encode(), b"c", 40 * 1024 * 1024)
+        answer, sent, took = await send_and_read(gw.port, endless_body)
+        assert answer.startswith(b"HTTP/1.1 413 ") and took < 2.0
         # garbage from 20 clients at once: each refused, nothing kept
         garbage = os.urandom(64 * 1024)
         results = await asyncio.gather(*(send_and_read(gw.port, endless(b"", garbage, 4 * 1024 * 1024)) for _ in range(20)))
