@@ -98,7 +98,7 @@ def _wrong_typed(rng: random.Random) -> str:
     elif field == "sources":
         frame["filters"] = {"sources": rng.choice([v for v in wrong_values if v is not None] + [[""], ["s" * 200], ["a"] * 21])}
     else:
-        frame["filters"] = {"minAmount": rng.choice(["1", -1, -0.5, [], {}, True, 1e400 * 0 if False else "NaN"])}
+        frame["filters"] = {"minAmount": rng.choice(["1", -1, -0.5, [], {}, True, "NaN"])}
     return json.dumps(frame)
 
 
