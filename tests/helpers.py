@@ -51,3 +51,12 @@ def handler_env(tables: dict[str, str], *, moto_endpoint: str, redis_url: str, j
         "SUBSCRIPTIONS_TABLE": tables["SubscriptionsTable"],
         "POWERTOOLS_TRACE_DISABLED": "true",
     }
+
+
+def loop_and_gateway_errors(records) -> list[str]:
+    """Errors logged by asyncio (e.g. "Task exception was never retrieved") or by
+    the gateway emulator, from pytest's ``caplog.records``."""
+    import logging
+
+    return [r.getMessage() for r in records
+            if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("asyncio", "rtstream_gateway")]

@@ -6,6 +6,7 @@ RTSTREAM_FANOUT_PARTITIONS, ...) plus:
 - ``RTSTREAM_MANAGEMENT_ENDPOINT`` (required): ``https://{api}.execute-api.{region}.amazonaws.com/{stage}``
   or the emulator's ``http://127.0.0.1:port/{stage}``;
 - ``RTSTREAM_MANAGEMENT_SIGN``: ``auto`` (default: SigV4 for ``*.amazonaws.com``), ``1`` or ``0``;
+- ``RTSTREAM_FANOUT_PIPELINING`` (Settings): ``auto`` (default: off when signing, on otherwise), ``on``, ``off``;
 - ``RTSTREAM_WORKER_ID`` (default host-pid-random), ``RTSTREAM_FANOUT_LEASE_MS``
   (default 10000), ``RTSTREAM_MANAGEMENT_POOL`` (HTTP connections, default 8);
 - ``RTSTREAM_WORKER_METRICS_PORT``: serve Prometheus ``/metrics`` there
@@ -71,6 +72,7 @@ async def amain(env: dict[str, str] | None = None) -> int:
         pool_size=int(env.get("RTSTREAM_MANAGEMENT_POOL") or 8),
         sign=_should_sign(endpoint, (env.get("RTSTREAM_MANAGEMENT_SIGN") or "auto").lower()),
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        pipelining=settings.fanout_pipelining_flag,
     )
     worker = FanoutWorker(
         settings,

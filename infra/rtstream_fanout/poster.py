@@ -5,8 +5,13 @@ POSTs within tens of milliseconds. This client keeps a few keep-alive
 connections open and pipelines requests on them (API Gateway and the local
 emulator answer in order), so a whole batch costs a handful of writes.
 Responses are parsed with httptools. With ``sign=True`` every request carries a
-SigV4 signature (service ``execute-api``) made by botocore from the default
-credential chain: that is how the worker talks to a real API Gateway.
+SigV4 signature (service ``execute-api``, :mod:`rtstream_fanout.sigv4`: cached
+signing key, a few µs per request) with credentials from botocore's credential
+chain (or injected): that is how the worker talks to a real API Gateway.
+
+Pipelining (several requests in flight on one connection) is on by default
+unsigned (the emulator) and off by default signed (AWS), until API Gateway's
+handling of pipelined management requests is measured; ``pipelining=`` decides.
 
 Statuses are returned, not raised: the worker decides (410 prune, 429/5xx retry).
 A request whose connection broke before its answer gets status 0 (retryable).
@@ -18,9 +23,12 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httptools
+
+from .sigv4 import SigV4Signer, canonical_host, canonical_uri
 
 BROKEN = 0  # pseudo-status: no answer (connection lost / refused)
 
@@ -94,7 +102,12 @@ class ManagementPoster:
         sign: bool = False,
         region: str | None = None,
         timeout_s: float = 10.0,
+        credentials: Any = None,
+        pipelining: bool | None = None,
     ) -> None:
+        """``credentials``: a provider with ``get_frozen_credentials()`` (botocore's
+        ``Credentials``); when signing without one, botocore's default chain.
+        ``pipelining``: None = on unsigned, off signed."""
         parts = urlsplit(endpoint.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"management endpoint must be http(s)://host[:port]/stage, got {endpoint!r}")
@@ -102,7 +115,8 @@ class ManagementPoster:
         self.host = parts.hostname
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
-        self.host_header = parts.netloc
+        # the Host sent is the one SigV4 signs (lowercase, no default port)
+        self.host_header = canonical_host(parts.hostname, parts.port, self.tls)
         self.base_path = parts.path.rstrip("/")
         self.pool_size = max(1, pool_size)
         self.max_pipeline = max(1, max_pipeline)
@@ -110,43 +124,46 @@ class ManagementPoster:
         self._conns: list[_Conn | None] = [None] * self.pool_size
         self._locks = [asyncio.Lock() for _ in range(self.pool_size)]
         self._next = 0
-        self._signer = _Signer(region) if sign else None
-        self._quoted: dict[str, bytes] = {}
+        self._signer = _default_signer(credentials, region) if sign else None
+        self.pipelining = (not sign) if pipelining is None else bool(pipelining)
+        self._depth = self.max_pipeline if self.pipelining else 1
+        self._quoted: dict[str, tuple[bytes, bytes]] = {}
+
+    @property
+    def signed(self) -> bool:
+        return self._signer is not None
 
     def _path(self, connection_id: str) -> str:
         return f"{self.base_path}/@connections/{quote(connection_id, safe='')}"
 
+    def _quote(self, connection_id: str) -> tuple[bytes, bytes]:
+        """(the id as it goes in the path, the request's canonical URI for SigV4)."""
+        found = self._quoted.get(connection_id)
+        if found is None:
+            if len(self._quoted) > 100_000:
+                self._quoted.clear()
+            q = quote(connection_id, safe="")
+            found = self._quoted[connection_id] = (q.encode(), canonical_uri(f"{self.base_path}/@connections/{q}").encode())
+        return found
+
     def _requests(self, method: str, connection_ids: Sequence[str], data: bytes) -> list[bytes]:
-        """One request per connection; unsigned requests share everything but the path."""
-        if self._signer is not None:
-            return [self._request(method, cid, data) for cid in connection_ids]
+        """One request per connection; they share everything but the path (and,
+        signed, the signature: one hash and one HMAC each)."""
         prefix = f"{method} {self.base_path}/@connections/".encode()
-        suffix = (
-            f" HTTP/1.1\r\nHost: {self.host_header}\r\nContent-Length: {len(data)}\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode("latin-1") + data
-        quoted = self._quoted
+        head = (f" HTTP/1.1\r\nHost: {self.host_header}\r\nContent-Length: {len(data)}\r\n"
+                "Content-Type: application/octet-stream\r\n").encode("latin-1")
+        quoted = self._quote
+        if self._signer is None:
+            suffix = head + b"\r\n" + data
+            return [prefix + quoted(cid)[0] + suffix for cid in connection_ids]
+        batch = self._signer.batch(method, self.host_header, data)
+        sign = batch.header_lines
+        body = b"\r\n" + data
         out = []
         for cid in connection_ids:
-            q = quoted.get(cid)
-            if q is None:
-                if len(quoted) > 100_000:
-                    quoted.clear()
-                q = quoted[cid] = quote(cid, safe="").encode()
-            out.append(prefix + q + suffix)
+            q, canonical = quoted(cid)
+            out.append(prefix + q + head + sign(canonical) + body)
         return out
-
-    def _request(self, method: str, connection_id: str, data: bytes) -> bytes:
-        path = self._path(connection_id)
-        extra = ""
-        if self._signer is not None:
-            for k, v in self._signer.headers(method, f"{'https' if self.tls else 'http'}://{self.host_header}{path}", data).items():
-                extra += f"{k}: {v}\r\n"
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
-            f"Content-Length: {len(data)}\r\nContent-Type: application/octet-stream\r\n{extra}\r\n"
-        )
-        return head.encode("latin-1") + data
 
     async def _conn(self, slot: int) -> _Conn:
         conn = self._conns[slot]
@@ -163,8 +180,9 @@ class ManagementPoster:
     async def _send_on(self, slot: int, requests: list[bytes]) -> list[int]:
         results: list[int] = []
         async with self._locks[slot]:
-            for start in range(0, len(requests), self.max_pipeline):
-                chunk = requests[start : start + self.max_pipeline]
+            # pipelined: up to max_pipeline requests per write; else one at a time
+            for start in range(0, len(requests), self._depth):
+                chunk = requests[start : start + self._depth]
                 try:
                     conn = await self._conn(slot)
                 except (OSError, asyncio.TimeoutError):
@@ -220,24 +238,16 @@ class ManagementPoster:
         self._conns = [None] * self.pool_size
 
 
-class _Signer:
-    """SigV4 headers for execute-api from botocore's default credential chain."""
+def _default_signer(credentials: Any, region: str | None) -> SigV4Signer:
+    """A signer with the injected credentials, else botocore's default chain
+    (environment, shared files, container/instance role: refreshed as they rotate)."""
+    if credentials is None or not region:
+        import botocore.session
 
-    def __init__(self, region: str | None) -> None:
-        import boto3
-        from botocore.auth import SigV4Auth
-
-        session = boto3.Session()
-        self._credentials = session.get_credentials()
-        if self._credentials is None:
-            raise ValueError("signing requested but no AWS credentials found")
-        self._region = region or session.region_name or "us-east-1"
-        self._auth_cls = SigV4Auth
-
-    def headers(self, method: str, url: str, body: bytes) -> dict[str, str]:
-        from botocore.awsrequest import AWSRequest
-
-        request = AWSRequest(method=method, url=url, data=body)
-        # frozen credentials: refreshable ones (task role) rotate underneath
-        self._auth_cls(self._credentials.get_frozen_credentials(), "execute-api", self._region).add_auth(request)
-        return {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")}
+        session = botocore.session.get_session()
+        if credentials is None:
+            credentials = session.get_credentials()
+            if credentials is None:
+                raise ValueError("signing requested but no AWS credentials found")
+        region = region or session.get_config_variable("region") or "us-east-1"
+    return SigV4Signer(credentials, region, "execute-api")

@@ -41,19 +41,35 @@ from .lambda_runtime import LambdaRuntime
 
 log = logging.getLogger("rtstream_gateway")
 
-# Bodies larger than this are not read at all (the limit for a POST is 128 KB).
+# Bodies larger than this are refused (413) as they arrive; over the message
+# limit (128 KB for a POST) a body is counted but not kept.
 MAX_HTTP_BODY = 1024 * 1024
 # Bytes a client may send before its handshake completes.
 MAX_PREOPEN_BUFFER = 256 * 1024
+# API Gateway's limits on what precedes a body: a WebSocket API URL is at most
+# 4,096 characters (414 above), the request line and headers together at most
+# 10,240 bytes (431 above). Counting as bytes arrive bounds the memory an
+# unauthenticated client can hold, whatever it sends.
+MAX_URL_CHARS = 4096
+MAX_HEAD_BYTES = 10 * 1024
+# Seconds a client has to send a whole request head (slow headers answer 408).
+HEAD_TIMEOUT_S = 10.0
+# After refusing a request head: how long input is read and discarded before closing.
+LINGER_S = 1.0
 # Per-connection queue of received messages awaiting their route's handler;
 # reading pauses above HIGH and resumes below LOW (backpressure, bounded memory).
 INBOX_HIGH = 64
 INBOX_LOW = 16
 
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 410: "Gone", 413: "Payload Too Large",
-            426: "Upgrade Required", 429: "Too Many Requests", 500: "Internal Server Error",
-            502: "Bad Gateway", 503: "Service Unavailable"}
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone",
+            413: "Payload Too Large", 414: "URI Too Long", 426: "Upgrade Required", 429: "Too Many Requests",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable"}
+
+
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a request head over a limit."""
 
 
 class _TokenBucket:
@@ -105,13 +121,15 @@ def _aws_error(status: int, error_type: str, message: str | None, *, close: bool
 
 
 class _HttpRequest:
-    __slots__ = ("method", "url", "headers", "body", "keep_alive")
+    __slots__ = ("method", "url", "headers", "body", "body_size", "keep_alive")
 
-    def __init__(self, method: str, url: bytes, headers: list[tuple[str, str]], body: bytes, keep_alive: bool):
+    def __init__(self, method: str, url: bytes, headers: list[tuple[str, str]], body: bytes, keep_alive: bool,
+                 body_size: int | None = None):
         self.method = method
         self.url = url
         self.headers = headers
-        self.body = body
+        self.body = body  # empty when the body was over the limit (only its size is kept)
+        self.body_size = len(body) if body_size is None else body_size
         self.keep_alive = keep_alive
 
     def header(self, name: str) -> str | None:
@@ -198,7 +216,11 @@ class WsSession:
                 if self.paused and len(self.inbox) <= INBOX_LOW and not self.lost:
                     self.paused = False
                     self.transport.resume_reading()
-                await self.gateway._dispatch_message(self, message)
+                try:
+                    await self.gateway._dispatch_message(self, message)
+                except Exception:
+                    # one message's failure never stalls the messages queued behind it
+                    log.exception("message dispatch failed on %s", self.id)
         finally:
             self.worker = None
             if self.lost:
@@ -301,27 +323,68 @@ class _Connection(asyncio.Protocol):
         self.preopen: list[bytes] = []
         self.preopen_size = 0
         self.lost = False
+        self.discarding = False
         self._queue: deque[_HttpRequest] = deque()
         self._busy = False
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
         self._body_size = 0
+        # Request-head accounting: exact for the URL and completed headers; bytes
+        # of later chunks that end inside an unfinished header count as well, so
+        # a header that never ends is refused as soon as it passes the limit.
+        self._in_head = False
+        self._begun = 0
+        self._head_size = 0
+        self._head_partial = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused_status = 0
 
     # ---- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.gateway._tcp.add(self)
+        self._arm_head_timer()  # a connection that never sends a request is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._cancel_head_timer()
         self.gateway._tcp.discard(self)
         if self.ws is not None:
             self.ws.lost_connection()
 
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None and self.gateway.head_timeout > 0:
+            self._head_timer = asyncio.get_running_loop().call_later(self.gateway.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.lost and self.ws is None and not self.handshaking:
+            self._refuse_head(408)
+
+    def _refuse_head(self, status: int) -> None:
+        """Answer a request whose head broke a limit, then close: nothing more is read."""
+        self._cancel_head_timer()
+        self.lost = True  # no queued request is answered after this one
+        self.discarding = True
+        self.transport.write(_http_response(status, _REASONS[status].encode(), close=True))
+        # Lingering close: closing with unread input would reset the connection and
+        # the client might never see the answer. Half-close, discard what still
+        # arrives (nothing is kept), and close for good after a short linger.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
+
     def data_received(self, data: bytes) -> None:
         if self.ws is not None:
             self.ws.data_received(data)
+            return
+        if self.discarding:
             return
         if self.handshaking:
             self.preopen.append(data)
@@ -329,8 +392,17 @@ class _Connection(asyncio.Protocol):
             if self.preopen_size > MAX_PREOPEN_BUFFER:
                 self.transport.abort()
             return
+        if self.lost:
+            return
+        continuing = self._in_head
+        counted = self._head_size
+        begun = self._begun
         try:
             self.parser.feed_data(data)
+            if continuing and self._in_head and self._begun == begun:
+                # this whole chunk belongs to the head still being received
+                self._head_partial += len(data) - (self._head_size - counted)
+                self._check_head()
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             request = self._queue.pop() if self._queue else None
@@ -343,9 +415,14 @@ class _Connection(asyncio.Protocol):
                 self.preopen.append(data[offset:])
             self.gateway._spawn(self.gateway._handshake(self, request))
             return
-        except httptools.HttpParserError:
-            self.transport.write(_http_response(400, b"Bad Request", close=True))
-            self.transport.close()
+        except _HeadRefused:
+            self._refuse_head(self._refused_status)
+            return
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadRefused):
+                self._refuse_head(self._refused_status)
+                return
+            self._refuse_head(400)
             return
         self._drain()
 
@@ -355,23 +432,51 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._body_size = 0
+        self._in_head = True
+        self._begun += 1
+        self._head_size = 0
+        self._head_partial = 0
+        self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
+        if len(self._url) > MAX_URL_CHARS:
+            self._refused_status = 414
+            raise _HeadRefused()
+        self._check_head()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        self._head_partial = 0
+        self._check_head()
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+
+    def _check_head(self) -> None:
+        if self._head_size + self._head_partial > MAX_HEAD_BYTES:
+            self._refused_status = 431
+            raise _HeadRefused()
+
     def on_body(self, body: bytes) -> None:
+        # A body over the message limit is counted, not kept (it is answered 413);
+        # one past MAX_HTTP_BODY is refused at once.
         self._body_size += len(body)
         if self._body_size > MAX_HTTP_BODY:
-            self.transport.abort()
-            return
-        self._body.append(body)
+            self._refused_status = 413
+            raise _HeadRefused()
+        if self._body_size <= self.gateway.max_message_bytes:
+            self._body.append(body)
+        else:
+            self._body.clear()
 
     def on_message_complete(self) -> None:
+        body = b"".join(self._body) if self._body_size <= self.gateway.max_message_bytes else b""
         self._queue.append(_HttpRequest(self.parser.get_method().decode("ascii", "replace"), self._url,
-                                        self._headers, b"".join(self._body), self.parser.should_keep_alive()))
+                                        self._headers, body, self.parser.should_keep_alive(), self._body_size))
 
     # ---- request processing, in order per connection
     def _drain(self) -> None:
@@ -406,7 +511,8 @@ class GatewayEmulator:
                  max_connection_seconds: float = 7200, max_frame_bytes: int = 32 * 1024,
                  max_message_bytes: int = 128 * 1024, post_latency_ms: float = 0, post_throttle: float | None = None,
                  region: str | None = None, resources: dict[str, str] | None = None,
-                 client_buffer_limit: int = 4 * 1024 * 1024, close_timeout: float = 2.0):
+                 client_buffer_limit: int = 4 * 1024 * 1024, close_timeout: float = 2.0,
+                 head_timeout: float = HEAD_TIMEOUT_S):
         self.template_path = Path(template_path)
         self.host = host
         self.port = port
@@ -424,6 +530,7 @@ class GatewayEmulator:
         self.resources = resources
         self.client_buffer_limit = client_buffer_limit
         self.close_timeout = close_timeout
+        self.head_timeout = float(head_timeout)
         self.api: ApiSpec | None = None
         self.api_id = ev.api_id()
         self._runtime: LambdaRuntime | None = None
@@ -553,8 +660,15 @@ class GatewayEmulator:
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        # Every task's outcome is retrieved here: a bug surfaces as one logged
+        # error naming the task, never as "Task exception was never retrieved".
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway task %s failed", task.get_coro().__qualname__, exc_info=task.exception())
 
     def _unregister(self, session: WsSession) -> None:
         if self._sessions.get(session.id) is session:
@@ -592,7 +706,7 @@ class GatewayEmulator:
         if self._bucket is not None and not self._bucket.take():
             return _aws_error(429, "LimitExceededException", "Rate exceeded", close=close)
         method = request.method
-        if method == "POST" and len(request.body) > self.max_message_bytes:
+        if method == "POST" and request.body_size > self.max_message_bytes:
             return _aws_error(413, "PayloadTooLargeException", "Message too long", close=close)
         session = self._sessions.get(connection_id)
         if session is None or not session.open:
@@ -615,6 +729,14 @@ class GatewayEmulator:
 
     # ---- WebSocket handshake: authorizer, $connect, then 101
     async def _handshake(self, conn: _Connection, request: _HttpRequest) -> None:
+        try:
+            await self._open_session(conn, request)
+        except Exception:
+            log.exception("WebSocket handshake failed")
+            if conn.ws is None:
+                self._refuse(conn, 500, "Internal server error")
+
+    async def _open_session(self, conn: _Connection, request: _HttpRequest) -> None:
         assert self.api is not None and self._runtime is not None
         transport = conn.transport
         # One protocol object validates the handshake; the session's starts OPEN
@@ -624,7 +746,10 @@ class GatewayEmulator:
             transport.write(response.serialize())
             transport.close()
             return
-        url = httptools.parse_url(request.url)
+        try:
+            url = httptools.parse_url(request.url)
+        except httptools.HttpParserInvalidURLError:
+            return self._refuse(conn, 400, "Bad Request")
         path = unquote(url.path.decode("latin-1"))
         if path not in (f"/{self.stage}", f"/{self.stage}/"):
             return self._refuse(conn, 403, "Forbidden")
@@ -724,7 +849,9 @@ class GatewayEmulator:
         if isinstance(message, str) and self.api.route_selection_expression.startswith("$request.body."):
             try:
                 body = json.loads(message)
-            except ValueError:
+            except (ValueError, RecursionError):
+                # not JSON, or nested deeper than a parser goes: API Gateway
+                # routes what it cannot read to $default
                 body = None
         key = select_route(self.api.route_selection_expression, body, self.api.routes)
         if key is None:

@@ -26,6 +26,10 @@ class ManagementStub:
         self.headers: list[dict[str, str]] = []  # of every request, in order
         self.close_after_response = False  # answer "Connection: close" and hang up
         self.connections_made = 0
+        # verify(method, path, headers, body) -> bool: False answers 403 (e.g. a SigV4 check)
+        self.verify = None
+        self.rejected = 0
+        self.max_requests_per_read = 0  # 1 = the client never pipelined
         self.server: asyncio.AbstractServer | None = None
         self.endpoint = ""
 
@@ -65,7 +69,9 @@ class ManagementStub:
                 self.body = bytearray()
 
             def data_received(self, data):
+                self.in_read = 0
                 self.parser.feed_data(data)
+                stub.max_requests_per_read = max(stub.max_requests_per_read, self.in_read)
 
             def on_message_begin(self):
                 self.url, self.body, self.headers = b"", bytearray(), {}
@@ -80,8 +86,14 @@ class ManagementStub:
                 self.body += body
 
             def on_message_complete(self):
+                self.in_read += 1
                 stub.headers.append(self.headers)
-                status = stub.answer(self.parser.get_method().decode(), self.url.decode(), bytes(self.body))
+                method, path, body = self.parser.get_method().decode(), self.url.decode(), bytes(self.body)
+                if stub.verify is not None and not stub.verify(method, path, self.headers, body):
+                    stub.rejected += 1
+                    status = 403
+                else:
+                    status = stub.answer(method, path, body)
                 if stub.close_after_response:
                     self.transport.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
                     self.transport.close()

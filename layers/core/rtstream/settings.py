@@ -28,6 +28,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     # --- tokens (see rtstream.auth)
@@ -57,6 +66,13 @@ class Settings:
     fanout_partitions: int = 4  # RTSTREAM_FANOUT_PARTITIONS
     fanout_stream_maxlen: int = 100_000  # RTSTREAM_FANOUT_STREAM_MAXLEN
     presence_ttl_seconds: int = 660  # RTSTREAM_PRESENCE_TTL_SECONDS (idle timeout + slack)
+    # RTSTREAM_FANOUT_PIPELINING: auto (off when signing for AWS, on otherwise) | on | off
+    fanout_pipelining: str = "auto"
+
+    @property
+    def fanout_pipelining_flag(self) -> bool | None:
+        """For the @connections client: None = decide by signing (auto)."""
+        return {"auto": None, "on": True, "off": False}[self.fanout_pipelining]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -85,6 +101,7 @@ class Settings:
             fanout_partitions=_int(env, "RTSTREAM_FANOUT_PARTITIONS", d.fanout_partitions),
             fanout_stream_maxlen=_int(env, "RTSTREAM_FANOUT_STREAM_MAXLEN", d.fanout_stream_maxlen),
             presence_ttl_seconds=_int(env, "RTSTREAM_PRESENCE_TTL_SECONDS", d.presence_ttl_seconds),
+            fanout_pipelining=_choice(env, "RTSTREAM_FANOUT_PIPELINING", d.fanout_pipelining, ("auto", "on", "off")),
         )
 
     def replace(self, **changes) -> "Settings":
