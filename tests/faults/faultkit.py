@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -19,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import free_port, wait_for_port  # noqa: E402
 
 from rtstream_client import RealtimeClient
 from rtstream_client.client import StreamEvent
@@ -169,39 +165,6 @@ def kill(proc: Any) -> Callable[[], None]:
     def action() -> None:
         os.kill(proc().pid, signal.SIGKILL)
     return action
-
-
-class AofRedis:
-    """A redis-server of the test's own with append-only persistence, fsync on
-    every write (so an acknowledged publish survives kill -9), on a fixed port so
-    it can be killed and brought back where every client expects it."""
-
-    def __init__(self) -> None:
-        self.binary = shutil.which("redis-server")
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="rtstream-faults-redis-")
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
-                                      "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port("127.0.0.1", self.port)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_in_thread(target: Callable[[], None]) -> threading.Thread:

@@ -20,7 +20,8 @@ import time
 import uuid
 
 import pytest
-from faultkit import AofRedis, Publisher, accounting, clients_for, kill, local_system, run_in_thread, wait_all_received
+from helpers import RestartableRedis  # noqa: E402
+from faultkit import Publisher, accounting, clients_for, kill, local_system, run_in_thread, wait_all_received
 
 EVENTS = 120
 RATE = 40.0  # events/s: 3 s of publishing
@@ -28,7 +29,7 @@ KILL_AT = 40  # after the 41st event
 RECOVERY_BOUND_S = 15.0  # from the last publish until every client has everything
 
 
-async def _run(tmp_path, *, what: str, system_options: dict | None = None, redis: AofRedis | None = None):
+async def _run(tmp_path, *, what: str, system_options: dict | None = None, redis: RestartableRedis | None = None):
     notices: list[str] = []
     system = local_system(tmp_path, notices, **(system_options or {}))
     await system.start()
@@ -84,7 +85,7 @@ async def test_kill_sse_server_under_connected_clients_loses_nothing(tmp_path):
 
 @pytest.fixture
 def aof_redis():
-    redis = AofRedis()
+    redis = RestartableRedis(appendonly=True)
     if redis.binary is None:
         pytest.fail("the Redis restart test needs redis-server on PATH")
     redis.start()
