@@ -165,11 +165,19 @@ def test_rtstream_dev_restarts_killed_children_and_gives_up_on_a_crash_loop(tmp_
         # SSE killed, and its port taken before the restart: every restart fails
         sse_pid = _child_pid(proc.pid, "rtstream_sse")
         os.kill(sse_pid, signal.SIGKILL)
-        while Path(f"/proc/{sse_pid}").exists() and (Path(f"/proc/{sse_pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"):
-            time.sleep(0.005)
         blocker = socket.socket()
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the killed server's TIME_WAITs
-        blocker.bind(("127.0.0.1", sse_port))
+        # the port frees when the killed server's last thread has exited (ms); the
+        # supervisor's restart needs its backoff plus a Python start (about a second)
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                blocker.bind(("127.0.0.1", sse_port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         blocker.listen()
         _wait_line(err, seen, "the sse was killed by SIGKILL; restarting in", 10)
         _wait_line(err, seen, "giving up", 45)
