@@ -85,9 +85,10 @@ def clients_for(system: Any, entity: str, *, ws: int, sse: int) -> list[Recordin
 class Publisher:
     """Publishes ``count`` events at ``rate``/s through the SDK (one Lua script per
     event); ``at`` maps an index to an action run right after that event was
-    acknowledged (a kill), so what was published before it is unambiguous. A
-    publish that fails (Redis down) is retried after a pause: the event exists
-    once it is acknowledged, and only then is it expected."""
+    acknowledged (a kill), so what was published before it is unambiguous; the
+    ``burst`` events up to an action go out back to back, so the part killed
+    there is busy with them. A publish that fails (Redis down) is retried after a
+    pause: the event exists once it is acknowledged, and only then is it expected."""
 
     redis_url: str
     settings: Any
@@ -95,6 +96,7 @@ class Publisher:
     count: int
     rate: float
     at: dict[int, Callable[[], None]] = field(default_factory=dict)
+    burst: int = 0
     published: list[str] = field(default_factory=list)
     failed_attempts: int = 0
     finished_at: float = 0.0
@@ -110,7 +112,7 @@ class Publisher:
         try:
             for n in range(self.count):
                 pause = started + n * interval - time.monotonic()
-                if pause > 0:
+                if pause > 0 and not any(a - self.burst < n <= a for a in self.at):
                     time.sleep(pause)
                 data = {"transactionId": f"t{n}", "amount": n, "merchant": "Fault Cafe"}
                 deadline = time.monotonic() + 30
