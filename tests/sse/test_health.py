@@ -80,3 +80,32 @@ def test_healthz_is_503_when_the_reader_stops_progressing(own_redis, sse_secret,
     finally:
         admin.close()
         server.stop()
+
+
+def test_health_rules_at_their_boundaries():
+    """The decision itself (rtstream_sse.health.health) over a reader's state."""
+    from types import SimpleNamespace
+
+    from rtstream_sse.health import health
+
+    def reader(connected: bool, progress_at: float, failing_since: float | None = None, last_error: str | None = None):
+        return SimpleNamespace(connected=connected, progress_at=progress_at, failing_since=failing_since, last_error=last_error)
+
+    def check(r, now, draining=False):
+        return health(r, draining=draining, connections=3, block_seconds=5.0, grace_seconds=10.0, now=now)
+
+    assert check(reader(True, 100.0), 104.0) == (200, {"status": "ok", "redis": "connected", "connections": 3, "lastReadAgoSeconds": 4.0})
+    # a short blip: still serving (the reader resumes from its last ids)
+    code, body = check(reader(False, 100.0, 101.0, "ConnectionError: refused"), 110.0)
+    assert code == 200 and body["redis"] == "reconnecting"
+    code, body = check(reader(False, 100.0, 101.0, "ConnectionError: refused"), 110.5)
+    assert code == 503 and body["code"] == "redis_unavailable" and body["failingSeconds"] == 9.5
+    assert "ConnectionError: refused" in body["message"]
+    # never connected since start: unhealthy after the grace too
+    assert check(reader(False, 0.0), 10.5)[1]["code"] == "redis_unavailable"
+    # connected, but XREAD BLOCK 5 s has not returned for 15 s
+    assert check(reader(True, 100.0), 115.0)[0] == 200
+    code, body = check(reader(True, 100.0), 115.5)
+    assert code == 503 and body["code"] == "reader_stalled"
+    code, body = check(reader(True, 100.0), 101.0, draining=True)
+    assert code == 503 and body["status"] == "draining" and body["code"] == "draining"
