@@ -51,6 +51,7 @@ RESTART_BACKOFF_BASE = 0.25
 RESTART_BACKOFF_CAP = 5.0
 RESTART_BACKOFF_FLOOR = 0.1
 LOG_TAIL_LINES = 20
+CHILD_LABELS = {"worker": "fan-out worker", "sse": "SSE server"}
 
 
 class PortInUse(RuntimeError):
@@ -119,6 +120,7 @@ class _Child:
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0  # 1 + restarts
+        self.label = CHILD_LABELS.get(name, name)  # what messages call it
         self.supervisor: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -449,25 +451,25 @@ class LocalSystem:
             recent = crashes.record(time.monotonic())
             how = _describe_exit(code)
             if recent >= self.max_crashes:
-                self.failure = ChildFailed(child.name, code, recent, self.crash_window_seconds, child.log_tail(LOG_TAIL_LINES),
+                self.failure = ChildFailed(child.label, code, recent, self.crash_window_seconds, child.log_tail(LOG_TAIL_LINES),
                                            child.log_path)
-                self.notify(f"rtstream dev: the {child.name} {how}: {recent} crashes within "
+                self.notify(f"rtstream dev: the {child.label} {how}: {recent} crashes within "
                             f"{self.crash_window_seconds:.0f}s; giving up (log: {child.log_path})")
                 self.failed.set()
                 return
             delay = backoff_delay(recent - 1, base=RESTART_BACKOFF_BASE, cap=RESTART_BACKOFF_CAP, floor=RESTART_BACKOFF_FLOOR)
-            self.notify(f"rtstream dev: the {child.name} {how}; restarting in {delay:.1f}s "
+            self.notify(f"rtstream dev: the {child.label} {how}; restarting in {delay:.1f}s "
                         f"(crash {recent} of {self.max_crashes} allowed within {self.crash_window_seconds:.0f}s; log: {child.log_path})")
-            child.mark_log(f"{child.name} {how}; restarting")
+            child.mark_log(f"the {child.label} {how}; restarting")
             await asyncio.sleep(delay)
             try:
                 await child.start()
                 await ready()
             except Exception as exc:  # noqa: BLE001 - exited at start, not ready, Redis down: supervision goes on
                 if child.running:  # up but not ready in time: keep watching it
-                    self.notify(f"rtstream dev: the restarted {child.name} is not ready yet ({str(exc).splitlines()[0]})")
+                    self.notify(f"rtstream dev: the restarted {child.label} is not ready yet ({str(exc).splitlines()[0]})")
                 continue  # it exited again: the wait above returns at once and counts it
-            self.notify(f"rtstream dev: the {child.name} is running again (pid {child.proc.pid})")
+            self.notify(f"rtstream dev: the {child.label} is running again (pid {child.proc.pid})")
 
     # ---- metrics and housekeeping
     async def _start_metrics_endpoints(self) -> dict[str, str]:

@@ -58,10 +58,10 @@ async def test_killed_worker_and_sse_server_are_restarted_and_printed(tmp_path):
     try:
         killed = system.worker.proc.pid
         os.kill(killed, signal.SIGKILL)
-        await _until(lambda: any("the worker is running again" in n for n in notices), 20, f"worker restart; {notices}")
-        assert any(n.startswith("rtstream dev: the worker was killed by SIGKILL; restarting in ") for n in notices), notices
+        await _until(lambda: any("the fan-out worker is running again" in n for n in notices), 20, f"worker restart; {notices}")
+        assert any(n.startswith("rtstream dev: the fan-out worker was killed by SIGKILL; restarting in ") for n in notices), notices
         assert system.worker.running and system.worker.proc.pid != killed and system.worker.starts == 2
-        assert "--- rtstream dev: worker was killed by SIGKILL; restarting ---" in system.worker.log_tail(200)
+        assert "--- rtstream dev: the fan-out worker was killed by SIGKILL; restarting ---" in system.worker.log_tail(200)
 
         # the restarted worker delivers
         token = issue_dev_token(system.jwt_secret, user_id="u1", entity_id="ent-sup")
@@ -79,7 +79,7 @@ async def test_killed_worker_and_sse_server_are_restarted_and_printed(tmp_path):
 
         port, killed = system.sse_port, system.sse.proc.pid
         os.kill(killed, signal.SIGKILL)
-        await _until(lambda: any("the sse is running again" in n for n in notices), 30, f"SSE restart; {notices}")
+        await _until(lambda: any("the SSE server is running again" in n for n in notices), 30, f"SSE restart; {notices}")
         assert system.sse.proc.pid != killed and system.sse_port == port
         assert await _http_ok("127.0.0.1", port, "/healthz")  # the same port: EventSource reconnects there
         assert not system.failed.is_set() and system.failure is None
@@ -98,7 +98,7 @@ async def test_a_child_that_keeps_crashing_fails_the_system_with_its_last_lines(
         os.kill(system.worker.proc.pid, signal.SIGKILL)
         await asyncio.wait_for(system.failed.wait(), 30)
         failure = system.failure
-        assert failure.name == "worker" and failure.crashes == 3 and failure.returncode == 2
+        assert failure.name == "fan-out worker" and failure.crashes == 3 and failure.returncode == 2
         assert "RTSTREAM_MANAGEMENT_ENDPOINT is required" in failure.log_tail
         assert sum("restarting in" in n for n in notices) == 2, notices
         assert "giving up" in notices[-1] and "3 crashes within 60s" in notices[-1]
@@ -159,8 +159,8 @@ def test_rtstream_dev_restarts_killed_children_and_gives_up_on_a_crash_loop(tmp_
     try:
         _wait_line(out, [], "Hint: ", 30)
         os.kill(_child_pid(proc.pid, "rtstream_fanout"), signal.SIGKILL)
-        _wait_line(err, seen, "the worker was killed by SIGKILL; restarting in", 10)
-        _wait_line(err, seen, "the worker is running again", 20)
+        _wait_line(err, seen, "the fan-out worker was killed by SIGKILL; restarting in", 10)
+        _wait_line(err, seen, "the fan-out worker is running again", 20)
 
         # SSE killed, and its port taken before the restart: every restart fails
         sse_pid = _child_pid(proc.pid, "rtstream_sse")
@@ -179,14 +179,14 @@ def test_rtstream_dev_restarts_killed_children_and_gives_up_on_a_crash_loop(tmp_
                     raise
                 time.sleep(0.01)
         blocker.listen()
-        _wait_line(err, seen, "the sse was killed by SIGKILL; restarting in", 10)
+        _wait_line(err, seen, "the SSE server was killed by SIGKILL; restarting in", 10)
         _wait_line(err, seen, "giving up", 45)
         assert proc.wait(timeout=20) == 1
         rest = []
         while (line := err.get(timeout=5)) is not None:
             rest.append(line)
         text = "\n".join(rest)
-        assert re.search(r"rtstream dev: stopped everything: the sse exited with \d+: 5 crashes within 60s", text), text
+        assert re.search(r"rtstream dev: stopped everything: the SSE server exited with \d+: 5 crashes within 60s", text), text
         assert "address already in use" in text, text  # the child's own last lines
         assert not (tmp_path / "dev.json").exists()
     finally:
