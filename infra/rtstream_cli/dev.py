@@ -51,6 +51,7 @@ RESTART_BACKOFF_BASE = 0.25
 RESTART_BACKOFF_CAP = 5.0
 RESTART_BACKOFF_FLOOR = 0.1
 LOG_TAIL_LINES = 20
+DEV_FANOUT_LEASE_MS = "3000"
 CHILD_LABELS = {"worker": "fan-out worker", "sse": "SSE server"}
 
 
@@ -296,6 +297,9 @@ class LocalSystem:
             base = {
                 "RTSTREAM_JWT_SECRET": self.jwt_secret,
                 "REDIS_URL": self.redis.url,
+                # one worker here: a short lease lets a restarted worker take its
+                # partitions back within seconds of a crash (the default, 10 s, is for ECS)
+                "RTSTREAM_FANOUT_LEASE_MS": os.environ.get("RTSTREAM_FANOUT_LEASE_MS") or DEV_FANOUT_LEASE_MS,
                 **self._gateway_settings(),
                 **self.settings_overrides,
             }
