@@ -196,3 +196,16 @@ def test_rtstream_dev_restarts_killed_children_and_gives_up_on_a_crash_loop(tmp_
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_rtstream_dev_with_a_child_that_cannot_start_exits_1_with_its_last_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RTSTREAM_JWT_SECRET", "REDIS_URL", "AWS_ENDPOINT_URL")}
+    env.update({"RTSTREAM_STATE_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
+                "RTSTREAM_SSE_READ_BLOCK_MS": "soon"})  # a bad environment for the SSE server only
+    result = subprocess.run([sys.executable, "-m", "rtstream_cli.main", "dev", "--no-demo", "--ws-port", str(free_port()),
+                             "--sse-port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("rtstream dev: could not start: the SSE server exited at start:"), lines
+    assert any(line.startswith("  | ") and "RTSTREAM_SSE_READ_BLOCK_MS must be an integer" in line for line in lines), lines
+    assert not (tmp_path / "dev.json").exists()
