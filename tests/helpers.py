@@ -60,3 +60,43 @@ def loop_and_gateway_errors(records) -> list[str]:
 
     return [r.getMessage() for r in records
             if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("asyncio", "rtstream_gateway")]
+
+class RestartableRedis:
+    """A redis-server of one test's own, on a fixed port, so it can be killed and
+    brought back where every client expects it. ``appendonly``: the append-only
+    file with fsync on every write (an acknowledged write survives kill -9);
+    otherwise no persistence (a restart starts empty)."""
+
+    def __init__(self, *, appendonly: bool = True):
+        import shutil
+        import tempfile
+
+        self.binary = shutil.which("redis-server")
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="rtstream-test-redis-")
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        self.proc = subprocess.Popen([self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
+                                      "--save", "", *persistence], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,16 @@ SSE_READY_TIMEOUT = 20.0
 WORKER_READY_TIMEOUT = 10.0
 CHILD_STOP_TIMEOUT = 5.0
 HOUSEKEEPING_STOP_TIMEOUT = 10.0
+# Supervision: a crashed child is restarted after a capped, jittered backoff;
+# MAX_CRASHES within CRASH_WINDOW_SECONDS means it cannot run here: give up.
+MAX_CRASHES = 5
+CRASH_WINDOW_SECONDS = 60.0
+RESTART_BACKOFF_BASE = 0.25
+RESTART_BACKOFF_CAP = 5.0
+RESTART_BACKOFF_FLOOR = 0.1
+LOG_TAIL_LINES = 20
+DEV_FANOUT_LEASE_MS = "3000"
+CHILD_LABELS = {"worker": "fan-out worker", "sse": "SSE server"}
 
 
 class PortInUse(RuntimeError):
@@ -108,10 +120,14 @@ class _Child:
         self.env = env
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0  # 1 + restarts
+        self.label = CHILD_LABELS.get(name, name)  # what messages call it
+        self.supervisor: asyncio.Task | None = None
 
     async def start(self) -> None:
         from .localredis import parent_death_signal
 
+        self.starts += 1
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -127,7 +143,20 @@ class _Child:
         except OSError:
             return ""
 
+    def mark_log(self, line: str) -> None:
+        """A line of ours in the child's log (restarts), so its tail reads in order."""
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as log:
+                log.write(f"--- rtstream dev: {line} ---\n")
+        except OSError:
+            pass
+
     async def stop(self) -> None:
+        # the supervisor first: an exit we cause is not a crash to restart
+        supervisor, self.supervisor = self.supervisor, None
+        if supervisor is not None and supervisor is not asyncio.current_task():
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         proc, self.proc = self.proc, None
         if proc is None or proc.returncode is not None:
             return
@@ -147,7 +176,9 @@ class LocalSystem:
                  settings_overrides: dict[str, str] | None = None, with_worker: bool = True, with_sse: bool = True,
                  with_eventbridge: bool = True, gateway_options: dict[str, Any] | None = None,
                  template_path: str | Path = TEMPLATE_PATH, region: str | None = None, log_dir: str | Path | None = None,
-                 write_state_file: bool = True, keep_logs: bool = False, housekeeping_interval: float | None = None):
+                 write_state_file: bool = True, keep_logs: bool = False, housekeeping_interval: float | None = None,
+                 supervise: bool = True, max_crashes: int = MAX_CRASHES, crash_window_seconds: float = CRASH_WINDOW_SECONDS,
+                 notify: Callable[[str], None] | None = None):
         self.host = host
         self.ws_port = ws_port
         self.sse_port = sse_port
@@ -189,6 +220,16 @@ class LocalSystem:
         self.child_env: dict[str, str] = {}
         self.handler_env: dict[str, str] = {}
         self.started = False
+        # supervision of the children (worker, SSE server): restart on crash, give up
+        # after max_crashes within crash_window_seconds (then `failed` is set)
+        if max_crashes < 1 or crash_window_seconds <= 0:
+            raise ValueError("max_crashes must be >= 1 and crash_window_seconds > 0")
+        self.supervise = supervise
+        self.max_crashes = max_crashes
+        self.crash_window_seconds = crash_window_seconds
+        self.notify = notify or _print_notice
+        self.failure: ChildFailed | None = None
+        self.failed = asyncio.Event()
 
     # ---- endpoints
     @property
@@ -256,6 +297,9 @@ class LocalSystem:
             base = {
                 "RTSTREAM_JWT_SECRET": self.jwt_secret,
                 "REDIS_URL": self.redis.url,
+                # one worker here: a short lease lets a restarted worker take its
+                # partitions back within seconds of a crash (the default, 10 s, is for ECS)
+                "RTSTREAM_FANOUT_LEASE_MS": os.environ.get("RTSTREAM_FANOUT_LEASE_MS") or DEV_FANOUT_LEASE_MS,
                 **self._gateway_settings(),
                 **self.settings_overrides,
             }
@@ -289,6 +333,10 @@ class LocalSystem:
                 self.eventbridge = await handle if inspect.isawaitable(handle) else handle
             if self.worker is not None and not self.worker.running:
                 raise RuntimeError(f"the fan-out worker exited at start:\n{self.worker.log_tail()}")
+            if self.worker is not None:
+                self._supervise(self.worker, self._wait_worker_ready)
+            if self.sse is not None:
+                self._supervise(self.sse, self._wait_sse_ready)
             self._start_housekeeping()
         except BaseException:
             await self.stop()
@@ -383,6 +431,49 @@ class LocalSystem:
         self.sse = _Child("sse", [sys.executable, "-m", "rtstream_sse"], self.child_env, self.log_dir / "sse.log")
         await self.sse.start()
         await self._wait_sse_ready()
+        if self.started:  # brought back by a test: supervised like the first one
+            self._supervise(self.sse, self._wait_sse_ready)
+
+    # ---- supervision
+    def _supervise(self, child: _Child, ready: Callable[[], Awaitable[None]]) -> None:
+        if self.supervise and child.supervisor is None:
+            child.supervisor = asyncio.ensure_future(self._keep_running(child, ready))
+
+    async def _keep_running(self, child: _Child, ready: Callable[[], Awaitable[None]]) -> None:
+        """Restart ``child`` whenever it exits (it is never meant to while the system
+        runs: stop() cancels this first) after a capped, jittered backoff; after
+        ``max_crashes`` exits within ``crash_window_seconds``, record the failure
+        and set ``failed`` (`rtstream dev` then stops everything and exits non-zero)."""
+        from rtstream.backoff import backoff_delay
+
+        crashes = CrashWindow(self.crash_window_seconds)
+        while True:
+            proc = child.proc
+            if proc is None:
+                return
+            code = await proc.wait()
+            recent = crashes.record(time.monotonic())
+            how = _describe_exit(code)
+            if recent >= self.max_crashes:
+                self.failure = ChildFailed(child.label, code, recent, self.crash_window_seconds, child.log_tail(LOG_TAIL_LINES),
+                                           child.log_path)
+                self.notify(f"rtstream dev: the {child.label} {how}: {recent} crashes within "
+                            f"{self.crash_window_seconds:.0f}s; giving up (log: {child.log_path})")
+                self.failed.set()
+                return
+            delay = backoff_delay(recent - 1, base=RESTART_BACKOFF_BASE, cap=RESTART_BACKOFF_CAP, floor=RESTART_BACKOFF_FLOOR)
+            self.notify(f"rtstream dev: the {child.label} {how}; restarting in {delay:.1f}s "
+                        f"(crash {recent} of {self.max_crashes} allowed within {self.crash_window_seconds:.0f}s; log: {child.log_path})")
+            child.mark_log(f"the {child.label} {how}; restarting")
+            await asyncio.sleep(delay)
+            try:
+                await child.start()
+                await ready()
+            except Exception as exc:  # noqa: BLE001 - exited at start, not ready, Redis down: supervision goes on
+                if child.running:  # up but not ready in time: keep watching it
+                    self.notify(f"rtstream dev: the restarted {child.label} is not ready yet ({str(exc).splitlines()[0]})")
+                continue  # it exited again: the wait above returns at once and counts it
+            self.notify(f"rtstream dev: the {child.label} is running again (pid {child.proc.pid})")
 
     # ---- metrics and housekeeping
     async def _start_metrics_endpoints(self) -> dict[str, str]:
@@ -515,6 +606,46 @@ class LocalSystem:
         raise TimeoutError(f"the SSE server did not answer /healthz within {SSE_READY_TIMEOUT:.0f}s:\n{self.sse.log_tail()}")
 
 
+class CrashWindow:
+    """Exit times of one child within a sliding window."""
+
+    def __init__(self, window_seconds: float):
+        self.window_seconds = window_seconds
+        self.times: deque[float] = deque()
+
+    def record(self, now: float) -> int:
+        """Count a crash at ``now``; returns the crashes within the window ending now."""
+        self.times.append(now)
+        while self.times and self.times[0] <= now - self.window_seconds:
+            self.times.popleft()
+        return len(self.times)
+
+
+class ChildFailed(RuntimeError):
+    """A child that kept crashing: supervision gave up on it."""
+
+    def __init__(self, name: str, returncode: int, crashes: int, window_seconds: float, log_tail: str, log_path: Path):
+        super().__init__(f"the {name} {_describe_exit(returncode)}: {crashes} crashes within {window_seconds:.0f}s")
+        self.name = name
+        self.returncode = returncode
+        self.crashes = crashes
+        self.log_tail = log_tail
+        self.log_path = log_path
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code}"
+
+
+def _print_notice(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class _TrackedRun:
     """Housekeeping whose in-flight run (in a worker thread) stop() can wait for."""
 
@@ -623,9 +754,11 @@ async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console, *
         print(f"rtstream dev: {exc}", file=sys.stderr, flush=True)
         shutil.rmtree(system.log_dir, ignore_errors=True)  # nothing ran
         return 2
-    except Exception as exc:  # one clear line; details are in the logs
-        print(f"rtstream dev: could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
-              f"(logs: {system.log_dir})", file=sys.stderr, flush=True)
+    except Exception as exc:  # one clear line, then the failing child's last lines (if any)
+        message = str(exc).splitlines() or [type(exc).__name__]
+        print(f"rtstream dev: could not start: {message[0]} (logs: {system.log_dir})", file=sys.stderr, flush=True)
+        for line in message[1:]:
+            print(f"  | {line}", file=sys.stderr, flush=True)
         return 1
     lines = [f"WebSocket: {system.ws_url}"]
     if system.sse is not None:
@@ -642,24 +775,21 @@ async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console, *
         lines += [f"Demo: publishing 1 event/s to entity {system.dev_entity} (--no-demo to turn off)"]
     lines += [f"Hint: token for the demo entity: rtstream token --user demo-user --entity {system.dev_entity}  (logs: {system.log_dir})"]
     print("\n".join(lines), file=console, flush=True)
-    watchdog = asyncio.ensure_future(_report_dead_children(system))
+    stop_requested = asyncio.ensure_future(stopping.wait())
+    child_failed = asyncio.ensure_future(system.failed.wait())
     try:
-        await stopping.wait()
+        await asyncio.wait({stop_requested, child_failed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watchdog.cancel()
+        for waiter in (stop_requested, child_failed):
+            waiter.cancel()
         if feed is not None:
             await asyncio.to_thread(feed.stop)
         await system.stop()
-    return 0
+    failure = system.failure
+    if failure is None:
+        return 0
+    print(f"rtstream dev: stopped everything: {failure}. Last lines of {failure.log_path}:", file=sys.stderr, flush=True)
+    for line in failure.log_tail.splitlines():
+        print(f"  | {line}", file=sys.stderr, flush=True)
+    return 1
 
-
-async def _report_dead_children(system: LocalSystem) -> None:
-    """One line when a child dies under a running system (its log says why)."""
-    reported: set[str] = set()
-    while True:
-        await asyncio.sleep(1.0)
-        for child in (system.worker, system.sse):
-            if child is not None and child.proc is not None and child.proc.returncode is not None and child.name not in reported:
-                reported.add(child.name)
-                print(f"rtstream dev: the {child.name} exited with {child.proc.returncode} (log: {child.log_path})",
-                      file=sys.stderr, flush=True)

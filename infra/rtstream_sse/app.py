@@ -451,12 +451,12 @@ def create_app(
     static = static_dir()
 
     async def healthz(request: Request) -> Response:
-        body = {
-            "status": "draining" if state.hub.draining else "ok",
-            "redis": "connected" if state.reader.connected else "reconnecting",
-            "connections": state.hub.count,
-        }
-        return JSONResponse(body, status_code=503 if state.hub.draining else 200)
+        # Redis reachability and the shared reader's progress (contract: rtstream_sse.health)
+        from .health import health
+
+        status, body = health(state.reader, draining=state.hub.draining, connections=state.hub.count,
+                              block_seconds=config.read_block_ms / 1000, grace_seconds=config.health_grace_seconds)
+        return JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
 
     async def metrics(request: Request) -> Response:
         text = state.metrics.render(active_connections=state.hub.count, redis_connected=state.reader.connected)

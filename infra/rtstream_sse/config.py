@@ -49,6 +49,8 @@ class SSEConfig:
     # XREAD BLOCK timeout and batch size of the process's one Redis reader
     read_block_ms: int = 5000  # RTSTREAM_SSE_READ_BLOCK_MS
     read_count: int = 500  # RTSTREAM_SSE_READ_COUNT
+    # /healthz answers 503 once the reader has had no answer from Redis this long
+    health_grace_seconds: float = 10.0  # RTSTREAM_SSE_HEALTH_GRACE_SECONDS
     # Seconds to wait for clients to take the shutdown hint before the server stops
     shutdown_grace_seconds: float = 5.0  # RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS
     allowed_origins: tuple[str, ...] = ()  # RTSTREAM_ALLOWED_ORIGINS (comma separated; "*" = any)
@@ -80,6 +82,7 @@ class SSEConfig:
             max_pending_bytes=_int(env, "RTSTREAM_SSE_MAX_PENDING_BYTES", d.max_pending_bytes, 1),
             read_block_ms=_int(env, "RTSTREAM_SSE_READ_BLOCK_MS", d.read_block_ms, 1),
             read_count=_int(env, "RTSTREAM_SSE_READ_COUNT", d.read_count, 1),
+            health_grace_seconds=_float(env, "RTSTREAM_SSE_HEALTH_GRACE_SECONDS", d.health_grace_seconds),
             shutdown_grace_seconds=_float(env, "RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds),
             allowed_origins=origins,
             public_ws_url=env.get("RTSTREAM_PUBLIC_WS_URL", d.public_ws_url),

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import time
 from typing import Any
 
 from rtstream import keys
+from rtstream.backoff import backoff_delay
 from rtstream.fanout import decode_entry
 from rtstream.models import Event
 from rtstream.settings import Settings
@@ -27,10 +28,6 @@ log = logging.getLogger("rtstream_sse.reader")
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 5.0
 
-
-def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)], at least base/2."""
-    return max(base / 2, random.uniform(0, min(cap, base * (2 ** min(attempt, 16)))))
 
 
 class PartitionReader:
@@ -54,6 +51,11 @@ class PartitionReader:
         # stream -> last id read; resolved to concrete ids once, then advanced
         self.last_ids: dict[bytes, bytes] | None = None
         self.connected = False
+        # for /healthz: when Redis last answered this reader (monotonic; starts now, so
+        # a reader that never connects turns unhealthy too), and since when it fails
+        self.progress_at = time.monotonic()
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
         self._stopping = False
         self._client: Any = None
 
@@ -79,9 +81,11 @@ class PartitionReader:
                 if attempt:
                     log.info("redis reader reconnected after %d attempt(s)", attempt)
                 self.connected = True
+                self._progressed()
                 attempt = 0
                 while not self._stopping:
                     reply = await client.xread(self.last_ids, count=self.count, block=self.block_ms)
+                    self._progressed()
                     if reply:
                         self.handle(reply)
             except asyncio.CancelledError:
@@ -90,8 +94,11 @@ class PartitionReader:
                 if self._stopping:
                     break
                 self.connected = False
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.redis_reconnects += 1
-                delay = backoff_delay(attempt)
+                delay = backoff_delay(attempt, base=BACKOFF_BASE_SECONDS, cap=BACKOFF_CAP_SECONDS, floor=BACKOFF_BASE_SECONDS / 2)
                 attempt += 1
                 log.warning("redis reader error (%s: %s); reconnecting in %.2fs", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
@@ -101,6 +108,11 @@ class PartitionReader:
                     await client.aclose()
                 except Exception:
                     pass
+
+    def _progressed(self) -> None:
+        self.progress_at = time.monotonic()
+        self.failing_since = None
+        self.last_error = None
 
     def handle(self, reply: Any) -> None:
         """One XREAD reply: advance the ids, group events by entity, dispatch."""
