@@ -31,7 +31,7 @@ from typing import Any
 
 from rtstream_gateway import urls
 
-from .state import clear_state, read_state, state_path, write_state
+from .state import StateInUse, clear_state, instance_state_path, read_state, read_state_file, state_base, write_state
 from .template import TEMPLATE_PATH
 
 DEFAULT_WS_PORT = 3001
@@ -50,7 +50,7 @@ class PortInUse(RuntimeError):
 
 
 def dev_secret_path() -> Path:
-    return state_path().parent / "dev-secret"
+    return state_base() / "dev-secret"
 
 
 def dev_jwt_secret() -> str:
@@ -147,7 +147,8 @@ class LocalSystem:
                  settings_overrides: dict[str, str] | None = None, with_worker: bool = True, with_sse: bool = True,
                  with_eventbridge: bool = True, gateway_options: dict[str, Any] | None = None,
                  template_path: str | Path = TEMPLATE_PATH, region: str | None = None, log_dir: str | Path | None = None,
-                 write_state_file: bool = True, keep_logs: bool = False, housekeeping_interval: float | None = None):
+                 write_state_file: bool = True, keep_logs: bool = False, housekeeping_interval: float | None = None,
+                 state_dir: str | Path | None = None):
         self.host = host
         self.ws_port = ws_port
         self.sse_port = sse_port
@@ -164,6 +165,9 @@ class LocalSystem:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._remove_log_dir = not log_dir and not keep_logs
         self.write_state_file = write_state_file
+        # this instance's own state file (rtstream_cli.state): --state-dir, else keyed by its ports
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.state_path: Path | None = None
         # the dashboard's dev-token entity (the `rtstream dev` demo feed publishes there)
         self.dev_entity = os.environ.get("RTSTREAM_DEV_ENTITY") or DEV_ENTITY
         # seconds between housekeeping runs; None = min(60, presence TTL), 0 = never
@@ -243,6 +247,11 @@ class LocalSystem:
 
         from .localredis import free_port
 
+        if self.write_state_file and self.state_dir is not None:
+            owner = read_state_file(instance_state_path(0, 0, self.state_dir))
+            if owner and owner.get("pid") != os.getpid():
+                raise StateInUse(f"--state-dir {self.state_dir} belongs to the running rtstream dev with pid "
+                                 f"{owner.get('pid')} ({owner.get('ws_url')}); pick another directory")
         check_port_free(self.host, self.ws_port, "WS")
         if self.with_sse:
             check_port_free(self.host, self.sse_port, "SSE")
@@ -295,7 +304,7 @@ class LocalSystem:
             raise
         self.started = True
         if self.write_state_file:
-            write_state(self.state())
+            self.state_path = write_state(self.state(), instance_state_path(self.ws_port, self.sse_port, self.state_dir))
         return self
 
     async def _start_aws(self) -> None:
@@ -327,6 +336,8 @@ class LocalSystem:
             "log_dir": str(self.log_dir),
             "demo_entity": self.dev_entity,
             "metrics_url": f"http://{self._url_host}:{self.sse_port}/metrics" if self.sse is not None else None,
+            "ws_port": self.ws_port,
+            "sse_port": self.sse_port if self.sse is not None else None,
             "pid": os.getpid(),
         }
 
@@ -352,8 +363,9 @@ class LocalSystem:
             await server.wait_closed()
         await self.redis.stop()
         await self.aws.stop()
-        if self.write_state_file and self.started and read_state().get("pid") == os.getpid():
-            clear_state()
+        if self.state_path is not None:
+            clear_state(self.state_path)
+            self.state_path = None
         self.started = False
         if self._remove_log_dir:
             shutil.rmtree(self.log_dir, ignore_errors=True)
@@ -573,6 +585,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Redis to use (default REDIS_URL; else a private redis-server, else fakeredis)")
     parser.add_argument("--jwt-secret", default=None,
                         help="HS256 signing key (default RTSTREAM_JWT_SECRET, else this machine's dev key)")
+    parser.add_argument("--state-dir", default=None,
+                        help="write this instance's state here (default: one file per instance, keyed by its ports, "
+                             "under RTSTREAM_STATE_DIR or ~/.cache/rtstream/instances); token/publish/demo take the same option")
     parser.add_argument("--no-demo", action="store_true",
                         help="do not publish the demo feed (1 event/s for the dashboard's demo entity)")
     parser.set_defaults(func=run)
@@ -595,7 +610,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     system = LocalSystem(ws_port=args.ws_port, sse_port=args.sse_port, host=args.host, aws_endpoint=args.aws_endpoint,
-                         redis_url=args.redis_url, jwt_secret=args.jwt_secret, keep_logs=True)
+                         redis_url=args.redis_url, jwt_secret=args.jwt_secret, keep_logs=True,
+                         state_dir=getattr(args, "state_dir", None))
     # The in-process handlers log JSON lines and metrics to stdout, as on Lambda:
     # they go to a log file, and the console keeps the endpoint lines.
     console = sys.stdout
@@ -619,7 +635,7 @@ async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console, *
     waiting.cancel()
     try:
         starting.result()
-    except PortInUse as exc:
+    except (PortInUse, StateInUse) as exc:
         print(f"rtstream dev: {exc}", file=sys.stderr, flush=True)
         shutil.rmtree(system.log_dir, ignore_errors=True)  # nothing ran
         return 2

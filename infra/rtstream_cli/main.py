@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from rtstream.protocol import PROTOCOL_VERSION
+
 COMMAND_MODULES = (
     "rtstream_cli.dev",  # rtstream dev
     "rtstream_cli.token_cmd",  # rtstream token
@@ -17,8 +19,18 @@ COMMAND_MODULES = (
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("realtime-streaming")
+    except PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtstream", description="realtime-streaming: live events to dashboards")
+    parser.add_argument("--version", action="version", version=f"rtstream {_version()} (protocol {PROTOCOL_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
