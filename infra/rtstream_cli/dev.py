@@ -17,7 +17,6 @@ import importlib.util
 import inspect
 import math
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -31,7 +30,9 @@ from typing import Any
 
 from rtstream_gateway import urls
 
-from .state import StateInUse, clear_state, instance_state_path, read_state, read_state_file, state_base, write_state
+from .state import (  # noqa: F401  (dev_secret_path: re-exported)
+    StateInUse, clear_state, dev_jwt_secret, dev_secret_path, instance_state_path, read_state, read_state_file, write_state,
+)
 from .template import TEMPLATE_PATH
 
 DEFAULT_WS_PORT = 3001
@@ -47,31 +48,6 @@ class PortInUse(RuntimeError):
     def __init__(self, host: str, port: int, what: str):
         super().__init__(f"{what} port {port} on {host} is already in use; stop what uses it or pick another with --{what.lower()}-port")
         self.port = port
-
-
-def dev_secret_path() -> Path:
-    return state_base() / "dev-secret"
-
-
-def dev_jwt_secret() -> str:
-    """The machine's dev signing key: generated once into the state directory, so
-    `rtstream token` and `rtstream dev` agree without configuration."""
-    path = dev_secret_path()
-    try:
-        secret = path.read_text().strip()
-        if secret:
-            return secret
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret)
-    return secret
 
 
 def resolve_jwt_secret(explicit: str | None = None) -> str:
@@ -594,6 +570,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not TEMPLATE_PATH.is_file():
+        # a wheel carries the packages, not the template and the handlers it names
+        print(f"rtstream dev: runs from a clone of the repository (no {TEMPLATE_PATH.name} next to this installation): "
+              f"there run ./scripts/dev, or pip install -e '.[local]' and rtstream dev", file=sys.stderr)
+        return 2
     try:
         import uvloop
 

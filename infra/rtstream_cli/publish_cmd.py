@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             kwargs["events_client"] = _events_client(endpoint)
     except NoSuchInstance as exc:
         return _fail("unavailable", str(exc), 1)
+    except BackendUnavailable as exc:
+        return _fail(exc.code, exc.message, 1)
     try:
         event_id = publish(args.entity, args.topic, data, source=args.source, via=args.via, settings=settings, **kwargs)
     except (BackendUnavailable, Throttled) as exc:
@@ -73,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _events_client(endpoint: str | None):
-    import boto3
+    try:
+        import boto3
+    except ModuleNotFoundError:
+        from rtstream.errors import BackendUnavailable
+
+        raise BackendUnavailable("--via eventbridge needs boto3: pip install 'realtime-streaming[aws]'") from None
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     if endpoint and not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -60,6 +61,31 @@ class Instance:
 
 def state_base() -> Path:
     return Path(os.environ.get("RTSTREAM_STATE_DIR") or os.path.join(Path.home(), ".cache", "rtstream"))
+
+
+def dev_secret_path() -> Path:
+    return state_base() / "dev-secret"
+
+
+def dev_jwt_secret() -> str:
+    """The machine's dev signing key: generated once into the state directory, so
+    `rtstream token` and `rtstream dev` agree without configuration."""
+    path = dev_secret_path()
+    try:
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+    return secret
 
 
 def instances_dir() -> Path:

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rtstream.auth import issue_dev_token
 
-    from .dev import dev_jwt_secret
+    from .state import dev_jwt_secret
 
     try:
         secret = Target(args, "token").value("jwt_secret", flag=args.jwt_secret, env="RTSTREAM_JWT_SECRET") or dev_jwt_secret()
