@@ -637,7 +637,9 @@ async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console, *
         # a new user's dashboard (dev token for this entity) moves at once
         feed = BackgroundDemo(system.redis_url, system.settings, system.dev_entity, rate=1.0).start()
         lines += [f"Demo: publishing 1 event/s to entity {system.dev_entity} (--no-demo to turn off)"]
-    lines += [f"Hint: token for the demo entity: rtstream token --user demo-user --entity {system.dev_entity}  (logs: {system.log_dir})"]
+    # with other instances running, the hint names this one (rtstream_cli.state)
+    which = f" --dev-port {system.ws_port}" if system.ws_port != DEFAULT_WS_PORT else ""
+    lines += [f"Hint: token for the demo entity: rtstream token --user demo-user --entity {system.dev_entity}{which}  (logs: {system.log_dir})"]
     print("\n".join(lines), file=console, flush=True)
     watchdog = asyncio.ensure_future(_report_dead_children(system))
     try:

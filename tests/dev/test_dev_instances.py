@@ -28,7 +28,8 @@ def start_dev(state_base, ws_port, sse_port, secret, *extra):
     proc = subprocess.Popen([sys.executable, "-m", "rtstream_cli.main", "dev", "--no-demo", "--ws-port", str(ws_port),
                              "--sse-port", str(sse_port), "--jwt-secret", secret, *extra],
                             env=cli_env(state_base), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    read_lines_until(proc, "Hint: ", timeout=60)
+    hint = read_lines_until(proc, "Hint: ", timeout=60)[-1]
+    assert f"--dev-port {ws_port}" in hint, hint  # the hint names this instance
     return proc
 
 
