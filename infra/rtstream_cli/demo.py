@@ -12,7 +12,6 @@ budgets; data syncs complete now and then. Bounded by ``--count`` and/or
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
