@@ -12,7 +12,6 @@ budgets; data syncs complete now and then. Bounded by ``--count`` and/or
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -229,9 +228,12 @@ def register(subparsers) -> None:
     p.add_argument("--rate", type=float, default=2.0, help="events per second (default 2)")
     p.add_argument("--count", type=int, default=200, help="events to publish; 0 = until --duration (default 200)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--redis-url", default=None, help="Redis of the system (default: the running `rtstream dev`, else REDIS_URL)")
+    p.add_argument("--redis-url", default=None, help="Redis of the system (default: REDIS_URL, else the running `rtstream dev`)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable stream")
     p.add_argument("--quiet", action="store_true", help="do not print each event")
+    from .state import add_instance_options
+
+    add_instance_options(p)
     p.set_defaults(func=run)
 
 
@@ -244,14 +246,19 @@ def run(args) -> int:
     from rtstream.publishing import publish
     from rtstream.settings import Settings
 
-    from .state import read_state
+    from .state import NoSuchInstance, Target
 
-    state = read_state()
-    redis_url = args.redis_url or state.get("redis_url") or os.environ.get("REDIS_URL")
+    # the same resolution as `rtstream token` and `rtstream publish`
+    target = Target(args, "demo")
+    try:
+        redis_url = target.value("redis_url", flag=args.redis_url, env="REDIS_URL")
+        entity = target.value("demo_entity", flag=args.entity, env="RTSTREAM_DEV_ENTITY", default=DEFAULT_ENTITY)
+    except NoSuchInstance as exc:
+        print(f"rtstream demo: {exc}", file=sys.stderr)
+        return 2
     if not redis_url:
         print("rtstream demo: no running `rtstream dev` found and no --redis-url / REDIS_URL given", file=sys.stderr)
         return 2
-    entity = args.entity or state.get("demo_entity") or os.environ.get("RTSTREAM_DEV_ENTITY") or DEFAULT_ENTITY
     settings = Settings.from_env().replace(redis_url=redis_url)
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=3)
 

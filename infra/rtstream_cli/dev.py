@@ -17,7 +17,6 @@ import importlib.util
 import inspect
 import math
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -33,7 +32,9 @@ from typing import Any
 
 from rtstream_gateway import urls
 
-from .state import clear_state, read_state, state_path, write_state
+from .state import (  # noqa: F401  (dev_secret_path: re-exported)
+    StateInUse, clear_state, dev_jwt_secret, dev_secret_path, instance_state_path, read_state, read_state_file, write_state,
+)
 from .template import TEMPLATE_PATH
 
 DEFAULT_WS_PORT = 3001
@@ -59,31 +60,6 @@ class PortInUse(RuntimeError):
     def __init__(self, host: str, port: int, what: str):
         super().__init__(f"{what} port {port} on {host} is already in use; stop what uses it or pick another with --{what.lower()}-port")
         self.port = port
-
-
-def dev_secret_path() -> Path:
-    return state_path().parent / "dev-secret"
-
-
-def dev_jwt_secret() -> str:
-    """The machine's dev signing key: generated once into the state directory, so
-    `rtstream token` and `rtstream dev` agree without configuration."""
-    path = dev_secret_path()
-    try:
-        secret = path.read_text().strip()
-        if secret:
-            return secret
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret)
-    return secret
 
 
 def resolve_jwt_secret(explicit: str | None = None) -> str:
@@ -178,7 +154,7 @@ class LocalSystem:
                  template_path: str | Path = TEMPLATE_PATH, region: str | None = None, log_dir: str | Path | None = None,
                  write_state_file: bool = True, keep_logs: bool = False, housekeeping_interval: float | None = None,
                  supervise: bool = True, max_crashes: int = MAX_CRASHES, crash_window_seconds: float = CRASH_WINDOW_SECONDS,
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None, state_dir: str | Path | None = None):
         self.host = host
         self.ws_port = ws_port
         self.sse_port = sse_port
@@ -195,6 +171,9 @@ class LocalSystem:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._remove_log_dir = not log_dir and not keep_logs
         self.write_state_file = write_state_file
+        # this instance's own state file (rtstream_cli.state): --state-dir, else keyed by its ports
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.state_path: Path | None = None
         # the dashboard's dev-token entity (the `rtstream dev` demo feed publishes there)
         self.dev_entity = os.environ.get("RTSTREAM_DEV_ENTITY") or DEV_ENTITY
         # seconds between housekeeping runs; None = min(60, presence TTL), 0 = never
@@ -284,6 +263,11 @@ class LocalSystem:
 
         from .localredis import free_port
 
+        if self.write_state_file and self.state_dir is not None:
+            owner = read_state_file(instance_state_path(0, 0, self.state_dir))
+            if owner and owner.get("pid") != os.getpid():
+                raise StateInUse(f"--state-dir {self.state_dir} belongs to the running rtstream dev with pid "
+                                 f"{owner.get('pid')} ({owner.get('ws_url')}); pick another directory")
         check_port_free(self.host, self.ws_port, "WS")
         if self.with_sse:
             check_port_free(self.host, self.sse_port, "SSE")
@@ -343,7 +327,7 @@ class LocalSystem:
             raise
         self.started = True
         if self.write_state_file:
-            write_state(self.state())
+            self.state_path = write_state(self.state(), instance_state_path(self.ws_port, self.sse_port, self.state_dir))
         return self
 
     async def _start_aws(self) -> None:
@@ -375,6 +359,8 @@ class LocalSystem:
             "log_dir": str(self.log_dir),
             "demo_entity": self.dev_entity,
             "metrics_url": f"http://{self._url_host}:{self.sse_port}/metrics" if self.sse is not None else None,
+            "ws_port": self.ws_port,
+            "sse_port": self.sse_port if self.sse is not None else None,
             "pid": os.getpid(),
         }
 
@@ -400,8 +386,9 @@ class LocalSystem:
             await server.wait_closed()
         await self.redis.stop()
         await self.aws.stop()
-        if self.write_state_file and self.started and read_state().get("pid") == os.getpid():
-            clear_state()
+        if self.state_path is not None:
+            clear_state(self.state_path)
+            self.state_path = None
         self.started = False
         if self._remove_log_dir:
             shutil.rmtree(self.log_dir, ignore_errors=True)
@@ -704,12 +691,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Redis to use (default REDIS_URL; else a private redis-server, else fakeredis)")
     parser.add_argument("--jwt-secret", default=None,
                         help="HS256 signing key (default RTSTREAM_JWT_SECRET, else this machine's dev key)")
+    parser.add_argument("--state-dir", default=None,
+                        help="write this instance's state here (default: one file per instance, keyed by its ports, "
+                             "under RTSTREAM_STATE_DIR or ~/.cache/rtstream/instances); token/publish/demo take the same option")
     parser.add_argument("--no-demo", action="store_true",
                         help="do not publish the demo feed (1 event/s for the dashboard's demo entity)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not TEMPLATE_PATH.is_file():
+        # a wheel carries the packages, not the template and the handlers it names
+        print(f"rtstream dev: runs from a clone of the repository (no {TEMPLATE_PATH.name} next to this installation): "
+              f"there run ./scripts/dev, or pip install -e '.[local]' and rtstream dev", file=sys.stderr)
+        return 2
     try:
         import uvloop
 
@@ -726,7 +721,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     system = LocalSystem(ws_port=args.ws_port, sse_port=args.sse_port, host=args.host, aws_endpoint=args.aws_endpoint,
-                         redis_url=args.redis_url, jwt_secret=args.jwt_secret, keep_logs=True)
+                         redis_url=args.redis_url, jwt_secret=args.jwt_secret, keep_logs=True,
+                         state_dir=getattr(args, "state_dir", None))
     # The in-process handlers log JSON lines and metrics to stdout, as on Lambda:
     # they go to a log file, and the console keeps the endpoint lines.
     console = sys.stdout
@@ -750,7 +746,7 @@ async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console, *
     waiting.cancel()
     try:
         starting.result()
-    except PortInUse as exc:
+    except (PortInUse, StateInUse) as exc:
         print(f"rtstream dev: {exc}", file=sys.stderr, flush=True)
         shutil.rmtree(system.log_dir, ignore_errors=True)  # nothing ran
         return 2
@@ -773,7 +769,9 @@ async def _run_system(system: "LocalSystem", stopping: asyncio.Event, console, *
         # a new user's dashboard (dev token for this entity) moves at once
         feed = BackgroundDemo(system.redis_url, system.settings, system.dev_entity, rate=1.0).start()
         lines += [f"Demo: publishing 1 event/s to entity {system.dev_entity} (--no-demo to turn off)"]
-    lines += [f"Hint: token for the demo entity: rtstream token --user demo-user --entity {system.dev_entity}  (logs: {system.log_dir})"]
+    # with other instances running, the hint names this one (rtstream_cli.state)
+    which = f" --dev-port {system.ws_port}" if system.ws_port != DEFAULT_WS_PORT else ""
+    lines += [f"Hint: token for the demo entity: rtstream token --user demo-user --entity {system.dev_entity}{which}  (logs: {system.log_dir})"]
     print("\n".join(lines), file=console, flush=True)
     stop_requested = asyncio.ensure_future(stopping.wait())
     child_failed = asyncio.ensure_future(system.failed.wait())

@@ -2,7 +2,8 @@
 
 Publishes one event and prints its id (via EventBridge: the EventBridge event
 id). Endpoints: ``--redis-url`` / ``REDIS_URL`` and ``--aws-endpoint`` /
-``AWS_ENDPOINT_URL``, else the running ``rtstream dev`` system (its dev.json).
+``AWS_ENDPOINT_URL``, else the running ``rtstream dev`` system (``--state-dir`` /
+``--dev-port`` choose one; the one used is named on stderr).
 Bad input: one ``error: <code>: <message>`` line on stderr and exit status 2;
 an unreachable backend: exit status 1.
 """
@@ -13,6 +14,8 @@ import argparse
 import json
 import os
 import sys
+
+from .state import NoSuchInstance, Target, add_instance_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--redis-url", default=None, help="default: REDIS_URL, else the running dev system")
     p.add_argument("--aws-endpoint", default=None, help="EventBridge endpoint; default: AWS_ENDPOINT_URL, else the dev system")
     p.add_argument("--event-bus", default=None, help="EventBridge bus (default: the dev system's, else 'default')")
+    add_instance_options(p)
     p.set_defaults(func=run)
 
 
@@ -39,24 +43,27 @@ def run(args: argparse.Namespace) -> int:
     from rtstream.publishing import publish
     from rtstream.settings import Settings
 
-    from .state import read_state
-
     try:
         data = json.loads(args.data)
     except ValueError as exc:
         return _fail("invalid_payload", f"--data is not valid JSON ({exc})")
-    state = read_state()
+    target = Target(args, "publish")
     settings = Settings.from_env()
     kwargs: dict = {}
-    if args.via == "redis":
-        redis_url = args.redis_url or os.environ.get("REDIS_URL") or state.get("redis_url")
-        if not redis_url:
-            return _fail("unavailable", "no Redis: pass --redis-url, set REDIS_URL or start `rtstream dev`", 1)
-        settings = settings.replace(redis_url=redis_url)
-    else:
-        endpoint = args.aws_endpoint or os.environ.get("AWS_ENDPOINT_URL") or state.get("aws_endpoint") or None
-        kwargs["event_bus"] = args.event_bus or state.get("event_bus") or "default"
-        kwargs["events_client"] = _events_client(endpoint)
+    try:
+        if args.via == "redis":
+            redis_url = target.value("redis_url", flag=args.redis_url, env="REDIS_URL")
+            if not redis_url:
+                return _fail("unavailable", "no Redis: pass --redis-url, set REDIS_URL or start `rtstream dev`", 1)
+            settings = settings.replace(redis_url=redis_url)
+        else:
+            endpoint = target.value("aws_endpoint", flag=args.aws_endpoint, env="AWS_ENDPOINT_URL")
+            kwargs["event_bus"] = target.value("event_bus", flag=args.event_bus, default="default")
+            kwargs["events_client"] = _events_client(endpoint)
+    except NoSuchInstance as exc:
+        return _fail("unavailable", str(exc), 1)
+    except BackendUnavailable as exc:
+        return _fail(exc.code, exc.message, 1)
     try:
         event_id = publish(args.entity, args.topic, data, source=args.source, via=args.via, settings=settings, **kwargs)
     except (BackendUnavailable, Throttled) as exc:
@@ -68,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _events_client(endpoint: str | None):
-    import boto3
+    try:
+        import boto3
+    except ModuleNotFoundError:
+        from rtstream.errors import BackendUnavailable
+
+        raise BackendUnavailable("--via eventbridge needs boto3: pip install 'realtime-streaming[aws]'") from None
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     if endpoint and not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):

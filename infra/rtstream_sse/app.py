@@ -31,7 +31,7 @@ from starlette.routing import Route
 from rtstream import keys, protocol
 from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
 from rtstream.errors import BackendUnavailable, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
-from rtstream.history import id_key
+from rtstream.history import RewindScan, id_key
 from rtstream.models import Event, Principal
 from rtstream.settings import Settings
 from rtstream.topics import PRESENCE
@@ -68,6 +68,13 @@ class History:
     async def replay(self, entity_id: str, since: str) -> list[Event]:
         """Events after ``since``; :class:`ReplayGap` if some are no longer kept."""
         return await self.log.replay(entity_id, since)
+
+    async def rewind(self, entity_id: str, count: int, wants: Any) -> RewindScan:
+        """The last ``count`` events ``wants`` accepts (the core's rewind rule)."""
+        scan = RewindScan(count, wants, max_scan=self.settings.history_maxlen)
+        while scan.more:
+            scan.feed(await self.log.recent(entity_id, scan.page_size, before=scan.before))
+        return scan
 
     async def last_id(self, entity_id: str) -> str | None:
         """The entity's newest history id (the cursor of a client starting now)."""
@@ -113,11 +120,11 @@ class EventsEndpoint:
         opened = await self._open(scope, receive, send)
         if opened is None:
             return  # answered already (refusal, preflight)
-        client, cursor, cors = opened
+        client, cursor, rewind, cors = opened
         task = asyncio.current_task()
         client.task = task
         try:
-            if await self._start(client, cursor, cors, scope, receive, send):
+            if await self._start(client, cursor, rewind, cors, scope, receive, send):
                 # The hub writes from here on. Wait for the end: the peer going
                 # away, or the hub ending the response (receive() returns then too).
                 while (await receive())["type"] != "http.disconnect":
@@ -130,7 +137,7 @@ class EventsEndpoint:
             st.hub.disconnected(client)
             await st.release(client)
 
-    async def _open(self, scope: dict[str, Any], receive: Any, send: Any) -> tuple[Client, str | None, dict[str, str]] | None:
+    async def _open(self, scope: dict[str, Any], receive: Any, send: Any) -> tuple[Client, str | None, int | None, dict[str, str]] | None:
         """Auth, query, limits; registers the client (live events buffer from then on)."""
         st = self.state
         request = Request(scope)
@@ -159,11 +166,14 @@ class EventsEndpoint:
         st.hub.add(client)
         if req.last_event_id is not None:
             st.metrics.reconnects += 1  # a resume: realtime_streaming.reconnection_rate
-        return client, req.last_event_id, cors
+        return client, req.last_event_id, req.rewind, cors
 
-    async def _start(self, client: Client, since: str | None, cors: dict[str, str], scope: Any, receive: Any, send: Any) -> bool:
-        """``retry:``, then the replay after ``since`` (or the entity's cursor),
-        then the live events buffered meanwhile. False if the stream never started."""
+    async def _start(
+        self, client: Client, since: str | None, rewind: int | None, cors: dict[str, str], scope: Any, receive: Any, send: Any
+    ) -> bool:
+        """``retry:``, then the replay after ``since`` (or the entity's cursor and,
+        with ``rewind``, its last matching events), then the live events buffered
+        meanwhile. False if the stream never started."""
         st = self.state
         prefix = [frames.retry(st.config.retry_ms)]
         after = None
@@ -177,6 +187,17 @@ class EventsEndpoint:
                     if client.wants(event):
                         prefix.append(frames.event(event))
                         replayed += 1
+            elif rewind is not None:
+                # The client is registered, so live events buffer meanwhile; those
+                # up to the scan's cursor were considered by it (the seam).
+                # The cursor frame comes after the rewound events (whose ids are
+                # older), so the stream's Last-Event-ID ends at the seam.
+                scan = await st.history.rewind(client.principal.entity_id, rewind, client.wants)
+                prefix.extend(frames.event(event) for event in scan.events)
+                replayed = len(scan.events)
+                if scan.cursor:
+                    prefix.append(frames.cursor(scan.cursor))
+                    after = id_key(scan.cursor)
             else:
                 cursor = await st.history.last_id(client.principal.entity_id)
                 if cursor is not None:

@@ -24,11 +24,23 @@ def cursor(event_id: str) -> bytes:
     return b"id: " + event_id.encode("ascii") + b"\nevent: cursor\ndata: " + data.encode("ascii") + b"\n\n"
 
 
+def payload_json(e: Event) -> bytes:
+    """``data:`` of an event frame: the event's payload only (the contract's
+    ``JSON.stringify(event.data)``); the id and topic travel in ``id:``/``event:``.
+    JSON never contains a raw newline (json.dumps escapes them), so one data line."""
+    return json.dumps(e.data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 def event(e: Event) -> bytes:
-    # JSON never contains a raw newline (json.dumps escapes them), so one data line.
-    return b"".join(
-        (b"id: ", e.id.encode("ascii"), b"\nevent: ", e.topic.encode("ascii"), b"\ndata: ", e.wire_json().encode("utf-8"), b"\n\n")
-    )
+    """``id:`` the event id, ``event:`` the topic, ``data:`` the payload."""
+    return b"".join((b"id: ", e.id.encode("ascii"), b"\nevent: ", e.topic.encode("ascii"), b"\ndata: ", payload_json(e), b"\n\n"))
+
+
+def presence(e: Event) -> bytes:
+    """A presence change: ``event: presence``, ``data:`` its payload. No ``id:``:
+    presence is not kept in history, so its id is no replay cursor and must not
+    become the browser's Last-Event-ID."""
+    return b"event: presence\ndata: " + payload_json(e) + b"\n\n"
 
 
 def error(frame: dict[str, Any]) -> bytes:

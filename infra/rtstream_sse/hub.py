@@ -54,10 +54,7 @@ class Delivery:
 
 def delivery_for(event: Event) -> Delivery:
     if event.topic == PRESENCE:
-        # Not in history: its id is a work-stream id, not a replay cursor, so it
-        # must not become the browser's Last-Event-ID.
-        data = b"event: presence\ndata: " + event.wire_json().encode("utf-8") + b"\n\n"
-        return Delivery(data, event, None, event.published_at_ms)
+        return Delivery(frames.presence(event), event, None, event.published_at_ms)
     return Delivery(frames.event(event), event, id_key(event.id), event.published_at_ms)
 
 

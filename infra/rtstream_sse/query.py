@@ -9,14 +9,14 @@ from typing import Any
 
 from rtstream import protocol
 from rtstream.errors import InvalidMessage, UnknownTopic
-from rtstream.history import require_cursor
+from rtstream.history import require_cursor, require_rewind
 from rtstream.models import Filters
 from rtstream.topics import EVENT_TOPICS, PRESENCE, SUBSCRIBABLE_TOPICS, WILDCARD
 
 MAX_PARAM_LENGTH = 2048
 # Query names this endpoint understands; anything else is ignored (EventSource
 # polyfills and caches add their own).
-KNOWN = ("topics", "types", "sources", "minAmount", "lastEventId", "access_token", "token")
+KNOWN = ("topics", "types", "sources", "minAmount", "lastEventId", "rewind", "access_token", "token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,8 @@ class EventsRequest:
     topics: frozenset[str]
     filters: Filters
     last_event_id: str | None
+    # send the last N matching events first (None: no rewind; never with a cursor)
+    rewind: int | None = None
 
     @property
     def subscription_key(self) -> tuple[frozenset[str], Filters]:
@@ -96,7 +98,11 @@ def parse_events_request(params: Any, headers: Any) -> EventsRequest:
     cursor = (headers.get("last-event-id") or "").strip() or (_single(params, "lastEventId") or "").strip() or None
     if cursor is not None:
         cursor = require_cursor(cursor)
-    return EventsRequest(topics=topics, filters=filters, last_event_id=cursor)
+    rewind_raw = _single(params, "rewind")
+    rewind = require_rewind(rewind_raw) if rewind_raw is not None else None
+    if cursor is not None:
+        rewind = None  # a reconnecting browser resumes from its cursor instead
+    return EventsRequest(topics=topics, filters=filters, last_event_id=cursor, rewind=rewind)
 
 
 __all__ = ["EventsRequest", "parse_events_request", "parse_topics", "PRESENCE", "KNOWN"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import jwt
 import pytest
 import websockets
+from rtstream.topics import validate_payload
 from helpers import free_port  # noqa: E402
 
 ENDPOINT_PREFIXES = ("WebSocket: ", "SSE: ", "Dashboard: ", "Management API: ")
@@ -28,6 +29,11 @@ def cli_env(state_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RTSTREAM_JWT_SECRET", "REDIS_URL", "AWS_ENDPOINT_URL")}
     env.update({"RTSTREAM_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", **extra})
     return env
+
+
+def state_file(state_dir: Path, ws_port: int, sse_port: int) -> Path:
+    """Where `rtstream dev` on these ports keeps its state (one file per instance)."""
+    return state_dir / "instances" / f"dev-{ws_port}-{sse_port}.json"
 
 
 def rtstream(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -114,8 +120,8 @@ def test_rtstream_dev_endpoints_ws_within_5s_and_sigterm_stops_children(tmp_path
             f"Dashboard: http://127.0.0.1:{sse_port}/",
             f"Management API: http://127.0.0.1:{ws_port}/dev/@connections",
         ]
-        state = json.loads((tmp_path / "dev.json").read_text())
-        assert (tmp_path / "dev.json").stat().st_mode & 0o077 == 0  # it holds the signing key
+        state = json.loads(state_file(tmp_path, ws_port, sse_port).read_text())
+        assert state_file(tmp_path, ws_port, sse_port).stat().st_mode & 0o077 == 0  # it holds the signing key
         assert state["ws_url"] == f"ws://127.0.0.1:{ws_port}/dev" and state["pid"] == proc.pid
         jwt.decode(token, state["jwt_secret"], algorithms=["HS256"])
 
@@ -127,7 +133,7 @@ def test_rtstream_dev_endpoints_ws_within_5s_and_sigterm_stops_children(tmp_path
         while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not [pid for pid in children if alive(pid)]
-        assert not (tmp_path / "dev.json").exists()
+        assert not state_file(tmp_path, ws_port, sse_port).exists()
         for port in (ws_port, sse_port):
             with socket.socket() as s:  # released: a new system can listen there (servers set SO_REUSEADDR)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -155,7 +161,7 @@ def test_rtstream_dev_refuses_a_taken_port(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(port) in lines[0] and "in use" in lines[0]
     assert time.monotonic() - started < 10
-    assert not (tmp_path / "dev.json").exists()
+    assert not (tmp_path / "instances").exists() or not list((tmp_path / "instances").iterdir())
 
 
 def test_rtstream_token_uses_env_secret_else_dev_key(tmp_path):
@@ -178,8 +184,10 @@ def test_rtstream_token_uses_env_secret_else_dev_key(tmp_path):
 
 def _dev(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, int, list[str]]:
     sse_port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rtstream_cli.main", "dev", "--ws-port", str(free_port()), "--sse-port", str(sse_port), *extra],
+    ws_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rtstream_cli.main", "dev", "--ws-port", str(ws_port), "--sse-port", str(sse_port), *extra],
                             env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.ws_port = ws_port  # type: ignore[attr-defined]
     return proc, sse_port, read_lines_until(proc, "Hint: ", timeout=30)
 
 
@@ -194,7 +202,7 @@ def _stop(proc: subprocess.Popen) -> None:
                 proc.wait(5)
 
 
-async def _first_demo_event(sse_port: int, timeout: float) -> tuple[dict, str]:
+async def _first_demo_event(sse_port: int, timeout: float) -> tuple[str, dict, str]:
     import httpx
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=timeout)) as http:
@@ -209,7 +217,7 @@ async def _first_demo_event(sse_port: int, timeout: float) -> tuple[dict, str]:
                         block, buffer = buffer.split("\n\n", 1)
                         fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
                         if fields.get("event") in ("transactions.new", "balance.updated", "agent.action.completed", "sync.completed"):
-                            return json.loads(fields["data"]), config["entityId"]
+                            return fields["event"], json.loads(fields["data"]), config["entityId"]
     raise AssertionError("stream ended")
 
 
@@ -219,10 +227,11 @@ def test_rtstream_dev_starts_the_demo_feed_for_the_dashboard_entity(tmp_path):
         assert any(line.startswith("Demo: ") and "demo-entity" in line for line in lines), lines
         assert f"Metrics: http://127.0.0.1:{sse_port}/metrics" in lines
         started = time.monotonic()
-        event, entity = asyncio.run(_first_demo_event(sse_port, timeout=10))
-        assert entity == "demo-entity" and event["type"] == "event" and event["source"] in ("data_pool", "agents", "sync")
+        topic, payload, entity = asyncio.run(_first_demo_event(sse_port, timeout=10))
+        assert entity == "demo-entity"
+        validate_payload(topic, payload)  # data: is the topic's payload
         assert time.monotonic() - started < 5, "the dashboard should move within seconds"
-        assert json.loads((tmp_path / "dev.json").read_text())["demo_entity"] == "demo-entity"
+        assert json.loads(state_file(tmp_path, proc.ws_port, sse_port).read_text())["demo_entity"] == "demo-entity"
     finally:
         _stop(proc)
 
@@ -233,10 +242,10 @@ def test_rtstream_dev_no_demo_publishes_nothing(tmp_path):
     from rtstream import keys
     from rtstream.settings import Settings
 
-    proc, _, lines = _dev(tmp_path, "--no-demo")
+    proc, sse_port, lines = _dev(tmp_path, "--no-demo")
     try:
         assert not any(line.startswith("Demo: ") for line in lines), lines
-        redis_url = json.loads((tmp_path / "dev.json").read_text())["redis_url"]
+        redis_url = json.loads(state_file(tmp_path, proc.ws_port, sse_port).read_text())["redis_url"]
         time.sleep(2.5)  # the feed would have published 2 events by now
         client = redis.Redis.from_url(redis_url)
         assert client.xlen(keys.history("demo-entity", Settings()).name) == 0

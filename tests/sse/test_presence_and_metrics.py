@@ -39,7 +39,7 @@ async def presence_of(stream, user_id: str, timeout: float = 5.0) -> dict:
     while True:
         frame = await stream.next_event(max(0.05, deadline - asyncio.get_running_loop().time()))
         assert frame is not None and frame.event == "presence", frame
-        data = frame.json()["data"]
+        data = frame.json()  # data: is the presence payload
         if data["userId"] == user_id:
             return data
 

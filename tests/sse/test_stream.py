@@ -10,7 +10,7 @@ import httpx
 from .conftest import publish
 
 
-async def test_frames_retry_first_then_events_in_order(sse_server, event_log, entity, token_for, open_stream):
+async def test_event_frames_carry_id_topic_and_the_payload_only(sse_server, event_log, entity, token_for, open_stream):
     stream = await open_stream(sse_server.url, token_for(entity))
     first = await stream.next_frame()
     assert first.retry == 3000 and first.data is None
@@ -20,8 +20,9 @@ async def test_frames_retry_first_then_events_in_order(sse_server, event_log, en
     for event, frame in zip(published, frames):
         assert frame.id == event.id
         assert frame.event == "transactions.new"
-        assert frame.json() == event.to_wire()
-        assert frame.json()["type"] == "event" and frame.json()["source"] == "data_pool"
+        # the contract: data: is JSON.stringify(event.data), not the WebSocket envelope
+        assert frame.json() == event.data
+        assert "type" not in frame.json() and "source" not in frame.json()
 
 
 async def test_access_token_query_works_like_the_header(sse_server, event_log, entity, token_for, open_stream):
@@ -90,7 +91,7 @@ async def test_presence_only_by_name_and_without_id(sse_server, event_log, entit
     await asyncio.to_thread(event_log.append, entity, "presence", data, "rtstream", record_history=False)
     [tx] = await asyncio.to_thread(publish, event_log, entity, 1)
     frame = await named.next_event()
-    assert frame.event == "presence" and frame.json()["data"] == data
+    assert frame.event == "presence" and frame.json() == data
     assert frame.id is None  # not a replay cursor: must not become Last-Event-ID
     assert (await named.next_event()).id == tx.id
     assert (await star.next_event()).id == tx.id  # '*' does not carry presence
@@ -104,7 +105,7 @@ async def test_entity_comes_from_the_token_only(sse_server, event_log, entity, t
     await asyncio.to_thread(publish, event_log, entity, 2)
     [mine] = await asyncio.to_thread(publish, event_log, other, 1)
     frame = await stream.next_event()
-    assert frame.id == mine.id and frame.json()["data"] == mine.data
+    assert frame.id == mine.id and frame.json() == mine.data
     await stream.no_event(0.3)
 
 

@@ -143,3 +143,73 @@ def parse_replay_reply(reply: Any) -> tuple[bool, str | None, list[tuple[Any, An
     if horizon in ("0-0", ""):
         horizon = None
     return exists, horizon, [(e[0], e[1]) for e in entries]
+
+
+# ---- rewind: the last N matching events ----------------------------------------
+
+MAX_REWIND = 100
+# History read per step of a rewind scan, newest first: most rewinds (few
+# filters) finish in one page; a selective filter reads a few more.
+REWIND_PAGE = 200
+
+
+def require_rewind(value: Any) -> int:
+    """A client's ``rewind`` count: an integer 1..MAX_REWIND (JSON number or query
+    text of digits only), else a coded :class:`InvalidMessage`."""
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()) or len(value) > 3:
+            raise InvalidMessage(f"rewind must be an integer from 1 to {MAX_REWIND}, got {value[:16]!r}")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REWIND:
+        raise InvalidMessage(f"rewind must be an integer from 1 to {MAX_REWIND}")
+    return value
+
+
+class RewindScan:
+    """The rewind rule, without I/O: the last ``count`` events of an entity that
+    ``wants`` accepts, read newest first in pages through
+    :meth:`rtstream.ports.EventLog.recent`; every reader drives it the same way::
+
+        scan = RewindScan(count, wants)
+        while scan.more:
+            scan.feed(log.recent(entity_id, scan.page_size, before=scan.before))
+        scan.events   # oldest first
+        scan.cursor   # the entity's newest id when the scan began ("" if none)
+
+    The seam with live events: every event with id <= ``cursor`` was considered
+    by the scan (it is either among ``events`` or older than all of them), so a
+    reader that buffers live events from before the scan drops those with id <=
+    ``cursor`` and delivers the rest: no gap, no duplicate.
+    """
+
+    def __init__(self, count: int, wants: Any, *, page_size: int = REWIND_PAGE, max_scan: int | None = None):
+        self.count = count
+        self.wants = wants
+        self.page_size = page_size
+        # never read more than history can hold (the caller passes history_maxlen)
+        self.max_scan = max_scan
+        self.scanned = 0
+        self.before: str | None = None
+        self.cursor = ""
+        self.more = True
+        self._newest_first: list[Event] = []
+
+    def feed(self, page: Iterable[Event]) -> None:
+        """One page from ``recent``: events with id < ``before``, newest first."""
+        page = list(page)
+        if self.before is None and page:
+            self.cursor = page[0].id
+        for event in page:
+            if self.wants(event):
+                self._newest_first.append(event)
+                if len(self._newest_first) >= self.count:
+                    break
+        self.scanned += len(page)
+        if page:
+            self.before = page[-1].id
+        if len(page) < self.page_size or len(self._newest_first) >= self.count or (self.max_scan is not None and self.scanned >= self.max_scan):
+            self.more = False
+
+    @property
+    def events(self) -> list[Event]:
+        return self._newest_first[::-1]

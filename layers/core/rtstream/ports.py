@@ -83,6 +83,12 @@ class EventLog(Protocol):
         """The entity's newest history id ("" when none): the cursor of a client starting now."""
         ...
 
+    def recent(self, entity_id: str, count: int, before: str | None = None) -> list[Event]:
+        """Up to ``count`` retained history events with id < ``before`` (None: from
+        the newest), newest first: one page of a rewind
+        (:class:`rtstream.history.RewindScan`). Expired history reads as empty."""
+        ...
+
     def request_replay(self, subscription: Subscription, since: str) -> str:
         """Queue a ``replay`` entry for ``subscription`` (whose ``pending_replay``
         is the marker) in its entity's fan-out stream, with ``until`` = the

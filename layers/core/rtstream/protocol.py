@@ -17,6 +17,9 @@ from .errors import InvalidMessage, MessageTooLarge, UnknownTopic
 from .models import EVENT_ID, Filters
 from .topics import EVENT_TOPICS, SUBSCRIBABLE_TOPICS
 
+# The contract's version (README "Contract notes"; `rtstream --version` prints it).
+PROTOCOL_VERSION = "0.2"
+
 # Bounds on filter lists: a filter is a handful of values, never a data dump.
 MAX_FILTER_ENTRIES = 20
 MAX_FILTER_VALUE_LENGTH = 128

@@ -32,7 +32,7 @@ import redis.asyncio
 
 from .. import keys, streams
 from ..errors import BackendUnavailable
-from ..history import entry_fields, parse_replay_reply, replay_events
+from ..history import entry_fields, event_from_entry, parse_replay_reply, replay_events
 from ..models import Event, Subscription
 from ..settings import Settings
 
@@ -114,6 +114,15 @@ def request_replay_call(settings: Settings, subscription: Subscription, since: s
     return [keys.history(subscription.entity_id, settings).name, part.name], [str(settings.fanout_stream_maxlen), *_flat(fields)]
 
 
+def recent_call(settings: Settings, entity_id: str, count: int, before: str | None) -> tuple[str, str, str, int]:
+    """``XREVRANGE`` arguments of one rewind page (``(`` = exclusive, Redis >= 6.2)."""
+    return keys.history(entity_id, settings).name, f"({before}" if before else "+", "-", count
+
+
+def recent_events(entity_id: str, reply: Any) -> list[Event]:
+    return [event_from_entry(entity_id, entry_id, fields) for entry_id, fields in reply or ()]
+
+
 def changed_fields(entity_id: str, topics: Sequence[str], connection_id: str) -> dict[str, str]:
     return streams.encode_changed(streams.SubscriptionsChanged(entity_id=entity_id, topics=tuple(topics), connection_id=connection_id))
 
@@ -190,6 +199,13 @@ class RedisEventLog:
             raise BackendUnavailable(f"redis history read failed: {exc}") from exc
         return _text(last[0][0]) if last else ""
 
+    def recent(self, entity_id: str, count: int, before: str | None = None) -> list[Event]:
+        name, high, low, n = recent_call(self.settings, entity_id, count, before)
+        try:
+            return recent_events(entity_id, self.client.xrevrange(name, high, low, count=n))
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis history read failed: {exc}") from exc
+
     def request_replay(self, subscription: Subscription, since: str) -> str:
         k, a = request_replay_call(self.settings, subscription, since)
         try:
@@ -240,3 +256,10 @@ class AsyncRedisEventLog:
             raise BackendUnavailable(f"redis replay failed: {exc}") from exc
         exists, horizon, entries = parse_replay_reply(reply)
         return replay_events(entity_id, since, until, exists=exists, horizon=horizon, entries=entries)
+
+    async def recent(self, entity_id: str, count: int, before: str | None = None) -> list[Event]:
+        name, high, low, n = recent_call(self.settings, entity_id, count, before)
+        try:
+            return recent_events(entity_id, await self.client.xrevrange(name, high, low, count=n))
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis history read failed: {exc}") from exc

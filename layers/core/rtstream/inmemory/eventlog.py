@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import keys, streams
-from ..history import entry_fields, format_id, id_key, replay_events
+from ..history import entry_fields, event_from_entry, format_id, id_key, replay_events
 from ..models import Event, Subscription
 from ..ports import Clock, SystemClock
 from ..settings import Settings
@@ -120,6 +120,21 @@ class InMemoryEventLog:
         with self._lock:
             h = self._live_history(entity_id, self.clock.now_ms())
             return format_id(h.entries[-1][0]) if h and h.entries else ""
+
+    def recent(self, entity_id: str, count: int, before: str | None = None) -> list[Event]:
+        with self._lock:
+            h = self._live_history(entity_id, self.clock.now_ms())
+            if h is None:
+                return []
+            upper = id_key(before) if before else None
+            out: list[Event] = []
+            for key, fields in reversed(h.entries):
+                if upper is not None and key >= upper:
+                    continue
+                if len(out) >= count:
+                    break
+                out.append(event_from_entry(entity_id, format_id(key), fields))
+            return out
 
     def request_replay(self, subscription: Subscription, since: str) -> str:
         with self._lock:
