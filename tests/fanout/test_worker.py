@@ -98,20 +98,25 @@ async def test_delivers_to_subscribers_of_the_entity_only(rig):
     assert frame["type"] == "event" and frame["topic"] == "transactions.new" and frame["data"]["amount"] == 5
 
 
-async def test_raw_publish_is_ingested_once_and_invalid_ones_are_counted(rig):
+async def test_raw_publish_is_ingested_by_the_lease_holder_once_and_identical_publishes_stay_two(rig):
     rig.connect("a", "e1")
     w1 = await rig.worker()
-    w2 = await rig.worker()  # two ingesters: the dedup key records each publish once
-    await wait_for(lambda: psubscribers(rig.client) >= 2, what="psubscribe")
+    w2 = await rig.worker()  # two workers, one ingest lease: each publish is recorded once
+    await wait_for(lambda: psubscribers(rig.client) >= 1, what="psubscribe")
+    await asyncio.sleep(0.5)  # both had several chances to take the ingest lease
+    assert psubscribers(rig.client) == 1
+    assert rig.client.get(keys.ingest_lease().name).decode() in (w1.worker_id, w2.worker_id)
     rig.client.publish("transactions.new:entity:e1", "{broken")
     rig.client.publish("nope.topic:entity:e1", json.dumps(TX))
-    rig.client.publish("transactions.new:entity:e1", json.dumps({**TX, "timestamp": "2026-11-25T12:00:00Z"}))
-    await wait_for(lambda: len(rig.stub.event_ids("a")) == 1, what="raw delivery")
+    same = json.dumps({**TX, "timestamp": "2026-11-25T12:00:00Z"})
+    rig.client.publish("transactions.new:entity:e1", same)
+    rig.client.publish("transactions.new:entity:e1", same)  # legitimately the same twice: two events
+    await wait_for(lambda: len(rig.stub.event_ids("a")) == 2, what="raw delivery")
     await asyncio.sleep(0.3)
-    assert len(rig.stub.event_ids("a")) == 1
-    assert rig.client.xlen(keys.history("e1", rig.settings).name) == 1
-    assert w1.metrics.counts["invalid_events"] == 2 and w2.metrics.counts["invalid_events"] == 2
-    assert w1.metrics.counts["ingested"] + w2.metrics.counts["ingested"] == 1
+    assert len(rig.stub.event_ids("a")) == 2 and len(set(rig.stub.event_ids("a"))) == 2
+    assert rig.client.xlen(keys.history("e1", rig.settings).name) == 2
+    assert w1.metrics.counts["invalid_events"] + w2.metrics.counts["invalid_events"] == 2
+    assert w1.metrics.counts["ingested"] + w2.metrics.counts["ingested"] == 2
     assert rig.stub.frames("a")[0]["source"] == "redis"
 
 
@@ -275,4 +280,9 @@ async def test_undecodable_and_poison_entries_are_skipped_and_the_partition_keep
     rig.publish("bad", tx(1))
     after = rig.publish(good, tx(2))
     await wait_for(lambda: rig.stub.event_ids("a") == [after], timeout=20, what="delivery past the poison entry")
-    assert w.metrics.counts["invalid_events"] == 2
+    # both went to the dead-letter stream at once, with their reason and entity
+    await wait_for(lambda: w.metrics.counts["dead_letters"] == 2, what="dead letters")
+    letters = [{k.decode(): v.decode() for k, v in f.items()} for _, f in rig.client.xrange(keys.dead_letter_stream().name)]
+    assert sorted(l["entity"] for l in letters) == sorted(["bad", good])
+    assert any(l["reason"].startswith("undecodable") and l["f.data"] == "{not json" for l in letters)
+    assert any(l["reason"].startswith("poison: RuntimeError") for l in letters)
