@@ -602,6 +602,17 @@ class FanoutEngine:
 
     # ---- lifecycle -------------------------------------------------------------------
 
+    async def wait_idle(self) -> None:
+        """Until no lane has work and no replay runs (tests, shutdown)."""
+        while True:
+            tasks = [lane.task for lane in self._lanes.values() if lane.task is not None and not lane.task.done()] + [t for t in self._replays if not t.done()]
+            if not tasks:
+                if not self._lanes and not self._replays:
+                    return
+                await asyncio.sleep(0)
+                continue
+            await asyncio.wait(tasks)
+
     async def drain(self, timeout_s: float = 15.0) -> None:
         """Let queued entries and running replays finish (bounded)."""
         self._closing = True

@@ -8,6 +8,7 @@ raise only :mod:`rtstream.errors` types.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .models import Connection, Event, Subscription
@@ -202,10 +203,7 @@ class FanoutMetrics(Protocol):
     def observe_latency(self, ms: float, n: int = 1) -> None: ...
 
 
-from dataclasses import dataclass as _dataclass, field as _field  # noqa: E402
-
-
-@_dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A work entry given up on: why, whose, and the entry exactly as read."""
 
@@ -213,4 +211,4 @@ class DeadLetter:
     entity_id: str
     entry_id: str
     lane: str  # "events" or "replay"
-    fields: dict[str, str] = _field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
