@@ -46,6 +46,8 @@ class Client:
         self.resume_ms: list[float] = []
         self.latency_ms: list[float] = []
         self.connections = 0
+        self.drops = 0  # connections the server ended (no-churn run)
+        self.accept_ms: list[float] = []  # SSE: request -> 200 headers
         self.errors: list[str] = []
 
     def got(self, frame: dict) -> None:
@@ -99,6 +101,7 @@ async def sse_session(c: Client, http: httpx.AsyncClient, url: str, token: str, 
             await asyncio.sleep(0.2)
             return
         c.connections += 1
+        c.accept_ms.append((time.monotonic() - t0) * 1000)
         first = False
         buf = b""
         chunks = response.aiter_raw()
@@ -134,13 +137,18 @@ async def sse_session(c: Client, http: httpx.AsyncClient, url: str, token: str, 
 async def churner(c: Client, kind: str, args, token: str, publishing_done: asyncio.Event, stop: asyncio.Event, http) -> None:
     rng = random.Random(c.name)
     if not args.churn:
-        try:
-            if kind == "ws":
-                await ws_session(c, args.ws_url, token, None, stop)
-            else:
-                await sse_session(c, http, args.sse_url, token, None, stop)
-        except Exception as exc:  # noqa: BLE001
-            c.errors.append(type(exc).__name__)
+        # one connection for the whole run; if the server ends it, resume (counted)
+        while not stop.is_set():
+            try:
+                if kind == "ws":
+                    await ws_session(c, args.ws_url, token, None, stop)
+                else:
+                    await sse_session(c, http, args.sse_url, token, None, stop)
+            except Exception as exc:  # noqa: BLE001
+                c.errors.append(type(exc).__name__)
+            if not stop.is_set():
+                c.drops += 1
+                await asyncio.sleep(0.1)
         return
     while not publishing_done.is_set():
         lifetime = rng.uniform(0.7, 2.0)
@@ -218,9 +226,13 @@ async def main() -> None:
             "lost": len(want - c.seen), "duplicated": c.dups, "unexpected": len(c.seen - want),
             "in_order": [i for i in c.ids if i in want] == [i for i in published if i in c.seen],
             "resume_ms_p50": pct(c.resume_ms, 50), "resume_ms_max": round(max(c.resume_ms), 1) if c.resume_ms else None,
-            "resumes_over_1s": sum(1 for x in c.resume_ms if x > 1000), "errors": c.errors[:5],
+            "resumes_over_1s": sum(1 for x in c.resume_ms if x > 1000), "errors": c.errors[:5], "drops": c.drops,
+            "accept_ms_max": round(max(c.accept_ms), 1) if c.accept_ms else None,
         })
     resume_all = [x for c, _ in clients for x in c.resume_ms]
+    ws_resume = [x for c, kind in clients if kind == "ws" for x in c.resume_ms]
+    sse_first = [x for c, kind in clients if kind == "sse" for x in c.resume_ms]
+    sse_accept = [x for c, kind in clients if kind == "sse" for x in c.accept_ms]
     print(json.dumps({
         "published": len(published), "publish_s": round(publish_s, 2), "tail_s": tail_s,
         "observer": {"lost": len(want - observer.seen), "duplicated": observer.dups,
@@ -229,6 +241,10 @@ async def main() -> None:
         "reconnects": sum(c.connections for c, _ in clients),
         "resume_ms_p50": pct(resume_all, 50), "resume_ms_p99": pct(resume_all, 99), "resume_ms_max": pct(resume_all, 100),
         "resumes_over_1s": sum(1 for x in resume_all if x > 1000),
+        "ws_subscribed_ms": {"p50": pct(ws_resume, 50), "p99": pct(ws_resume, 99), "max": pct(ws_resume, 100), "over_1s": sum(1 for x in ws_resume if x > 1000)},
+        "sse_accepted_ms": {"p50": pct(sse_accept, 50), "p99": pct(sse_accept, 99), "max": pct(sse_accept, 100), "over_1s": sum(1 for x in sse_accept if x > 1000)},
+        "sse_first_frame_ms": {"p50": pct(sse_first, 50), "p99": pct(sse_first, 99), "max": pct(sse_first, 100)},
+        "drops": sum(c.drops for c, _ in clients),
         "lost_total": sum(p["lost"] for p in per_client), "duplicated_total": sum(p["duplicated"] for p in per_client),
     }), flush=True)
     await rc.aclose()

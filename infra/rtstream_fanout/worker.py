@@ -362,7 +362,8 @@ class FanoutWorker:
         over twice; a Redis failure re-reads the pending list."""
         assert self.redis is not None
         consumer = f"p{lease.partition}"
-        progress = self.progress.setdefault(stream, StreamProgress())
+        # fresh per ownership: entries a lost lease left unacked must be read again
+        progress = self.progress[stream] = StreamProgress()
         pending_from: str | None = "0"
         failures = 0
         group_ready = False

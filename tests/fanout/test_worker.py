@@ -202,8 +202,10 @@ async def test_survivor_takes_over_a_dead_workers_partitions(redis_url, redis_cl
         dead = await rig.worker(lease_ms=2000)
         first = rig.publish("e1", tx(1))
         await wait_for(lambda: rig.stub.event_ids("a") == [first])
+        part = keys.fanout_stream(keys.partition_of("e1", rig.settings)).name
+        await wait_for(lambda: rig.client.xpending(part, keys.FANOUT_GROUP)["pending"] == 0, what="first acked")
         # die without releasing anything (as kill -9 would)
-        for task in dead._tasks + [l.task for l in dead.leases.values() if l.task]:
+        for task in dead._tasks + [t for l in dead.leases.values() for t in l.tasks()]:
             task.cancel()
         await asyncio.sleep(0.05)
         rig.workers.remove(dead)

@@ -103,6 +103,15 @@ class SubscriberCache:
         for topic in topics:
             self._items.pop((entity_id, topic), None)
 
+    def add(self, subscription: Subscription) -> None:
+        """A subscription just activated: patch a cached list instead of dropping
+        it (a fresh lookup per resume would slow the lane under churn)."""
+        key = (subscription.entity_id, subscription.topic)
+        item = self._items.get(key)
+        if item is not None:
+            subs = [s for s in item[1] if s.connection_id != subscription.connection_id]
+            self._items[key] = (item[0], subs + [subscription])
+
     def remove_connection(self, connection_id: str) -> None:
         """A pruned connection: drop it from every cached list."""
         for key, (stamp, subs) in list(self._items.items()):

@@ -123,6 +123,7 @@ class EngineLimits:
     replay_chunk: int = 200  # replay frames pipelined per request batch
     session_ttl_s: float = 30.0  # a done session is retired after this at the latest
     buffer_cap: int = 5_000  # live events buffered per running replay; beyond: re-read history
+    max_batch: int = 64  # consecutive events of one entity handled as one batch
 
 
 RUNNING = "running"
@@ -215,28 +216,103 @@ class FanoutEngine:
 
     async def _run_lane(self, lane: _Lane) -> None:
         while lane.queue:
-            item = lane.queue[0]
+            items = self._take_batch(lane)
             try:
-                if item.owned():
+                owned = [item for item in items if item.owned()]
+                if len(owned) > 1:
+                    await self._handle_event_batch(lane.entity_id, owned)
+                elif owned:
+                    item = owned[0]
                     fields = item.fields
                     if fields is None and item.fetch is not None:
                         fields = await self._with_retries(lambda: item.fetch(item.entry_id), lane.entity_id, item.entry_id, "events", {})
                     if fields is not None:
                         await self._handle_entry(item.entry_id, fields)
-                    # a lane that lost its partition leaves the entry pending for the new owner
+                # a lane that lost its partition leaves the entries pending for the new owner
+                for item in owned:
                     if item.owned():
                         result = item.done()
                         if asyncio.iscoroutine(result):
                             await result
             except Exception:  # noqa: BLE001 - a lane must outlive any error
-                log.exception("lane %s: unexpected error on entry %s", lane.entity_id[:60], item.entry_id)
+                log.exception("lane %s: unexpected error on entries %s..%s", lane.entity_id[:60], items[0].entry_id, items[-1].entry_id)
             finally:
-                lane.queue.popleft()
-                if item.fields is not None:
-                    lane.loaded -= 1
-                    self._budget.release()
+                for item in items:
+                    lane.queue.popleft()
+                    if item.fields is not None:
+                        lane.loaded -= 1
+                        self._budget.release()
         if self._lanes.get(lane.entity_id) is lane and not lane.queue:
             del self._lanes[lane.entity_id]
+
+    def _take_batch(self, lane: _Lane) -> list[_Item]:
+        """The front entry, or a run of consecutive loaded event entries (one
+        subscriber lookup and one pipelined post per connection for the run)."""
+        items = [lane.queue[0]]
+        if not _is_event(items[0].fields):
+            return items
+        for item in list(lane.queue)[1 : self.limits.max_batch]:
+            if not _is_event(item.fields):
+                break
+            items.append(item)
+        return items
+
+    async def _handle_event_batch(self, entity_id: str, items: list[_Item]) -> None:
+        events: list[tuple[_Item, Event]] = []
+        for item in items:
+            assert item.fields is not None
+            try:
+                entry = decode_entry(item.entry_id, item.fields)
+            except (ValueError, KeyError, TypeError) as exc:
+                await self._dead_letter(f"undecodable: {exc}", item.entry_id, item.fields, "events")
+                continue
+            if isinstance(entry, Event):
+                events.append((item, entry))
+            else:
+                await self._handle_entry(item.entry_id, item.fields)  # not an event after all: as it comes
+        if not events:
+            return
+        self.metrics.add("events", len(events))
+        started = self.monotonic()
+
+        async def lookup() -> dict[tuple[str, ...], list[Subscription]]:
+            found: dict[tuple[str, ...], list[Subscription]] = {}
+            for _, event in events:
+                topics = lookup_topics(event)
+                if topics not in found:
+                    found[topics] = await self._subscribers(event)
+            return found
+
+        try:
+            subs = await self._with_retries(lookup, entity_id, events[0][0].entry_id, "events", events[0][0].fields or {}, dead_letter=False)
+        except _GaveUp as exc:
+            for item, _ in events:
+                await self._dead_letter(exc.reason, item.entry_id, item.fields or {}, "events", entity_id)
+            return
+        frames: dict[str, list[tuple[bytes, int]]] = {}
+        for _, event in events:
+            targets = self.plan(event, subs[lookup_topics(event)], started)
+            if targets:
+                data = event.wire_json().encode()
+                for cid in targets:
+                    frames.setdefault(cid, []).append((data, event.published_at_ms))
+        gone: list[str] = []
+
+        async def post(cid: str, batch: list[tuple[bytes, int]]) -> None:
+            try:
+                delivered = await self.post_in_order(cid, [data for data, _ in batch])
+            except ConnectionGone:
+                gone.append(cid)
+                return
+            self.metrics.add("deliveries", delivered)
+            now_ms = time.time() * 1000
+            for _, published_at_ms in batch[:delivered]:
+                if published_at_ms:
+                    self.metrics.observe_latency(max(0.0, now_ms - published_at_ms))
+
+        await asyncio.gather(*(post(cid, batch) for cid, batch in frames.items()))
+        if gone:
+            await self.prune(gone)
 
     async def _handle_entry(self, entry_id: str, fields: dict) -> None:
         try:
@@ -259,9 +335,10 @@ class FanoutEngine:
             # queued on the event stream by an older version: answer it like the replay lane
             await self.replay(entry_id, fields)
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]], entity_id: str, entry_id: str, lane: str, fields: dict) -> Any:
+    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]], entity_id: str, entry_id: str, lane: str, fields: dict, *, dead_letter: bool = True) -> Any:
         """Run ``attempt``; transient failures retried within the budget, then
-        dead-lettered; anything else dead-lettered at once. None after a dead letter."""
+        dead-lettered; anything else dead-lettered at once. None after a dead
+        letter (``dead_letter=False``: raise _GaveUp with the reason instead)."""
         deadline = self.monotonic() + self.limits.retry_budget_s
         failures = 0
         while True:
@@ -272,12 +349,17 @@ class FanoutEngine:
                     reason = f"{exc.code}: {exc}" if isinstance(exc, RealtimeError) else f"poison: {type(exc).__name__}: {exc}"
                     if not isinstance(exc, RealtimeError):
                         log.exception("entry %s of %s failed", entry_id, entity_id[:60])
+                    if not dead_letter:
+                        raise _GaveUp(reason) from exc
                     await self._dead_letter(reason, entry_id, fields, lane, entity_id)
                     return None
                 failures += 1
                 left = deadline - self.monotonic()
                 if left <= 0:
-                    await self._dead_letter(f"retries exhausted after {failures} attempts: {exc}", entry_id, fields, lane, entity_id)
+                    reason = f"retries exhausted after {failures} attempts: {exc}"
+                    if not dead_letter:
+                        raise _GaveUp(reason) from exc
+                    await self._dead_letter(reason, entry_id, fields, lane, entity_id)
                     return None
                 log.warning("entry %s of %s: %s; retrying", entry_id, entity_id[:60], exc)
                 await asyncio.sleep(min(left, backoff_s(failures)))
@@ -549,7 +631,7 @@ class FanoutEngine:
         session.activated_at = self.monotonic()
         if req.marker:
             self.activated.add(req.marker)
-        self.cache.invalidate(req.entity_id, [req.topic])
+        self.cache.add(Subscription(req.connection_id, req.entity_id, req.topic, filters=req.filters))
         try:
             await self._read(lambda: asyncio.to_thread(self.registry.clear_pending_replay, req.connection_id, req.entity_id, req.topic, req.marker), entry_id, fields)
         except _DeadLettered:
@@ -627,5 +709,20 @@ class FanoutEngine:
 
 class _DeadLettered(Exception):
     """A replay step was dead-lettered: stop answering it."""
+
+
+class _GaveUp(Exception):
+    """Retries of a batch step ended; the caller dead-letters each entry."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _is_event(fields: dict | None) -> bool:
+    if fields is None:
+        return False
+    kind = fields.get("kind", fields.get(b"kind"))
+    return kind in (streams.KIND_EVENT, streams.KIND_EVENT.encode())
 
 
