@@ -320,3 +320,45 @@ async def test_dead_letter_stream_key_and_entry_format():
     [letter] = rig.dead.letters
     assert letter.fields == {k: v for k, v in streams.encode_replay(req).items()}
     assert json.loads(json.dumps(letter.fields))["since"] == "1-0\n"
+
+
+async def test_a_run_of_queued_events_is_one_lookup_and_one_ordered_post_per_connection():
+    class CountingRegistry(InMemoryRegistry):
+        lookups = 0
+
+        def subscribers(self, entity_id, topic):
+            CountingRegistry.lookups += 1
+            return super().subscribers(entity_id, topic)
+
+    rig = Rig(CountingRegistry(), EngineLimits(max_batch=64))
+    rig.subscribe("a", "e1")
+    rig.subscribe("b", "e1", "transactions.new")
+    await rig.feed_events()
+    await rig.engine.wait_idle()
+    ids = [rig.publish("e1", i) for i in range(40)]
+    await rig.feed_events()  # all queued before the lane runs: one batch
+    await rig.engine.wait_idle()
+    assert rig.ids("a") == ids and rig.ids("b") == ids
+    # the 40 queued events went to each connection as one pipelined, ordered batch
+    assert sorted(rig.poster.in_order_batches) == [("a", 40), ("b", 40)]
+    assert CountingRegistry.lookups == 2  # topic + wildcard, once (then cached)
+    assert len(rig.acked) == 2 + 40 and rig.metrics.counts["deliveries"] == 80
+
+
+async def test_a_batch_whose_lookup_keeps_failing_dead_letters_each_entry():
+    registry = FlakyRegistry()
+    rig = Rig(registry, EngineLimits(retry_budget_s=0.0))
+    rig.subscribe("c", "e1")
+    await rig.feed_events()
+    await rig.engine.wait_idle()
+    registry.down["e1"] = -1
+    rig.subscribe("other", "e2")
+    gate = rig.poster.hold("other")
+    rig.publish("e2", 0)
+    await rig.feed_events()
+    ids = [rig.publish("e1", i) for i in range(5)]
+    await rig.feed_events()
+    gate.set()
+    await rig.engine.wait_idle()
+    assert sorted(letter.entry_id for letter in rig.dead.letters) == sorted(i for i, f in rig.log.partition_entries(0) if f.get("entity") == "e1" and f.get("kind") == "event")
+    assert len(rig.dead.letters) == len(ids) and rig.pusher.received("c") == []

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Sequence
 
 from ..errors import BackendUnavailable, ConnectionGone, Throttled
@@ -52,7 +52,7 @@ class InMemoryAsyncPoster:
         self.pusher = pusher or InMemoryPusher()
         self.attempts: Counter[str] = Counter()
         self.gates: dict[str, asyncio.Event] = {}  # connection -> posts wait until set
-        self.posted: defaultdict[str, int] = defaultdict(int)
+        self.in_order_batches: list[tuple[str, int]] = []  # (connection, frames) per post_in_order call
 
     def hold(self, connection_id: str) -> asyncio.Event:
         gate = self.gates[connection_id] = asyncio.Event()
@@ -81,6 +81,7 @@ class InMemoryAsyncPoster:
 
     async def post_in_order(self, connection_id: str, frames: Sequence[bytes]) -> list[int]:
         # pipelined like the real client: every frame is sent, answers come in order
+        self.in_order_batches.append((connection_id, len(frames)))
         return [await self._one(connection_id, frame) for frame in frames]
 
     async def close(self) -> None:
