@@ -411,3 +411,19 @@ async def test_healthz_reports_redis_and_partition_progress(rig):
         release.set()
         server.close()
         await server.wait_closed()
+
+
+async def test_ingest_moves_to_another_worker_when_its_owner_stops(rig):
+    rig.connect("a", "e1")
+    w1 = await rig.worker(lease_ms=2000)
+    await wait_for(lambda: psubscribers(rig.client) == 1, what="first ingest owner")
+    w2 = await rig.worker(lease_ms=2000)
+    owner, other = (w1, w2) if rig.client.get(keys.ingest_lease().name).decode() == w1.worker_id else (w2, w1)
+    await owner.stop()
+    rig.workers.remove(owner)
+    # released on stop: the other worker takes ingest at its next lease round
+    await wait_for(lambda: (rig.client.get(keys.ingest_lease().name) or b"").decode() == other.worker_id and psubscribers(rig.client) == 1,
+                   what="ingest taken over")
+    rig.client.publish("transactions.new:entity:e1", json.dumps(TX))
+    await wait_for(lambda: len(rig.stub.event_ids("a")) == 1, what="raw publish after the hand-over")
+    assert other.metrics.counts["ingested"] == 1
