@@ -240,7 +240,7 @@ def test_alarms_and_dashboards_of_the_seed(template):
     known = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and v.startswith("realtime_streaming.")}
     alarms = resources_of_type(template, "AWS::CloudWatch::Alarm")
     alarm_names = {a["Properties"]["AlarmName"]["Fn::Sub"].split("-")[0] for a in alarms.values()}
-    assert alarm_names == {names.ALARM_CONNECTION_DROP_HIGH, names.ALARM_LATENCY_DEGRADED}
+    assert alarm_names == {names.ALARM_CONNECTION_DROP_HIGH, names.ALARM_LATENCY_DEGRADED, names.ALARM_DEAD_LETTERS}
     for alarm in alarms.values():
         assert alarm["Properties"]["MetricName"] in known
         assert alarm["Properties"]["Namespace"] == names.NAMESPACE

@@ -9,7 +9,9 @@ RTSTREAM_FANOUT_PARTITIONS, ...) plus:
 - ``RTSTREAM_FANOUT_PIPELINING`` (Settings): ``auto`` (default: off when signing, on otherwise), ``on``, ``off``;
 - ``RTSTREAM_WORKER_ID`` (default host-pid-random), ``RTSTREAM_FANOUT_LEASE_MS``
   (default 10000), ``RTSTREAM_MANAGEMENT_POOL`` (HTTP connections, default 8);
-- ``RTSTREAM_WORKER_METRICS_PORT``: serve Prometheus ``/metrics`` there
+- ``RTSTREAM_WORKER_STALL_S`` (default 30): ``/healthz`` answers 503 when Redis
+  was not reached, or an owned stream held work without progress, for this long;
+- ``RTSTREAM_WORKER_METRICS_PORT``: serve Prometheus ``/metrics`` and ``/healthz`` there
   (``RTSTREAM_WORKER_METRICS_HOST``, default 127.0.0.1);
 - ``RTSTREAM_EMF_INTERVAL_S``: CloudWatch EMF flush period (default 60; 0 = off);
 - ``AWS_ENDPOINT_URL``: a LocalStack-compatible endpoint for DynamoDB.
@@ -81,6 +83,7 @@ async def amain(env: dict[str, str] | None = None) -> int:
         worker_id=env.get("RTSTREAM_WORKER_ID") or None,
         metrics=metrics,
         lease_ms=int(env.get("RTSTREAM_FANOUT_LEASE_MS") or 0) or None,
+        stall_s=float(env.get("RTSTREAM_WORKER_STALL_S") or 30),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,7 +92,7 @@ async def amain(env: dict[str, str] | None = None) -> int:
     server = None
     port = env.get("RTSTREAM_WORKER_METRICS_PORT")
     if port:
-        server = await serve_prometheus(metrics, int(port), env.get("RTSTREAM_WORKER_METRICS_HOST") or "127.0.0.1")
+        server = await serve_prometheus(metrics, int(port), env.get("RTSTREAM_WORKER_METRICS_HOST") or "127.0.0.1", health=worker.health)
     emf_task = None
     emf_interval = float(env.get("RTSTREAM_EMF_INTERVAL_S") or 60)
     if emf_interval > 0:

@@ -9,6 +9,7 @@ reservoir sample of the latencies observed since the last one plus the counts.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from bisect import bisect_left
@@ -31,6 +32,8 @@ COUNTERS = {
     "replays": (names.REPLAYS, "Replay requests answered."),
     "replay_gaps": (names.REPLAY_GAPS, "Replay requests answered with replay_gap."),
     "redis_reconnects": (names.REDIS_RECONNECTS, "Redis connection losses recovered."),
+    "dead_letters": (names.DEAD_LETTERS, "Work entries moved to the dead-letter stream."),
+    "replays_abandoned": (names.REPLAYS_ABANDONED, "Replays stopped at the first 410 (connection gone)."),
 }
 
 
@@ -95,8 +98,9 @@ class WorkerMetrics:
         self._since_flush = {key: 0 for key in COUNTERS}
 
 
-async def serve_prometheus(metrics: WorkerMetrics, port: int, host: str = "127.0.0.1") -> asyncio.AbstractServer:
-    """A tiny ``GET /metrics`` (and ``/healthz``) endpoint."""
+async def serve_prometheus(metrics: WorkerMetrics, port: int, host: str = "127.0.0.1", health=None) -> asyncio.AbstractServer:
+    """A tiny ``GET /metrics`` and ``GET /healthz`` endpoint. ``health()`` returns
+    ``(healthy, body)``: 200 or 503 with the body as JSON (without it: always ok)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -105,7 +109,9 @@ async def serve_prometheus(metrics: WorkerMetrics, port: int, host: str = "127.0
             if path.startswith(b"/metrics"):
                 body, status, ctype = metrics.prometheus().encode(), "200 OK", "text/plain; version=0.0.4"
             elif path.startswith(b"/healthz"):
-                body, status, ctype = b"ok\n", "200 OK", "text/plain"
+                healthy, report = health() if health is not None else (True, {"status": "ok"})
+                body = json.dumps(report, separators=(",", ":")).encode()
+                status, ctype = ("200 OK" if healthy else "503 Service Unavailable"), "application/json"
             else:
                 body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)

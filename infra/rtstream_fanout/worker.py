@@ -1,23 +1,23 @@
-"""The fan-out worker: Redis work streams -> subscribed connections.
+"""The fan-out worker: leases, Redis stream reading, the HTTP client.
 
-- Ingest: ``PSUBSCRIBE *:entity:*``; every raw publish is validated and
-  recorded through the append script, guarded by a dedup key so N workers
-  record it once. Invalid ones are logged and counted.
+What to send is decided by :class:`rtstream.fanout_engine.FanoutEngine` (the
+core); this process only feeds it and owns the Redis/HTTP side:
+
+- Ingest: one worker at a time holds the ingest lease (``keys.ingest_lease``)
+  and ``PSUBSCRIBE *:entity:*``; every raw publish is validated and appended
+  once (two identical publishes are two events). Pub/sub is at-most-once: the
+  publishes sent while the lease changes hands (at most a lease period when an
+  owner dies) are not recorded; publishers that need more use the SDK/CLI.
 - Ownership: partition ``p`` is processed only by the holder of its lease
-  (``SET NX PX``, renewed, released on stop). One owner = no double delivery
-  and per-entity order; a dead owner's lease expires and a survivor takes over.
-- Processing: consumer group ``fanout``, one fixed consumer name per partition,
-  so a new owner first drains what the previous one read but did not ack
-  (the pending entries), then reads new entries; entries are handled in order
-  and acknowledged one by one.
-- Per event: subscribers of ``(entity, topic)`` and ``(entity, '*')`` (cached;
-  every subscription change is an entry of the same ordered stream, which
-  invalidates the cache at the right point), filtered by
-  :func:`rtstream.fanout.plan_event`, posted concurrently over a pooled,
-  pipelined HTTP client; 410 prunes the connection, 429/5xx are retried with
-  capped, jittered backoff.
-- Per replay entry: ``subscribed``, the replayed history or ``replay_gap``, in
-  order, then the subscription is activated.
+  (``SET NX PX``, renewed, released on stop). One owner = no double delivery;
+  a dead owner's lease expires and a survivor takes over, first reading what the
+  previous one read but did not acknowledge.
+- Per partition two readers (consumer group ``fanout``): the event stream
+  ``rt:fanout:{p}`` into the engine's per-entity lanes, and the replay stream
+  ``rt:replay:{p}`` into its bounded replay lane. Entries are acknowledged
+  individually (batched XACK) when the engine finished them.
+- Dead letters: ``XADD`` to ``keys.dead_letter_stream()`` (capped).
+- Health: :meth:`FanoutWorker.health` (served at ``/healthz``).
 
 Every Redis loop reconnects by itself with capped, jittered backoff.
 """
@@ -31,8 +31,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -40,21 +39,19 @@ import redis.asyncio as aioredis
 
 from rtstream import keys
 from rtstream.adapters.redis_eventlog import AsyncRedisEventLog
-from rtstream.errors import RealtimeError, ReplayGap
-from rtstream.fanout import MarkerSet, SubscriberCache, decode_entry, lookup_topics, plan_event, replay_frames
-from rtstream.models import Event, Subscription
-from rtstream.publishing import parse_raw, raw_digest
+from rtstream.errors import BackendUnavailable, InvalidMessage, RealtimeError
+from rtstream.fanout_engine import EngineLimits, FanoutEngine, strict_id_key
+from rtstream.models import Event
+from rtstream.ports import DeadLetter
+from rtstream.publishing import parse_raw
 from rtstream.settings import Settings
-from rtstream.streams import ReplayRequest, SubscriptionsChanged
 
 from .metrics import WorkerMetrics
-from .poster import BROKEN, ManagementPoster
+from .poster import ManagementPoster
 
 log = logging.getLogger("rtstream_fanout")
 
 RETRYABLE_REDIS = (redis.ConnectionError, redis.TimeoutError, OSError)
-# an entry that fails this often for a non-backend reason is skipped (logged, counted)
-POISON_ATTEMPTS = 5
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -79,19 +76,74 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def retryable(status: int) -> bool:
-    return status == BROKEN or status == 429 or status >= 500
-
-
 @dataclass
 class Lease:
     partition: int
     valid_until: float  # monotonic seconds
     active: bool = True
     task: asyncio.Task | None = None
+    replay_task: asyncio.Task | None = None
 
     def valid(self, margin_s: float) -> bool:
         return self.active and time.monotonic() + margin_s < self.valid_until
+
+    def tasks(self) -> list[asyncio.Task]:
+        return [t for t in (self.task, self.replay_task) if t is not None]
+
+
+@dataclass
+class StreamProgress:
+    """Entries of one stream handed to the engine and not yet acked, and when the
+    stream last made progress (an entry finished, or an idle read)."""
+
+    held: set[str] = field(default_factory=set)
+    at: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.at = time.monotonic()
+
+
+class RedisHistory:
+    """:class:`rtstream.ports.HistoryReader` over the async event log; Redis
+    refusing an id is InvalidMessage (no retry can fix it), not unavailability."""
+
+    def __init__(self, log: AsyncRedisEventLog, client: aioredis.Redis, settings: Settings) -> None:
+        self.log = log
+        self.client = client
+        self.settings = settings
+
+    async def replay(self, entity_id: str, since: str, until: str | None = None) -> list[Event]:
+        strict_id_key(since)
+        try:
+            return await self.log.replay(entity_id, since, until)
+        except BackendUnavailable as exc:
+            if isinstance(exc.__cause__, redis.ResponseError):
+                raise InvalidMessage(f"history refused the replay: {exc.__cause__}") from exc
+            raise
+
+    async def last_id(self, entity_id: str) -> str:
+        try:
+            last = await self.client.xrevrange(keys.history(entity_id, self.settings).name, count=1)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis history read failed: {exc}") from exc
+        if not last:
+            return ""
+        return last[0][0].decode() if isinstance(last[0][0], bytes) else str(last[0][0])
+
+
+class RedisDeadLetters:
+    """:class:`rtstream.ports.DeadLetterSink`: one capped Redis stream."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        fields = {"reason": letter.reason, "entity": letter.entity_id, "entry": letter.entry_id, "lane": letter.lane}
+        fields.update({f"f.{k}": v for k, v in letter.fields.items()})
+        try:
+            await self.client.xadd(keys.dead_letter_stream().name, fields, maxlen=keys.DEAD_LETTER_MAXLEN, approximate=True)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis dead-letter write failed: {exc}") from exc
 
 
 class FanoutWorker:
@@ -107,8 +159,10 @@ class FanoutWorker:
         lease_ms: int | None = None,
         batch: int = 100,
         block_ms: int = 500,
-        max_post_attempts: int = 10,
+        max_post_attempts: int = 8,
         ingest: bool = True,
+        limits: EngineLimits | None = None,
+        stall_s: float = 30.0,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -122,16 +176,22 @@ class FanoutWorker:
         self.lease_margin_s = min(2.0, self.lease_ms / 3000)
         self.batch = batch
         self.block_ms = block_ms
-        self.max_post_attempts = max_post_attempts
+        self.limits = limits or EngineLimits(max_post_attempts=max_post_attempts)
+        self.stall_s = stall_s
         self.ingest_enabled = ingest
-        self.cache = SubscriberCache()
-        self.markers = MarkerSet()
         self.leases: dict[int, Lease] = {}
-        self._retiring: dict[int, asyncio.Task] = {}  # consumers of lost leases, still finishing
+        self.progress: dict[str, StreamProgress] = {}
+        self.redis_ok_at = 0.0  # monotonic time of the lease loop's last Redis round trip
+        self._retiring: dict[int, list[asyncio.Task]] = {}  # readers of lost leases, still finishing
+        self._ingest_lease_until = 0.0
+        self._ingest_task: asyncio.Task | None = None
+        self._to_ack: dict[str, list[str]] = {}
+        self._ack_wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.redis: aioredis.Redis | None = None
         self.log: AsyncRedisEventLog | None = None
+        self.engine: FanoutEngine = None  # type: ignore[assignment] - built in start()
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -141,11 +201,18 @@ class FanoutWorker:
             self.redis_url, socket_connect_timeout=3, socket_timeout=max(10.0, self.block_ms / 1000 + 5), health_check_interval=15
         )
         self.log = AsyncRedisEventLog(self.redis, self.settings)
+        self.engine = FanoutEngine(
+            registry=self.registry,
+            history=RedisHistory(self.log, self.redis, self.settings),
+            poster=self.poster,
+            dead_letters=RedisDeadLetters(self.redis),
+            metrics=self.metrics,
+            limits=self.limits,
+        )
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="fanout-leases"))
-        if self.ingest_enabled:
-            self._tasks.append(asyncio.create_task(self._ingest_loop(), name="fanout-ingest"))
+        self._tasks.append(asyncio.create_task(self._ack_loop(), name="fanout-acks"))
         log.info("fan-out worker %s started (%d partitions)", self.worker_id, self.settings.fanout_partitions)
 
     def request_stop(self) -> None:
@@ -155,18 +222,29 @@ class FanoutWorker:
         await self._stopping.wait()
 
     async def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop reading, let in-flight entries finish, release the leases."""
+        """Stop reading, let in-flight entries finish, ack them, release the leases."""
         self._stopping.set()
-        consumers = [lease.task for lease in self.leases.values() if lease.task is not None] + list(self._retiring.values())
-        waiting = [t for t in self._tasks + consumers if not t.done()]
+        readers = [t for lease in self.leases.values() for t in lease.tasks()] + [t for ts in self._retiring.values() for t in ts]
+        if self._ingest_task is not None:
+            readers.append(self._ingest_task)
+        waiting = [t for t in readers if not t.done()]
         if waiting:
-            done, pending = await asyncio.wait(waiting, timeout=timeout_s)
+            await asyncio.wait(waiting, timeout=timeout_s)
+        if self.engine is not None:
+            await self.engine.drain(timeout_s)
+        self._ack_wake.set()
+        leftovers = [t for t in self._tasks + readers if not t.done()]
+        if leftovers:
+            _, pending = await asyncio.wait(leftovers, timeout=timeout_s)
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for p in list(self.leases):
+        names = [keys.fanout_lease(p).name for p in self.leases]
+        if self._ingest_task is not None:
+            names.append(keys.ingest_lease().name)
+        for name in names:
             try:
-                await self._release(keys=[keys.fanout_lease(p).name], args=[self.worker_id])
+                await self._release(keys=[name], args=[self.worker_id])
             except Exception:  # noqa: BLE001 - best effort: the lease expires anyway
                 pass
         self.leases.clear()
@@ -189,6 +267,8 @@ class FanoutWorker:
         failures = 0
         while not self._stopping.is_set():
             try:
+                await self.redis.ping()
+                self.redis_ok_at = time.monotonic()
                 for p in range(self.settings.fanout_partitions):
                     if self._stopping.is_set():
                         break
@@ -202,13 +282,17 @@ class FanoutWorker:
                             log.warning("lost the lease of partition %d", p)
                             self._drop_lease(p)
                     elif self._retiring_busy(p):
-                        continue  # the previous consumer of p is finishing its entry: never two at once
+                        continue  # the previous readers of p are finishing: never two at once
                     elif await self.redis.set(name, self.worker_id, nx=True, px=self.lease_ms):
                         lease = Lease(p, now + self.lease_ms / 1000)
                         self.leases[p] = lease
                         lease.task = asyncio.create_task(self._consume(lease), name=f"fanout-p{p}")
+                        lease.replay_task = asyncio.create_task(self._consume_replays(lease), name=f"fanout-replay-p{p}")
                         log.info("worker %s owns partition %d", self.worker_id, p)
+                if self.ingest_enabled and not self._stopping.is_set():
+                    await self._hold_ingest_lease()
                 self.metrics.owned_partitions = len(self.leases)
+                self.redis_ok_at = time.monotonic()
                 failures = 0
             except RETRYABLE_REDIS as exc:
                 failures += 1
@@ -223,33 +307,66 @@ class FanoutWorker:
                 continue
             await self._sleep_or_stop(self.renew_interval_s)
 
+    async def _hold_ingest_lease(self) -> None:
+        """Take or renew the ingest lease; run the ingest loop only while held."""
+        assert self.redis is not None
+        name = keys.ingest_lease().name
+        now = time.monotonic()
+        running = self._ingest_task is not None and not self._ingest_task.done()
+        if running:
+            if await self._renew(keys=[name], args=[self.worker_id, self.lease_ms]):
+                self._ingest_lease_until = now + self.lease_ms / 1000
+            else:
+                log.warning("lost the ingest lease")
+                self._ingest_lease_until = 0.0  # the loop sees it and stops
+        elif await self.redis.set(name, self.worker_id, nx=True, px=self.lease_ms):
+            self._ingest_lease_until = now + self.lease_ms / 1000
+            self._ingest_task = asyncio.create_task(self._ingest_loop(), name="fanout-ingest")
+            log.info("worker %s owns raw ingest", self.worker_id)
+
+    def _ingest_owned(self) -> bool:
+        return time.monotonic() + self.lease_margin_s < self._ingest_lease_until
+
     def _drop_lease(self, p: int) -> None:
         lease = self.leases.pop(p, None)
         if lease is not None:
-            lease.active = False  # the consumer finishes its current entry and exits
-            if lease.task is not None and not lease.task.done():
-                self._retiring[p] = lease.task
+            lease.active = False  # readers stop; lanes skip (leave pending) the partition's queued entries
+            busy = [t for t in lease.tasks() if not t.done()]
+            if busy:
+                self._retiring[p] = busy
 
     def _retiring_busy(self, p: int) -> bool:
-        task = self._retiring.get(p)
-        if task is None:
+        tasks = self._retiring.get(p)
+        if tasks is None:
             return False
-        if task.done():
+        if all(t.done() for t in tasks):
             del self._retiring[p]
             return False
         return True
 
-    # ---- partition consumer -----------------------------------------------------------
+    # ---- partition readers ---------------------------------------------------------------
 
     async def _consume(self, lease: Lease) -> None:
-        assert self.redis is not None
+        """Read the partition's event stream into the engine's per-entity lanes."""
         stream = keys.fanout_stream(lease.partition).name
+        await self._read_stream(lease, stream, self._submit_event)
+
+    async def _consume_replays(self, lease: Lease) -> None:
+        """Read the partition's replay requests; each is answered concurrently."""
+        stream = keys.replay_stream(lease.partition).name
+        await self._read_stream(lease, stream, self._submit_replay)
+
+    async def _read_stream(self, lease: Lease, stream: str, submit) -> None:
+        """XREADGROUP loop: first the entries a previous owner left unacked, then new
+        ones. Entries already handed to the engine (not yet acked) are never handed
+        over twice; a Redis failure re-reads the pending list."""
+        assert self.redis is not None
         consumer = f"p{lease.partition}"
-        pending_from: str | None = "0"  # first the entries a previous owner left unacked
+        # fresh per ownership: entries a lost lease left unacked must be read again
+        progress = self.progress[stream] = StreamProgress()
+        pending_from: str | None = "0"
         failures = 0
         group_ready = False
-        current: Any = None  # entry being handled, for poison detection
-        poison: tuple[Any, int] = (None, 0)
         while lease.active and not self._stopping.is_set():
             if not lease.valid(self.lease_margin_s):
                 await self._sleep_or_stop(self.renew_interval_s)
@@ -266,50 +383,96 @@ class FanoutWorker:
                 if pending_from is not None and not entries:
                     pending_from = None
                     continue
+                if not entries and not progress.held:
+                    progress.touch()  # idle and nothing held: healthy
                 for entry_id, fields in entries:
                     if not lease.valid(self.lease_margin_s) or self._stopping.is_set():
                         break
-                    current = entry_id
-                    if fields:
-                        await self._handle(entry_id, fields)
-                    await self.redis.xack(stream, keys.FANOUT_GROUP, entry_id)
-                    current = None
+                    entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                     if pending_from is not None:
-                        pending_from = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                        pending_from = entry_id
+                    if entry_id in progress.held:
+                        continue  # still being handled (re-read after a Redis failure)
+                    if not fields:
+                        # trimmed away while pending: nothing left to handle
+                        await self.redis.xack(stream, keys.FANOUT_GROUP, entry_id)
+                        continue
+                    progress.held.add(entry_id)
+                    await submit(lease, stream, entry_id, fields, progress)
                 failures = 0
             except RETRYABLE_REDIS as exc:
                 failures += 1
                 self.metrics.add("redis_reconnects")
-                log.warning("partition %d: redis unavailable (%s); retrying", lease.partition, exc)
-                pending_from = "0"  # re-read what was not acked, in order
-                await self._sleep_or_stop(backoff_s(failures))
-            except RealtimeError as exc:
-                # a backend (DynamoDB, Redis script) failed mid-entry: retry it, in order
-                failures += 1
-                log.warning("partition %d: %s (%s); retrying the entry", lease.partition, exc.code, exc)
+                log.warning("%s: redis unavailable (%s); retrying", stream, exc)
                 pending_from = "0"
                 await self._sleep_or_stop(backoff_s(failures))
             except redis.ResponseError as exc:
                 failures += 1
-                log.error("partition %d: redis error %s", lease.partition, exc)
+                log.error("%s: redis error %s", stream, exc)
                 pending_from = "0"
                 group_ready = False  # e.g. NOGROUP after the stream was deleted
                 await self._sleep_or_stop(backoff_s(failures))
             except Exception:  # noqa: BLE001 - a bug must not silently stop a partition
                 failures += 1
-                log.exception("partition %d: unexpected error handling entry %r", lease.partition, current)
-                poison = (current, poison[1] + 1) if current is not None and current == poison[0] else (current, 1)
-                if current is not None and poison[1] >= POISON_ATTEMPTS:
-                    # the same entry keeps failing for a non-backend reason: skip it, keep the partition moving
-                    self.metrics.add("invalid_events")
-                    log.error("partition %d: skipping entry %r after %d failures", lease.partition, current, poison[1])
-                    try:
-                        await self.redis.xack(stream, keys.FANOUT_GROUP, current)
-                    except RETRYABLE_REDIS:
-                        pass
-                    poison = (None, 0)
+                log.exception("%s: unexpected error", stream)
                 pending_from = "0"
                 await self._sleep_or_stop(backoff_s(failures))
+
+    def _acker(self, lease: Lease, stream: str, entry_id: str, progress: "StreamProgress"):
+        def done() -> None:
+            # acks are batched by the ack loop; the entry stays "held" until acked
+            progress.touch()
+            self._to_ack.setdefault(stream, []).append(entry_id)
+            self._ack_wake.set()
+
+        return done
+
+    async def _submit_event(self, lease: Lease, stream: str, entry_id: str, fields: dict, progress: "StreamProgress") -> None:
+        async def fetch(entry_id: str) -> dict | None:
+            assert self.redis is not None
+            try:
+                found = await self.redis.xrange(stream, entry_id, entry_id)
+            except RETRYABLE_REDIS as exc:
+                raise BackendUnavailable(f"redis read failed: {exc}") from exc
+            return found[0][1] if found else None
+
+        await self.engine.submit(entry_id, fields, self._acker(lease, stream, entry_id, progress), fetch=fetch, owned=lambda: lease.active)
+
+    async def _submit_replay(self, lease: Lease, stream: str, entry_id: str, fields: dict, progress: "StreamProgress") -> None:
+        await self.engine.replay_slot_free()
+        self.engine.start_replay(entry_id, fields, self._acker(lease, stream, entry_id, progress))
+
+    async def _ack_loop(self) -> None:
+        """XACK what the engine finished, in batches (one round trip per stream)."""
+        failures = 0
+        while not (self._stopping.is_set() and not self._to_ack and self._engine_idle()):
+            try:
+                await asyncio.wait_for(self._ack_wake.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+            self._ack_wake.clear()
+            batch, self._to_ack = self._to_ack, {}
+            if not batch:
+                continue
+            assert self.redis is not None
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for stream, ids in batch.items():
+                    pipe.xack(stream, keys.FANOUT_GROUP, *ids)
+                await pipe.execute()
+                failures = 0
+                for stream, ids in batch.items():
+                    held = self.progress[stream].held
+                    held.difference_update(ids)
+            except RETRYABLE_REDIS as exc:
+                failures += 1
+                log.warning("ack: redis unavailable (%s); retrying", exc)
+                for stream, ids in batch.items():
+                    self._to_ack.setdefault(stream, []).extend(ids)
+                await asyncio.sleep(backoff_s(failures))
+
+    def _engine_idle(self) -> bool:
+        return self.engine.in_flight == 0 and self.engine.replays_running == 0
 
     async def _ensure_group(self, stream: str) -> None:
         assert self.redis is not None
@@ -320,144 +483,47 @@ class FanoutWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def _handle(self, entry_id: Any, fields: dict) -> None:
-        try:
-            entry = decode_entry(entry_id, fields)
-        except (ValueError, KeyError, TypeError) as exc:
-            self.metrics.add("invalid_events")
-            log.warning("skipping undecodable work entry %r: %s", entry_id, exc)
-            return
-        if isinstance(entry, Event):
-            self.metrics.add("events")
-            subs = await self._subscribers(entry)
-            plan = plan_event(entry, subs, self.markers)
-            if plan.connection_ids:
-                await self._deliver(plan.connection_ids, plan.data, entry.published_at_ms)
-        elif isinstance(entry, ReplayRequest):
-            await self._replay(entry)
-        elif isinstance(entry, SubscriptionsChanged):
-            self.cache.invalidate(entry.entity_id, entry.topics)
+    # ---- health ---------------------------------------------------------------------------
 
-    async def _subscribers(self, event: Event) -> list[Subscription]:
-        topics = lookup_topics(event)
-        found: list[Subscription] = []
-        missing = []
+    def health(self) -> tuple[bool, dict]:
+        """``/healthz``: Redis reachable (the lease loop's last round trip) and every
+        owned stream either idle or making progress within ``stall_s``."""
         now = time.monotonic()
-        for topic in topics:
-            cached = self.cache.get(event.entity_id, topic, now)
-            if cached is None:
-                missing.append(topic)
-            else:
-                found += cached
-        if missing:
-            fetched = await asyncio.gather(*(asyncio.to_thread(self.registry.subscribers, event.entity_id, t) for t in missing))
-            for topic, subs in zip(missing, fetched):
-                self.cache.put(event.entity_id, topic, subs, now)
-                found += subs
-        return found
-
-    # ---- delivery ------------------------------------------------------------------------
-
-    async def _deliver(self, connection_ids: Sequence[str], data: bytes, published_at_ms: int) -> None:
-        ids = list(connection_ids)
-        attempt = 0
-        while ids:
-            statuses = await self.poster.post_many(ids, data)
-            ok = sum(1 for s in statuses if 200 <= s < 300)
-            if ok:
-                self.metrics.add("deliveries", ok)
-                if published_at_ms:
-                    self.metrics.observe_latency(max(0.0, time.time() * 1000 - published_at_ms), ok)
-            gone = [cid for cid, s in zip(ids, statuses) if s == 410]
-            retry = [cid for cid, s in zip(ids, statuses) if retryable(s)]
-            refused = len(ids) - ok - len(gone) - len(retry)
-            if refused:
-                self.metrics.add("delivery_errors", refused)
-                log.warning("%d posts refused (e.g. status %s)", refused, next(s for s in statuses if not (200 <= s < 300) and s != 410 and not retryable(s)))
-            if gone:
-                await self._prune(gone)
-            attempt += 1
-            if retry and attempt < self.max_post_attempts and not self._stopping.is_set():
-                self.metrics.add("retries", len(retry))
-                await asyncio.sleep(backoff_s(attempt, base=0.05, cap=2.0))
-                ids = retry
-                continue
-            if retry:
-                self.metrics.add("delivery_errors", len(retry))
-                log.warning("giving up on %d posts after %d attempts", len(retry), attempt)
-            break
-
-    async def _prune(self, connection_ids: list[str]) -> None:
-        for cid in connection_ids:
-            self.cache.remove_connection(cid)
-        results = await asyncio.gather(*(asyncio.to_thread(self.registry.remove_connection, cid) for cid in connection_ids), return_exceptions=True)
-        pruned = sum(1 for r in results if not isinstance(r, BaseException))
-        self.metrics.add("pruned", pruned)
-        for cid, r in zip(connection_ids, results):
-            if isinstance(r, BaseException):
-                log.warning("could not prune connection %s: %s", cid, r)
-            else:
-                log.info("pruned stale connection %s (410 Gone)", cid)
-
-    async def _replay(self, req: ReplayRequest) -> None:
-        assert self.log is not None
-        try:
-            replayed: list[Event] | ReplayGap = await self.log.replay(req.entity_id, req.since, req.until)
-        except ReplayGap as gap:
-            replayed = gap
-            self.metrics.add("replay_gaps")
-        frames = replay_frames(req, replayed)
-        delivered = await self._post_in_order(req.connection_id, frames)
-        self.metrics.add("replays")
-        if delivered is None:
-            return  # gone: pruned, nothing to activate
-        self.metrics.add("deliveries", max(0, delivered - 1))
-        await asyncio.to_thread(self.registry.clear_pending_replay, req.connection_id, req.entity_id, req.topic, req.marker)
-        self.markers.add(req.marker)
-        self.cache.invalidate(req.entity_id, [req.topic])
-
-    async def _post_in_order(self, connection_id: str, frames: list[bytes]) -> int | None:
-        """Post frames to one connection in order; number delivered, None if gone."""
-        statuses = await self.poster.post_in_order(connection_id, frames)
-        delivered = 0
-        for i, status in enumerate(statuses):
-            if 200 <= status < 300:
-                delivered += 1
-                continue
-            if status == 410:
-                await self._prune([connection_id])
-                return None
-            # retry the rest one by one, in order
-            for frame in frames[i:]:
-                for attempt in range(self.max_post_attempts):
-                    s = await self.poster.post(connection_id, frame)
-                    if 200 <= s < 300:
-                        delivered += 1
-                        break
-                    if s == 410:
-                        await self._prune([connection_id])
-                        return None
-                    if not retryable(s):
-                        self.metrics.add("delivery_errors")
-                        break
-                    self.metrics.add("retries")
-                    await asyncio.sleep(backoff_s(attempt + 1, cap=2.0))
-                else:
-                    self.metrics.add("delivery_errors")
-            break
-        return delivered
+        reasons = []
+        redis_age = now - self.redis_ok_at if self.redis_ok_at else None
+        if redis_age is None or redis_age > self.stall_s:
+            reasons.append("redis unreachable" if redis_age is not None else "redis not reached yet")
+        stalled = []
+        for lease in self.leases.values():
+            for stream in (keys.fanout_stream(lease.partition).name, keys.replay_stream(lease.partition).name):
+                progress = self.progress.get(stream)
+                if progress is not None and progress.held and now - progress.at > self.stall_s:
+                    stalled.append(stream)
+        if stalled:
+            reasons.append("no progress on " + ", ".join(stalled))
+        body = {
+            "status": "ok" if not reasons else "unhealthy",
+            "worker": self.worker_id,
+            "partitions": sorted(self.leases),
+            "ingest": self._ingest_task is not None and not self._ingest_task.done(),
+            "inFlight": self.engine.in_flight,
+            "replays": self.engine.replays_running,
+            "reasons": reasons,
+        }
+        return not reasons, body
 
     # ---- raw ingest -----------------------------------------------------------------------
 
     async def _ingest_loop(self) -> None:
+        """Raw PUBLISH -> history, while this worker holds the ingest lease."""
         assert self.redis is not None
         failures = 0
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self._ingest_owned():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(keys.RAW_CHANNEL_PATTERN)
                 failures = 0
-                while not self._stopping.is_set():
+                while not self._stopping.is_set() and self._ingest_owned():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is not None and message.get("type") == "pmessage":
                         await self._ingest(message["channel"], message["data"])
@@ -485,11 +551,10 @@ class FanoutWorker:
             shown = channel.decode(errors="replace") if isinstance(channel, bytes) else channel
             log.warning("invalid raw publish on %r: %s: %s", shown[:120], exc.code, exc.message[:300])
             return
-        digest = raw_digest(channel, payload)
         for attempt in range(5):
             try:
-                if await self.log.ingest_once(digest, pub.entity_id, pub.topic, pub.data, pub.source) is not None:
-                    self.metrics.add("ingested")
+                await self.log.append(pub.entity_id, pub.topic, pub.data, pub.source)
+                self.metrics.add("ingested")
                 return
             except RealtimeError as exc:
                 log.warning("ingest of %s failed (%s); retrying", pub.topic, exc)

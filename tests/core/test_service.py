@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from rtstream import streams
+from rtstream import keys, streams
 from rtstream.errors import TooManyConnections
 from rtstream.inmemory.eventlog import InMemoryEventLog
 from rtstream.inmemory.limits import InMemoryPresence, InMemoryRateLimiter, ManualClock
@@ -179,7 +179,8 @@ def test_subscribe_with_since_queues_replay_and_defers_subscribed(service, regis
     assert reply == []  # the fan-out answers `subscribed` + the replay
     (sub,) = registry.subscribers("entity-a", "transactions.new")
     assert sub.pending_replay and len(sub.pending_replay) == 32
-    req = entity_entries(event_log, "entity-a")[-1]
+    # on the partition's replay lane, not among its live entries
+    req = streams.decode(event_log.replay_entries(keys.partition_of("entity-a", event_log.settings))[-1][1])
     assert isinstance(req, streams.ReplayRequest)
     assert (req.marker, req.connection_id, req.entity_id, req.topic, req.since, req.until) == (sub.pending_replay, "c1", "entity-a", "transactions.new", first.id, first.id)
     assert req.filters == Filters(sources=("test",))

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from rtstream import keys
-from rtstream.errors import ReplayGap
-from rtstream.fanout import MarkerSet, SubscriberCache, decode_entry, lookup_topics, plan_event, replay_frames
+from rtstream.fanout import SubscriberCache, decode_entry, lookup_topics, replay_frames
+from rtstream.fanout_engine import FanoutEngine
+from rtstream.inmemory.fanout import CountingMetrics, InMemoryAsyncPoster, InMemoryDeadLetters, InMemoryHistory
 from rtstream.inmemory.eventlog import InMemoryEventLog
 from rtstream.inmemory.limits import ManualClock
 from rtstream.inmemory.pusher import InMemoryPusher
@@ -23,15 +24,23 @@ def tx(amount, merchant="Cafe"):
 
 
 class Harness:
-    """Drives plan_event/replay_frames over the in-memory ports, as the worker does."""
+    """Drives the core FanoutEngine over the in-memory ports, as the worker does:
+    event-stream entries into the lanes, replay requests into the replay lane
+    (``replays_first`` decides which the reader hands over first)."""
 
-    def __init__(self, **settings):
+    def __init__(self, replays_first=False, **settings):
         self.clock = ManualClock()
         self.log = InMemoryEventLog(Settings().replace(**settings), clock=self.clock)
         self.registry = InMemoryRegistry()
         self.pusher = InMemoryPusher()
-        self.markers = MarkerSet()
+        self.poster = InMemoryAsyncPoster(self.pusher)
+        self.dead = InMemoryDeadLetters()
+        self.metrics = CountingMetrics()
+        self.engine = FanoutEngine(registry=self.registry, history=InMemoryHistory(self.log), poster=self.poster, dead_letters=self.dead, metrics=self.metrics)
+        self.replays_first = replays_first
         self.cursor: dict[int, str | None] = {}
+        self.replay_cursor: dict[int, int] = {}
+        self.acked: list[str] = []
 
     def subscribe(self, conn, entity, topic, filters=Filters(), since=None):
         self.pusher.open(conn)
@@ -47,32 +56,35 @@ class Harness:
         self.clock.advance(0.001)
         return self.log.append(entity, topic, data, source)
 
-    def run(self):
+    async def _events(self, p):
+        for entry_id, fields in self.log.partition_entries(p, self.cursor.get(p)):
+            self.cursor[p] = entry_id
+            await self.engine.submit(entry_id, fields, lambda i=entry_id: self.acked.append(i))
+
+    def _replays(self, p):
+        entries = self.log.replay_entries(p)[self.replay_cursor.get(p, 0):]
+        self.replay_cursor[p] = self.replay_cursor.get(p, 0) + len(entries)
+        for entry_id, fields in entries:
+            self.engine.start_replay(entry_id, fields, lambda i=entry_id: self.acked.append(i))
+
+    async def run(self):
         for p in range(self.log.settings.fanout_partitions):
-            entries = self.log.partition_entries(p, self.cursor.get(p))
-            for entry_id, fields in entries:
-                self.cursor[p] = entry_id
-                entry = decode_entry(entry_id, fields)
-                if isinstance(entry, Event):
-                    subs = [s for t in lookup_topics(entry) for s in self.registry.subscribers(entry.entity_id, t)]
-                    plan = plan_event(entry, subs, self.markers)
-                    for cid in plan.connection_ids:
-                        self.pusher.post(cid, plan.data)
-                elif isinstance(entry, ReplayRequest):
-                    try:
-                        replayed = self.log.replay(entry.entity_id, entry.since, entry.until)
-                    except ReplayGap as gap:
-                        replayed = gap
-                    for frame in replay_frames(entry, replayed):
-                        self.pusher.post(entry.connection_id, frame)
-                    self.registry.clear_pending_replay(entry.connection_id, entry.entity_id, entry.topic, entry.marker)
-                    self.markers.add(entry.marker)
+            if self.replays_first:
+                self._replays(p)
+                await self._events(p)
+            else:
+                await self._events(p)
+                self._replays(p)
+        await self.engine.wait_idle()
 
     def ids(self, conn):
         return [f["id"] for f in self.pusher.frames(conn) if f["type"] == "event"]
 
 
-def test_event_reaches_topic_and_wildcard_subscribers_of_its_entity_only():
+both_orders = pytest.mark.parametrize("replays_first", [False, True])
+
+
+async def test_event_reaches_topic_and_wildcard_subscribers_of_its_entity_only():
     h = Harness()
     h.subscribe("a", "e1", "transactions.new")
     h.subscribe("b", "e1", "*")
@@ -80,31 +92,30 @@ def test_event_reaches_topic_and_wildcard_subscribers_of_its_entity_only():
     h.subscribe("d", "e2", "transactions.new")
     h.subscribe("e", "e2", "*")
     ev = h.publish("e1", "transactions.new", tx(5))
-    h.run()
+    await h.run()
     assert h.ids("a") == [ev.id] and h.ids("b") == [ev.id]
     assert h.pusher.received("c") == [] and h.pusher.received("d") == [] and h.pusher.received("e") == []
     assert json.loads(h.pusher.received("a")[0]) == ev.to_wire()
 
 
-def test_wire_bytes_are_built_once_and_shared():
-    ev = Event("1-0", "e1", "transactions.new", tx(1), "sdk", "2026-11-25T12:00:00.000Z", 1)
-    subs = [Subscription(f"c{i}", "e1", "*") for i in range(50)]
-    plan = plan_event(ev, subs)
-    assert len(plan.connection_ids) == 50
-    assert plan.data == ev.wire_json().encode()
+async def test_one_event_is_one_batch_of_identical_bytes():
+    h = Harness()
+    for i in range(50):
+        h.subscribe(f"c{i}", "e1", "*")
+    ev = h.publish("e1", "transactions.new", tx(1))
+    await h.run()
+    assert {h.pusher.received(f"c{i}")[0] for i in range(50)} == {ev.wire_json().encode()}
 
 
-def test_connection_subscribed_twice_gets_one_copy():
+async def test_connection_subscribed_twice_gets_one_copy():
     ev = Event("1-0", "e1", "transactions.new", tx(1))
-    plan = plan_event(ev, [Subscription("c", "e1", "transactions.new"), Subscription("c", "e1", "*")])
-    assert plan.connection_ids == ("c",)
+    assert Harness().engine.plan(ev, [Subscription("c", "e1", "transactions.new"), Subscription("c", "e1", "*")], 0.0) == ["c"]
 
 
-def test_wildcard_excludes_presence_but_named_presence_gets_it():
+async def test_wildcard_excludes_presence_but_named_presence_gets_it():
     ev = Event("1-0", "e1", "presence", {"userId": "u", "state": "online", "connections": 1, "transports": []})
     assert lookup_topics(ev) == ("presence",)
-    plan = plan_event(ev, [Subscription("star", "e1", "*"), Subscription("p", "e1", "presence")])
-    assert plan.connection_ids == ("p",)
+    assert Harness().engine.plan(ev, [Subscription("star", "e1", "*"), Subscription("p", "e1", "presence")], 0.0) == ["p"]
 
 
 @pytest.mark.parametrize(
@@ -116,59 +127,63 @@ def test_wildcard_excludes_presence_but_named_presence_gets_it():
         (Filters(types=("transactions.new",), min_amount=100), ["big-bank"]),
     ],
 )
-def test_filters_hold(filters, expected):
+async def test_filters_hold(filters, expected):
     h = Harness()
     h.subscribe("c", "e1", "*", filters)
     named = {}
     named[h.publish("e1", "transactions.new", tx(5), "pos").id] = "small-pos"
     named[h.publish("e1", "transactions.new", tx(-500), "bank").id] = "big-bank"
     named[h.publish("e1", "balance.updated", {"accountId": "a", "newBalance": 1, "change": 250}, "pos").id] = "balance"
-    h.run()
+    await h.run()
     assert [named[i] for i in h.ids("c")] == expected
 
 
-def test_replay_seam_is_exact_in_order_and_filtered():
-    h = Harness()
+@both_orders
+async def test_replay_seam_is_exact_in_order_and_filtered(replays_first):
+    h = Harness(replays_first)
     h.subscribe("old", "e1", "*")
     before = [h.publish("e1", "transactions.new", tx(i)).id for i in range(1, 4)]
-    h.run()
+    await h.run()
     # "new" was away after before[0]; it resubscribes with since=before[0], then more events arrive
     h.subscribe("new", "e1", "*", Filters(min_amount=2), since=before[0])
     after = [h.publish("e1", "transactions.new", tx(i)).id for i in range(4, 7)]
-    h.run()
+    await h.run()
     frames = h.pusher.frames("new")
     assert frames[0] == {"type": "subscribed", "topic": "*"}
     assert h.ids("new") == before[1:] + after  # no gap, no duplicate at the seam
     assert h.ids("old") == before + after
 
 
-def test_events_between_subscribe_and_marker_are_replayed_not_duplicated():
-    h = Harness()
+@both_orders
+async def test_events_between_subscribe_and_marker_are_replayed_not_duplicated(replays_first):
+    h = Harness(replays_first)
     first = h.publish("e1", "transactions.new", tx(1)).id
     h.subscribe("c", "e1", "transactions.new", since=first)
     # the subscription exists (pending) before the marker is processed; later events are live
     late = h.publish("e1", "transactions.new", tx(2)).id
-    h.run()
+    await h.run()
     assert h.ids("c") == [late]
     assert [f["type"] for f in h.pusher.frames("c")] == ["subscribed", "event"]
 
 
-def test_pending_subscription_skips_events_queued_before_its_marker():
-    h = Harness()
+@both_orders
+async def test_pending_subscription_skips_events_queued_before_its_marker(replays_first):
+    h = Harness(replays_first)
     first = h.publish("e1", "transactions.new", tx(1)).id
     second = h.publish("e1", "transactions.new", tx(2)).id
     # subscription written (pending) before the reader reaches those two events
     h.subscribe("c", "e1", "transactions.new", since=first)
-    h.run()
+    await h.run()
     assert h.ids("c") == [second]  # once, from the replay
 
 
-def test_replay_gap_when_history_was_trimmed():
-    h = Harness(history_maxlen=2)
+@both_orders
+async def test_replay_gap_when_history_was_trimmed(replays_first):
+    h = Harness(replays_first, history_maxlen=2)
     ids = [h.publish("e1", "transactions.new", tx(i)).id for i in range(1, 6)]
     h.subscribe("c", "e1", "*", since=ids[0])
     live = h.publish("e1", "transactions.new", tx(9)).id
-    h.run()
+    await h.run()
     frames = h.pusher.frames("c")
     assert frames[0]["type"] == "subscribed"
     assert frames[1]["type"] == "error" and frames[1]["code"] == "replay_gap"

@@ -85,11 +85,12 @@ def test_request_replay_reads_until_atomically(redis_client):
     fresh = Subscription("c3", "e9", "*", "u1", pending_replay="m-2")
     log.request_replay(fresh, "1-0")
     entries = partition_events(redis_client, settings, "e1")
-    assert entries[0] == a
-    assert entries[1] == streams.ReplayRequest("m-1", "c1", "e1", "*", Filters(types=("transactions.new",)), "1-0", a.id)
-    assert entries[2] == streams.SubscriptionsChanged("e1", ("balance.updated", "*"), "c2")
-    e9 = [e for e in partition_events(redis_client, settings, "e9") if isinstance(e, streams.ReplayRequest)]
-    assert e9[0].until == ""
+    assert entries == [a, streams.SubscriptionsChanged("e1", ("balance.updated", "*"), "c2")]
+    # replay requests travel on the partition's replay lane
+    replays = [streams.decode(f) for _, f in redis_client.xrange(keys.replay_stream(keys.partition_of("e1", settings)).name)]
+    assert streams.ReplayRequest("m-1", "c1", "e1", "*", Filters(types=("transactions.new",)), "1-0", a.id) in replays
+    e9 = [streams.decode(f) for _, f in redis_client.xrange(keys.replay_stream(keys.partition_of("e9", settings)).name)]
+    assert [r.until for r in e9 if r.entity_id == "e9"] == [""]
 
 
 def test_ingest_once_records_a_raw_publish_once(redis_client):

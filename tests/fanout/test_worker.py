@@ -98,20 +98,25 @@ async def test_delivers_to_subscribers_of_the_entity_only(rig):
     assert frame["type"] == "event" and frame["topic"] == "transactions.new" and frame["data"]["amount"] == 5
 
 
-async def test_raw_publish_is_ingested_once_and_invalid_ones_are_counted(rig):
+async def test_raw_publish_is_ingested_by_the_lease_holder_once_and_identical_publishes_stay_two(rig):
     rig.connect("a", "e1")
     w1 = await rig.worker()
-    w2 = await rig.worker()  # two ingesters: the dedup key records each publish once
-    await wait_for(lambda: psubscribers(rig.client) >= 2, what="psubscribe")
+    w2 = await rig.worker()  # two workers, one ingest lease: each publish is recorded once
+    await wait_for(lambda: psubscribers(rig.client) >= 1, what="psubscribe")
+    await asyncio.sleep(0.5)  # both had several chances to take the ingest lease
+    assert psubscribers(rig.client) == 1
+    assert rig.client.get(keys.ingest_lease().name).decode() in (w1.worker_id, w2.worker_id)
     rig.client.publish("transactions.new:entity:e1", "{broken")
     rig.client.publish("nope.topic:entity:e1", json.dumps(TX))
-    rig.client.publish("transactions.new:entity:e1", json.dumps({**TX, "timestamp": "2026-11-25T12:00:00Z"}))
-    await wait_for(lambda: len(rig.stub.event_ids("a")) == 1, what="raw delivery")
+    same = json.dumps({**TX, "timestamp": "2026-11-25T12:00:00Z"})
+    rig.client.publish("transactions.new:entity:e1", same)
+    rig.client.publish("transactions.new:entity:e1", same)  # legitimately the same twice: two events
+    await wait_for(lambda: len(rig.stub.event_ids("a")) == 2, what="raw delivery")
     await asyncio.sleep(0.3)
-    assert len(rig.stub.event_ids("a")) == 1
-    assert rig.client.xlen(keys.history("e1", rig.settings).name) == 1
-    assert w1.metrics.counts["invalid_events"] == 2 and w2.metrics.counts["invalid_events"] == 2
-    assert w1.metrics.counts["ingested"] + w2.metrics.counts["ingested"] == 1
+    assert len(rig.stub.event_ids("a")) == 2 and len(set(rig.stub.event_ids("a"))) == 2
+    assert rig.client.xlen(keys.history("e1", rig.settings).name) == 2
+    assert w1.metrics.counts["invalid_events"] + w2.metrics.counts["invalid_events"] == 2
+    assert w1.metrics.counts["ingested"] + w2.metrics.counts["ingested"] == 2
     assert rig.stub.frames("a")[0]["source"] == "redis"
 
 
@@ -197,8 +202,10 @@ async def test_survivor_takes_over_a_dead_workers_partitions(redis_url, redis_cl
         dead = await rig.worker(lease_ms=2000)
         first = rig.publish("e1", tx(1))
         await wait_for(lambda: rig.stub.event_ids("a") == [first])
+        part = keys.fanout_stream(keys.partition_of("e1", rig.settings)).name
+        await wait_for(lambda: rig.client.xpending(part, keys.FANOUT_GROUP)["pending"] == 0, what="first acked")
         # die without releasing anything (as kill -9 would)
-        for task in dead._tasks + [l.task for l in dead.leases.values() if l.task]:
+        for task in dead._tasks + [t for l in dead.leases.values() for t in l.tasks()]:
             task.cancel()
         await asyncio.sleep(0.05)
         rig.workers.remove(dead)
@@ -275,4 +282,148 @@ async def test_undecodable_and_poison_entries_are_skipped_and_the_partition_keep
     rig.publish("bad", tx(1))
     after = rig.publish(good, tx(2))
     await wait_for(lambda: rig.stub.event_ids("a") == [after], timeout=20, what="delivery past the poison entry")
-    assert w.metrics.counts["invalid_events"] == 2
+    # both went to the dead-letter stream at once, with their reason and entity
+    await wait_for(lambda: w.metrics.counts["dead_letters"] == 2, what="dead letters")
+    letters = [{k.decode(): v.decode() for k, v in f.items()} for _, f in rig.client.xrange(keys.dead_letter_stream().name)]
+    assert sorted(l["entity"] for l in letters) == sorted(["bad", good])
+    assert any(l["reason"].startswith("undecodable") and l["f.data"] == "{not json" for l in letters)
+    assert any(l["reason"].startswith("poison: RuntimeError") for l in letters)
+
+
+async def test_a_replay_with_an_id_redis_rejects_stalls_no_other_entity(rig):
+    """Regression (issue 11): `since` "1-0\\n" made the partition retry one entry
+    forever; every entity of the partition stopped receiving events."""
+    victims = [e for e in (f"v{i}" for i in range(200)) if keys.partition_of(e, rig.settings) == keys.partition_of("attacker-e", rig.settings)][:4]
+    for e in victims:
+        rig.connect(f"c-{e}", e)
+    rig.publish("attacker-e", tx(1))  # the attacker's entity has history
+    w = await rig.worker()
+    for bad in ("1-0\n", "18446744073709551616-0"):
+        # written as the gateway would have before ids were checked strictly
+        rig.connect(f"attacker-{len(bad)}", "attacker-e", since=bad)
+    started = time.monotonic()
+    sent = {e: [rig.publish(e, tx(i)) for i in range(5)] for e in victims}
+    await wait_for(lambda: all(rig.stub.event_ids(f"c-{e}") == sent[e] for e in victims), timeout=5, what="victims' events")
+    assert time.monotonic() - started < 5
+    await wait_for(lambda: rig.client.xlen(keys.dead_letter_stream().name) == 2, what="dead letters")
+    letters = [{k.decode(): v.decode() for k, v in f.items()} for _, f in rig.client.xrange(keys.dead_letter_stream().name)]
+    assert sorted(l["f.since"] for l in letters) == sorted(["1-0\n", "18446744073709551616-0"])
+    assert all(l["entity"] == "attacker-e" and l["lane"] == "replay" and l["reason"].startswith("invalid_message") for l in letters)
+    assert w.metrics.counts["dead_letters"] == 2 and "realtime_streaming_dead_letters_total 2" in w.metrics.prometheus()
+    # the attacker is told, and nothing stays pending in the replay lane
+    assert rig.stub.frames("attacker-4")[0]["code"] == "invalid_message"
+    p = keys.partition_of("attacker-e", rig.settings)
+    await wait_for(lambda: rig.client.xpending(keys.replay_stream(p).name, keys.FANOUT_GROUP)["pending"] == 0, what="replay entries acked")
+    # a restarted worker finds nothing left to retry
+    await w.stop()
+    rig.workers.remove(w)
+    w2 = await rig.worker()
+    later = rig.publish(victims[0], tx(9))
+    await wait_for(lambda: rig.stub.event_ids(f"c-{victims[0]}")[-1:] == [later], what="delivery after restart")
+    assert w2.metrics.counts["dead_letters"] == 0
+
+
+async def test_seam_is_exact_for_several_resuming_connections_under_concurrent_publishing(rig):
+    rig.connect("steady", "e1")
+    await rig.worker()
+    history = [rig.publish("e1", tx(i)) for i in range(30)]
+    stop = asyncio.Event()
+    published = list(history)
+
+    async def publisher():
+        i = 100
+        while not stop.is_set():
+            published.append(await asyncio.to_thread(rig.publish, "e1", tx(i)))
+            i += 1
+            await asyncio.sleep(0.002)
+
+    task = asyncio.create_task(publisher())
+    resumes = {}
+    for n in range(6):
+        await asyncio.sleep(0.05)
+        since = published[len(published) // 2 - n]
+        resumes[f"r{n}"] = since
+        rig.connect(f"r{n}", "e1", since=since)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await task
+    await wait_for(lambda: rig.stub.event_ids("steady") == published, what="steady observer")
+    for cid, since in resumes.items():
+        expected = published[published.index(since) + 1 :]
+        await wait_for(lambda: len(rig.stub.event_ids(cid)) >= len(expected), what=f"{cid} caught up")
+        await asyncio.sleep(0.05)
+        assert rig.stub.event_ids(cid) == expected, cid  # no gap, no duplicate, in order
+        assert rig.stub.frames(cid)[0]["type"] == "subscribed"
+
+
+async def test_replay_to_a_gone_connection_stops_at_the_first_410(rig):
+    ids = [rig.publish("e1", tx(i)) for i in range(200)]
+    rig.connect("gone", "e1", since=ids[0], open_=False)
+    w = await rig.worker()
+    await wait_for(lambda: w.metrics.counts["replays_abandoned"] == 1, what="abandoned replay")
+    before = rig.stub.requests
+    assert before == 1  # only `subscribed` was posted, not 199 events
+    assert rig.registry.get_connection("gone") is None
+
+
+async def test_healthz_reports_redis_and_partition_progress(rig):
+    """200 while Redis answers and partitions move; 503 naming the stream when an
+    owned partition holds work without progress (here: a registry that hangs)."""
+    import threading
+
+    from rtstream_fanout.metrics import serve_prometheus
+
+    release = threading.Event()
+
+    class Hanging(InMemoryRegistry):
+        def subscribers(self, entity_id, topic):
+            if entity_id == "stuck-e":
+                release.wait(20)
+            return super().subscribers(entity_id, topic)
+
+    rig.registry = Hanging()
+    w = await rig.worker(stall_s=1.5, lease_ms=2000)
+    server = await serve_prometheus(w.metrics, 0, health=w.health)
+    port = server.sockets[0].getsockname()[1]
+
+    async def get():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = await reader.read()
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    try:
+        await wait_for(lambda: len(w.leases) == 4 and w.health()[0], what="healthy")
+        status, body = await get()
+        assert status == 200 and body["status"] == "ok" and body["partitions"] == [0, 1, 2, 3]
+        rig.connect("c", "stuck-e")
+        rig.publish("stuck-e", tx(1))
+        stream = keys.fanout_stream(keys.partition_of("stuck-e", rig.settings)).name
+        await wait_for(lambda: not w.health()[0], timeout=10, what="unhealthy")
+        status, body = await get()
+        assert status == 503 and body["status"] == "unhealthy" and any(stream in r for r in body["reasons"])
+        release.set()
+        await wait_for(lambda: w.health()[0], timeout=10, what="healthy again")
+        assert (await get())[0] == 200
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_ingest_moves_to_another_worker_when_its_owner_stops(rig):
+    rig.connect("a", "e1")
+    w1 = await rig.worker(lease_ms=2000)
+    await wait_for(lambda: psubscribers(rig.client) == 1, what="first ingest owner")
+    w2 = await rig.worker(lease_ms=2000)
+    owner, other = (w1, w2) if rig.client.get(keys.ingest_lease().name).decode() == w1.worker_id else (w2, w1)
+    await owner.stop()
+    rig.workers.remove(owner)
+    # released on stop: the other worker takes ingest at its next lease round
+    await wait_for(lambda: (rig.client.get(keys.ingest_lease().name) or b"").decode() == other.worker_id and psubscribers(rig.client) == 1,
+                   what="ingest taken over")
+    rig.client.publish("transactions.new:entity:e1", json.dumps(TX))
+    await wait_for(lambda: len(rig.stub.event_ids("a")) == 1, what="raw publish after the hand-over")
+    assert other.metrics.counts["ingested"] == 1

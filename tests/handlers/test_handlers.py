@@ -170,7 +170,9 @@ def test_subscribe_since_queues_replay_and_answers_nothing(load_event, load_hand
     assert result == {"statusCode": 200}  # no body: the fan-out sends subscribed + replay
     (sub,) = registry.subscribers("entity-1", "*")
     assert sub.pending_replay
-    req = fanout_entries(redis_client)[-1]
+    # on the partition's replay lane, not behind its live events
+    replay_lane = keys.replay_stream(keys.partition_of("entity-1", Settings())).name
+    req = [streams.decode(fields) for _, fields in redis_client.xrange(replay_lane)][-1]
     assert isinstance(req, streams.ReplayRequest)
     assert (req.marker, req.connection_id, req.since, req.topic) == (sub.pending_replay, CID, "1795608000000-0", "*")
 

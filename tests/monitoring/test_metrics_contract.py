@@ -72,7 +72,7 @@ OWN_REFERENCES = [r for r in template_metric_references() if r[0] == names.NAMES
 
 def test_template_references_the_seed_names():
     alarms = {r["Properties"]["AlarmName"]["Fn::Sub"].split("-")[0] for r in TEMPLATE["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"}
-    assert alarms == {names.ALARM_CONNECTION_DROP_HIGH, names.ALARM_LATENCY_DEGRADED}
+    assert alarms == {names.ALARM_CONNECTION_DROP_HIGH, names.ALARM_LATENCY_DEGRADED, names.ALARM_DEAD_LETTERS}
     boards = {r["Properties"]["DashboardName"]["Fn::Sub"].split("-")[0] for r in TEMPLATE["Resources"].values() if r["Type"] == "AWS::CloudWatch::Dashboard"}
     assert boards == {names.DASHBOARD_HEALTH, names.DASHBOARD_PERFORMANCE}
     metrics = {metric for _, metric, _, _ in OWN_REFERENCES}
@@ -193,6 +193,7 @@ def emitted(load_event, load_handler, token, monkeypatch, capsys):
     worker.add("deliveries", 3)
     worker.add("delivery_errors")
     worker.add("pruned")
+    worker.add("dead_letters")  # alarmed: realtime_streaming.dead_letters
     worker.observe_latency(12.5, n=3)
     _flush_emf(worker)
 

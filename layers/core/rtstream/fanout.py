@@ -1,17 +1,11 @@
-"""Fan-out planning: which connection gets which bytes. Pure, no I/O.
+"""Fan-out building blocks, pure, no I/O (used by :mod:`rtstream.fanout_engine`).
 
-The worker reads the ordered partition streams (:mod:`rtstream.streams`) and,
-for each entry, asks this module what to send:
-
-- an ``event``: the subscribers of ``(entity, topic)`` and, unless it is
-  ``presence``, ``(entity, '*')``; each connection at most once, if one of its
-  subscriptions is active (not waiting for a replay marker the reader has not
-  reached) and its filters keep the event. The wire bytes are built once and
-  shared by every delivery.
-- a ``replay``: ``subscribed``, then the replayed history (filtered like live
-  events) or a ``replay_gap`` error, in that order, to one connection.
-- a ``changed``: nothing to send; the subscriber cache drops the entity's
-  entries for those topics.
+- which subscription topics an event goes to (``*`` never carries presence),
+  and whether a subscription's topic and filters keep it;
+- the frames a replay sends: ``subscribed``, then the replayed history
+  (filtered like live events) or a ``replay_gap`` error, in that order;
+- the subscriber cache (coherent through ``changed`` entries) and the set of
+  replay markers already activated in this process.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from . import streams
 from .errors import ReplayGap
@@ -27,15 +21,6 @@ from .models import Event, Filters, Subscription
 from .topics import PRESENCE, WILDCARD
 
 Entry = Event | streams.ReplayRequest | streams.SubscriptionsChanged
-
-
-@dataclass(frozen=True, slots=True)
-class EventDeliveries:
-    """One event's posts: the same ``data`` to every connection in ``connection_ids``."""
-
-    event: Event
-    data: bytes
-    connection_ids: tuple[str, ...]
 
 
 def decode_entry(entry_id: str | bytes, fields: dict) -> Entry | None:
@@ -63,29 +48,6 @@ def topic_covers(subscribed: str, event_topic: str) -> bool:
 
 def keeps(filters: Filters, event: Event) -> bool:
     return filters.empty or filters.matches(event.topic, event.source, event.data)
-
-
-def is_active(subscription: Subscription, reached_markers: "set[str] | frozenset[str]" = frozenset()) -> bool:
-    """A subscription waiting for its replay marker gets nothing live until the
-    reader has passed that marker (the replay delivers those events instead)."""
-    return subscription.pending_replay is None or subscription.pending_replay in reached_markers
-
-
-def plan_event(
-    event: Event,
-    subscriptions: Iterable[Subscription],
-    reached_markers: "set[str] | frozenset[str]" = frozenset(),
-) -> EventDeliveries:
-    targets: dict[str, None] = {}
-    for sub in subscriptions:
-        if sub.entity_id != event.entity_id or sub.connection_id in targets:
-            continue
-        if not topic_covers(sub.topic, event.topic) or not is_active(sub, reached_markers):
-            continue
-        if keeps(sub.filters, event):
-            targets[sub.connection_id] = None
-    data = event.wire_json().encode() if targets else b""
-    return EventDeliveries(event, data, tuple(targets))
 
 
 def subscribed_frame(topic: str) -> bytes:
@@ -140,6 +102,15 @@ class SubscriberCache:
     def invalidate(self, entity_id: str, topics: Iterable[str]) -> None:
         for topic in topics:
             self._items.pop((entity_id, topic), None)
+
+    def add(self, subscription: Subscription) -> None:
+        """A subscription just activated: patch a cached list instead of dropping
+        it (a fresh lookup per resume would slow the lane under churn)."""
+        key = (subscription.entity_id, subscription.topic)
+        item = self._items.get(key)
+        if item is not None:
+            subs = [s for s in item[1] if s.connection_id != subscription.connection_id]
+            self._items[key] = (item[0], subs + [subscription])
 
     def remove_connection(self, connection_id: str) -> None:
         """A pruned connection: drop it from every cached list."""

@@ -68,6 +68,26 @@ def fanout_stream(partition: int) -> RedisKey:
 FANOUT_GROUP = "fanout"
 
 
+def replay_stream(partition: int) -> RedisKey:
+    """Replay requests (subscribe with ``since``) of one partition: a lane of their
+    own, read by the partition's owner, so a resume never waits behind live work."""
+    return RedisKey(f"{PREFIX}:replay:{partition}", None)
+
+
+def dead_letter_stream() -> RedisKey:
+    """Work entries the fan-out could not handle (reason, entity, original fields);
+    capped at ``DEAD_LETTER_MAXLEN`` entries, read by operators."""
+    return RedisKey(f"{PREFIX}:dead-letters", None)
+
+
+DEAD_LETTER_MAXLEN = 10_000
+
+
+def ingest_lease() -> RedisKey:
+    """Which worker records raw ``PUBLISH``es (one ingest owner: each publish once)."""
+    return RedisKey(f"{PREFIX}:lease:ingest", 10)
+
+
 def fanout_lease(partition: int) -> RedisKey:
     """Which worker owns a partition; renewed while the owner lives."""
     return RedisKey(f"{PREFIX}:lease:fanout:{partition}", 10)

@@ -35,6 +35,10 @@ DELIVERY_RETRIES = "realtime_streaming.delivery_retries"
 REPLAYS = "realtime_streaming.replays"
 REPLAY_GAPS = "realtime_streaming.replay_gaps"
 REDIS_RECONNECTS = "realtime_streaming.redis_reconnects"
+# work entries moved to the dead-letter stream (keys.dead_letter_stream); alarmed
+DEAD_LETTERS = "realtime_streaming.dead_letters"
+ALARM_DEAD_LETTERS = "realtime_streaming.dead_letters"
+REPLAYS_ABANDONED = "realtime_streaming.replays_abandoned"  # replay stopped at a 410
 # housekeeping (rtstream.hygiene): stale registry records removed
 STALE_CONNECTIONS_SWEPT = "realtime_streaming.stale_connections_swept"
 STALE_SUBSCRIPTIONS_SWEPT = "realtime_streaming.stale_subscriptions_swept"

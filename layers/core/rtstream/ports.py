@@ -8,6 +8,7 @@ raise only :mod:`rtstream.errors` types.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .models import Connection, Event, Subscription
@@ -162,3 +163,58 @@ class SystemClock:
 
 
 Events = Sequence[Event]
+
+
+# ---- the fan-out engine's ports (rtstream.fanout_engine) ---------------------------
+
+
+@runtime_checkable
+class HistoryReader(Protocol):
+    """Async read of an entity's history (Redis on AWS). Errors: ReplayGap when
+    history after ``since`` is lost, InvalidMessage for an id the store refuses,
+    BackendUnavailable when the store is unreachable."""
+
+    async def replay(self, entity_id: str, since: str, until: str | None = None) -> list[Event]: ...
+
+    async def last_id(self, entity_id: str) -> str:
+        """The entity's newest history id ("" when none)."""
+        ...
+
+
+@runtime_checkable
+class AsyncPoster(Protocol):
+    """Posts to ``@connections`` and returns HTTP statuses (0 = no answer): the
+    engine decides (2xx delivered, 410 gone, 429/5xx/0 retried, else refused)."""
+
+    async def post_many(self, connection_ids: Sequence[str], data: bytes) -> list[int]: ...
+
+    async def post(self, connection_id: str, data: bytes) -> int: ...
+
+    async def post_in_order(self, connection_id: str, frames: Sequence[bytes]) -> list[int]: ...
+
+
+@runtime_checkable
+class DeadLetterSink(Protocol):
+    """Where entries go that the fan-out cannot handle (Redis stream on AWS)."""
+
+    async def dead_letter(self, letter: "DeadLetter") -> None: ...
+
+
+@runtime_checkable
+class FanoutMetrics(Protocol):
+    """Counters (keys of the worker's metric table) and the latency histogram."""
+
+    def add(self, key: str, n: int = 1) -> None: ...
+
+    def observe_latency(self, ms: float, n: int = 1) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A work entry given up on: why, whose, and the entry exactly as read."""
+
+    reason: str
+    entity_id: str
+    entry_id: str
+    lane: str  # "events" or "replay"
+    fields: dict[str, str] = field(default_factory=dict)

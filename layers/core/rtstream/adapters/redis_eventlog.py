@@ -110,7 +110,8 @@ def request_replay_call(settings: Settings, subscription: Subscription, since: s
     )
     fields = streams.encode_replay(req)
     del fields["until"]  # read by the script, atomically with the XADD
-    part = keys.fanout_stream(keys.partition_of(subscription.entity_id, settings))
+    # the replay lane: its own stream, so a resume never waits behind live events
+    part = keys.replay_stream(keys.partition_of(subscription.entity_id, settings))
     return [keys.history(subscription.entity_id, settings).name, part.name], [str(settings.fanout_stream_maxlen), *_flat(fields)]
 
 

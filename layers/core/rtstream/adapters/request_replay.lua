@@ -1,5 +1,5 @@
 -- Queue a replay entry whose "until" is the entity's last history id, atomically.
--- KEYS[1] history stream, KEYS[2] partition stream
+-- KEYS[1] history stream, KEYS[2] the partition's replay stream
 -- ARGV[1] partition maxlen, ARGV[2..] the entry's fields (without "until").
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local until_id = ''

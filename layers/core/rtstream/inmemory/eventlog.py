@@ -49,6 +49,7 @@ class InMemoryEventLog:
         self._history: dict[str, _History] = {}
         self._partitions: dict[int, list[tuple[str, dict[str, str]]]] = {}
         self._partition_last: dict[int, EntryId] = {}
+        self._replays: dict[int, list[tuple[str, dict[str, str]]]] = {}  # the replay lane (keys.replay_stream)
         self._ingested: dict[str, int] = {}  # raw-publish digest -> expiry ms
 
     # ---- internals ---------------------------------------------------------
@@ -148,7 +149,11 @@ class InMemoryEventLog:
                 since=since,
                 until=self.last_id(subscription.entity_id),
             )
-            return self._queue(keys.partition_of(subscription.entity_id, self.settings), streams.encode_replay(req), now)
+            partition = keys.partition_of(subscription.entity_id, self.settings)
+            # own id sequence per partition, like a separate Redis stream
+            entry_id = format_id(_next_id(id_key(self._replays[partition][-1][0]) if self._replays.get(partition) else (0, 0), now))
+            self._replays.setdefault(partition, []).append((entry_id, streams.encode_replay(req)))
+            return entry_id
 
     def notify_changed(self, entity_id: str, topics: Sequence[str], connection_id: str) -> None:
         with self._lock:
@@ -177,6 +182,11 @@ class InMemoryEventLog:
             bound = id_key(after)
             entries = [(i, f) for i, f in entries if id_key(i) > bound]
         return entries
+
+    def replay_entries(self, partition: int) -> list[tuple[str, dict[str, str]]]:
+        """Replay requests of one partition (the replay lane), oldest first."""
+        with self._lock:
+            return list(self._replays.get(partition, ()))
 
     def entries_for(self, entity_id: str, after: str | None = None) -> list[tuple[str, dict[str, str]]]:
         """Work-stream entries of one entity (its partition, filtered to it), in order."""
