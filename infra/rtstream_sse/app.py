@@ -31,7 +31,7 @@ from starlette.routing import Route
 from rtstream import keys, protocol
 from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
 from rtstream.errors import BackendUnavailable, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
-from rtstream.history import id_key
+from rtstream.history import ZERO_CURSOR, id_key
 from rtstream.models import Event, Principal
 from rtstream.settings import Settings
 from rtstream.topics import PRESENCE
@@ -178,10 +178,10 @@ class EventsEndpoint:
                         prefix.append(frames.event(event))
                         replayed += 1
             else:
-                cursor = await st.history.last_id(client.principal.entity_id)
-                if cursor is not None:
-                    prefix.append(frames.cursor(cursor))
-                    after = id_key(cursor)
+                # "0-0" for an entity without history: the client can still resume
+                cursor = await st.history.last_id(client.principal.entity_id) or ZERO_CURSOR
+                prefix.append(frames.cursor(cursor))
+                after = id_key(cursor)
         except ReplayGap as gap:
             # Tell the client to reload state, then carry on with live events.
             st.metrics.replay_gaps += 1

@@ -51,8 +51,28 @@ def test_valid_event_becomes_the_redis_publication(bridge, redis_client):
 
 def test_retried_delivery_is_recorded_once(bridge, redis_client):
     event = eb_event({"entityId": "e1", "data": TX})
-    assert bridge.handler(event, _Context())["status"] == "published"
-    assert bridge.handler(event, _Context())["status"] == "duplicate"
+    first = bridge.handler(event, _Context())
+    assert first["status"] == "published"
+    again = bridge.handler(event, _Context())
+    assert again == {"status": "duplicate", "id": first["id"]}  # the original event's id
+    assert len(history(redis_client, "e1")) == 1
+
+
+def test_identical_events_with_different_ids_are_two_events(bridge, redis_client):
+    """The EventBridge id is the key, not the content (issue 11: no content-hash merging)."""
+    a = bridge.handler(eb_event({"entityId": "e1", "data": TX}, event_id="aaaaaaaa-0000-0000-0000-000000000001"), _Context())
+    b = bridge.handler(eb_event({"entityId": "e1", "data": TX}, event_id="aaaaaaaa-0000-0000-0000-000000000002"), _Context())
+    assert a["status"] == b["status"] == "published" and a["id"] != b["id"]
+    assert len(history(redis_client, "e1")) == 2
+
+
+def test_detail_idempotency_key_wins_over_the_event_id(bridge, redis_client):
+    detail = {"entityId": "e1", "data": TX, "idempotencyKey": "order-9"}
+    a = bridge.handler(eb_event(detail, event_id="bbbbbbbb-0000-0000-0000-000000000001"), _Context())
+    b = bridge.handler(eb_event(detail, event_id="bbbbbbbb-0000-0000-0000-000000000002"), _Context())
+    assert a["status"] == "published" and b == {"status": "duplicate", "id": a["id"]}
+    bad = bridge.handler(eb_event({**detail, "idempotencyKey": "has space"}), _Context())
+    assert bad == {"status": "invalid", "code": "invalid_message"}
     assert len(history(redis_client, "e1")) == 1
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import protocol
 from .errors import Forbidden, InvalidMessage, NotSubscribed, RateLimited, RealtimeError, TooManyConnections, TooManySubscriptions
+from .history import ZERO_CURSOR
 from .models import Connection, Principal, Subscription
 from .ports import Clock, ConnectionRegistry, EventLog, PresenceStore, RateLimiter, SystemClock
 from .settings import Settings
@@ -261,12 +262,13 @@ class RealtimeService:
         return True
 
     def _cursor(self, entity_id: str) -> str:
-        """The entity's newest event id, or "" (no history, or history unreadable:
-        the subscription still works live; only the resume hint is missing)."""
+        """The entity's newest event id, ``"0-0"`` when it has none yet (a resume
+        from it replays everything published since), or "" when history is
+        unreadable (the subscription still works live; only the resume hint is missing)."""
         if self.event_log is None:
             return ""
         try:
-            return self.event_log.last_id(entity_id)
+            return self.event_log.last_id(entity_id) or ZERO_CURSOR
         except RealtimeError as exc:
             log.warning("no resume cursor for entity %s: %s", entity_id, exc.code)
             return ""

@@ -57,6 +57,8 @@ class Settings:
     fanout_partitions: int = 4  # RTSTREAM_FANOUT_PARTITIONS
     fanout_stream_maxlen: int = 100_000  # RTSTREAM_FANOUT_STREAM_MAXLEN
     presence_ttl_seconds: int = 660  # RTSTREAM_PRESENCE_TTL_SECONDS (idle timeout + slack)
+    # a publish with an idempotency key repeated within this window is one event
+    idempotency_window_seconds: int = 300  # RTSTREAM_IDEMPOTENCY_WINDOW_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -85,6 +87,7 @@ class Settings:
             fanout_partitions=_int(env, "RTSTREAM_FANOUT_PARTITIONS", d.fanout_partitions),
             fanout_stream_maxlen=_int(env, "RTSTREAM_FANOUT_STREAM_MAXLEN", d.fanout_stream_maxlen),
             presence_ttl_seconds=_int(env, "RTSTREAM_PRESENCE_TTL_SECONDS", d.presence_ttl_seconds),
+            idempotency_window_seconds=_int(env, "RTSTREAM_IDEMPOTENCY_WINDOW_SECONDS", d.idempotency_window_seconds),
         )
 
     def replace(self, **changes) -> "Settings":
