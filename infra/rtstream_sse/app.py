@@ -30,9 +30,10 @@ from starlette.routing import Route
 
 from rtstream import keys, protocol
 from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
-from rtstream.errors import BackendUnavailable, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
+from rtstream.errors import BackendUnavailable, Forbidden, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
 from rtstream.history import ZERO_CURSOR, id_key
 from rtstream.models import Event, Principal
+from rtstream.service import presence_refusal
 from rtstream.settings import Settings
 from rtstream.topics import PRESENCE
 
@@ -146,6 +147,8 @@ class EventsEndpoint:
                 raise BackendUnavailable("server is shutting down; reconnect")
             principal = await st.verify(extract_token(request.query_params, request.headers))
             req = parse_events_request(request.query_params, request.headers)
+            if PRESENCE in req.topics:
+                st.refuse_agent_presence(principal, "sse topics=presence")
             connection_id = f"sse-{uuid.uuid4().hex}"
             await st.admit(principal, connection_id, request.client.host if request.client else "")
         except RealtimeError as exc:
@@ -251,6 +254,14 @@ class ServerState:
         if self.presence is not None:
             # (the service does this itself when configured)
             await self._presence_change(self.presence.heartbeat, principal.entity_id, principal.user_id, connection_id)
+
+    def refuse_agent_presence(self, principal: Principal, route: str) -> None:
+        """Raise Forbidden for an agent (the service's one agent boundary), counted
+        as a security event like the WebSocket refusals."""
+        refusal = presence_refusal(principal, route)
+        if refusal is not None:
+            self.metrics.security_events[refusal.security_event or ""] += 1
+            raise Forbidden(refusal.frames[0]["message"])
 
     async def release(self, client: Client) -> None:
         p = client.principal
@@ -467,6 +478,7 @@ def create_app(
     async def presence_route(request: Request) -> Response:
         try:
             principal = await state.verify(extract_token(None, request.headers) or request.query_params.get("access_token"))
+            state.refuse_agent_presence(principal, "GET /presence")
             if state.presence is None:
                 # TODO(issue 7): a presence store is required; without one there is no entity-wide answer.
                 raise BackendUnavailable("presence store not configured")

@@ -58,6 +58,7 @@ class SSEMetrics:
         self.replay_gaps = 0
         self.redis_reconnects = 0
         self.invalid_entries = 0
+        self.security_events: Counter[str] = Counter()  # by event (agent refusals)
 
     def render(self, *, active_connections: int, redis_connected: bool) -> str:
         lines: list[str] = []
@@ -91,6 +92,12 @@ class SSEMetrics:
             "counter",
             "SSE requests refused, by error code.",
             [(f'{{transport="sse",code="{c}"}}', n) for c, n in sorted(self.connections_refused.items())],
+        )
+        metric(
+            P(names.SECURITY_EVENTS) + "_total",
+            "counter",
+            "Security events (agents refused presence), by event.",
+            [(f'{{transport="sse",event="{e}"}}', n) for e, n in sorted(self.security_events.items())],
         )
         metric("realtime_streaming_sse_replays_total", "counter", "Last-Event-ID replays served.", [("", self.replays)])
         metric("realtime_streaming_sse_replay_gaps_total", "counter", "Replays answered with replay_gap.", [("", self.replay_gaps)])

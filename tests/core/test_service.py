@@ -322,7 +322,8 @@ def test_rate_limit_then_close(registry, settings, clock):
     assert [svc.handle("c1", ALICE, ping).frames[0]["type"] for _ in range(3)] == ["pong"] * 3  # burst 3
     limited = svc.handle("c1", ALICE, ping)
     assert limited.frames[0]["code"] == "rate_limited" and not limited.close
-    assert svc.handle("c1", ALICE, ping).close  # 2nd refusal (rate_violations_before_close=2): close
+    closing = svc.handle("c1", ALICE, ping)  # 2nd refusal (rate_violations_before_close=2): close
+    assert closing.close and [f["code"] for f in closing.frames] == ["policy_violation"]
     clock.advance(1.0)  # refilled one token
     assert svc.handle("c1", ALICE, ping).frames[0]["type"] == "pong"
 
@@ -331,7 +332,8 @@ def test_rate_limit_is_per_connection(registry, settings, clock):
     svc = RealtimeService(registry=registry, settings=settings, rate_limiter=InMemoryRateLimiter(clock), clock=clock)
     for _ in range(4):
         svc.handle_message("c1", ALICE, '{"type":"ping"}')
-    assert svc.handle_message("c1", ALICE, '{"type":"ping"}')[0]["code"] == "rate_limited"
+    # the 2nd refusal closes (rate_violations_before_close=2), with the reason as a coded frame
+    assert svc.handle_message("c1", ALICE, '{"type":"ping"}')[0]["code"] == "policy_violation"
     assert svc.handle_message("c2", ALICE, '{"type":"ping"}')[0]["type"] == "pong"
 
 

@@ -76,6 +76,15 @@ class RateLimited(RealtimeError):
     status = 429
 
 
+class PolicyViolation(RealtimeError):
+    """Too many refused messages: the server is closing this connection (WebSocket
+    close code 1008 semantics; API Gateway itself can only close with 1000, so
+    this frame, sent just before the close, carries the reason)."""
+
+    code = "policy_violation"
+    status = 429
+
+
 class TooManySubscriptions(RealtimeError):
     """The connection has reached its subscription limit."""
 
