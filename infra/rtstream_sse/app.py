@@ -26,11 +26,12 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from rtstream import keys, protocol
 from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
-from rtstream.errors import BackendUnavailable, Forbidden, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
+from rtstream.errors import BackendUnavailable, Forbidden, MethodNotAllowed, NotFound, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
 from rtstream.history import ZERO_CURSOR, id_key
 from rtstream.models import Event, Principal
 from rtstream.service import presence_refusal
@@ -140,7 +141,7 @@ class EventsEndpoint:
             await Response(status_code=204, headers={**cors, **st.preflight_headers(request)})(scope, receive, send)
             return None
         if request.method != "GET":
-            await Response(status_code=405, headers={"allow": "GET, OPTIONS", **cors})(scope, receive, send)
+            await _json_error(MethodNotAllowed(f"{request.method[:16]} is not allowed on /events"), {"allow": "GET, OPTIONS", **cors})(scope, receive, send)
             return None
         try:
             if st.hub.draining:
@@ -489,14 +490,14 @@ def create_app(
 
     async def dashboard(request: Request) -> Response:
         if static is None or not (static / "dashboard.html").is_file():
-            return PlainTextResponse("dashboard not installed (package rtstream_client)", status_code=404)
+            return _json_error(NotFound("dashboard not installed (package rtstream_client)"))
         return FileResponse(static / "dashboard.html", media_type="text/html; charset=utf-8", headers={"cache-control": "no-cache"})
 
     async def static_file(request: Request) -> Response:
         name = request.path_params["name"]
         path = static / name if static is not None and STATIC_NAME.match(name) else None
         if path is None or not path.is_file():
-            return PlainTextResponse("not found", status_code=404)
+            return _json_error(NotFound("no such static file"))
         media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if name.endswith(".js"):
             media_type = "text/javascript; charset=utf-8"
@@ -542,4 +543,15 @@ def create_app(
         Route("/static/{name}", static_file),
         Route("/dashboard/config", dashboard_config),
     ]
-    return SSEApplication(state, routes=routes, middleware=middleware, lifespan=lifespan)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own refusals (unknown path, method) as coded JSON, like every other refusal
+        status = getattr(exc, "status_code", 500)
+        error: RealtimeError = NotFound("no such route") if status == 404 else MethodNotAllowed("method not allowed on this route")
+        if status not in (404, 405):
+            error = RealtimeError(getattr(exc, "detail", None) or "request refused")
+            error.status = status
+        return _json_error(error, dict(getattr(exc, "headers", None) or {}))
+
+    app = SSEApplication(state, routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.router.redirect_slashes = False  # "/events/" is no route: a coded 404, not an empty 307
+    return app

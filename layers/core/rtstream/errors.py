@@ -106,6 +106,20 @@ class NotSubscribed(RealtimeError):
     status = 404
 
 
+class NotFound(RealtimeError):
+    """No such resource (HTTP routes of the SSE server)."""
+
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(RealtimeError):
+    """The HTTP method is not allowed on this route."""
+
+    code = "method_not_allowed"
+    status = 405
+
+
 class ReplayGap(RealtimeError):
     """The cursor is older than the retained history; reload state."""
 
