@@ -331,14 +331,16 @@ class ServerState:
         from .metrics import emf_lines
 
         m = self.metrics
-        sent = opened = resumed = 0
+        sent = opened = resumed = security = 0
         while True:
             await asyncio.sleep(self.config.emf_interval_seconds)
             delta, sent = m.deliveries - sent, m.deliveries
             new_opened, opened = m.connections_opened - opened, m.connections_opened
             new_resumed, resumed = m.reconnects - resumed, m.reconnects
+            new_security, security = m.security_events.total() - security, m.security_events.total()
             for line in emf_lines(self.config.emf_namespace, self.config.emf_service, active_connections=self.hub.count, deliveries=delta,
-                                  resumed=new_resumed, fresh=max(0, new_opened - new_resumed), now_ms=int(time.time() * 1000)):
+                                  resumed=new_resumed, fresh=max(0, new_opened - new_resumed), now_ms=int(time.time() * 1000),
+                                  security_events=new_security):
                 print(line, flush=True)
 
     async def _ticks(self) -> None:
