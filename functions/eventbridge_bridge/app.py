@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event
 
 from rtstream import metrics as names
 from rtstream.errors import BackendUnavailable, RealtimeError
+from rtstream.ports import Appended
 from rtstream.publishing import parse_eventbridge
 from rtstream.settings import Settings
 
@@ -48,7 +49,10 @@ def handler(event: EventBridgeEvent, context: Any) -> dict[str, Any]:
         logger.warning("invalid EventBridge event dropped", extra={"eventId": event.get_id, "code": exc.code, "reason": exc.message[:300]})
         return {"status": "invalid", "code": exc.code}
     try:
-        published = event_log().append_idempotent(pub.entity_id, pub.topic, pub.data, pub.source, pub.idempotency_key)
+        if pub.idempotency_key is None:  # an event without an id (never from EventBridge itself)
+            published = Appended(event_log().append(pub.entity_id, pub.topic, pub.data, pub.source), False)
+        else:
+            published = event_log().append_idempotent(pub.entity_id, pub.topic, pub.data, pub.source, pub.idempotency_key)
     except BackendUnavailable:
         logger.exception("Redis unavailable; EventBridge will retry", extra={"eventId": event.get_id})
         raise
