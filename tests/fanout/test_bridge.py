@@ -123,6 +123,25 @@ async def test_put_events_reaches_history_through_the_local_drain(moto_endpoint,
         await drain.stop()
 
 
+async def test_sdk_idempotency_key_travels_through_eventbridge(moto_endpoint, redis_url, redis_client):
+    """publish(via="eventbridge", idempotency_key=k) twice: two EventBridge events
+    (two ids), one recorded event: the key rides in the detail to the bridge."""
+    system = SimpleNamespace(aws_endpoint=moto_endpoint, redis_url=redis_url, settings=Settings())
+    drain = await eventbridge_local.start(system)
+    try:
+        events = boto3.client("events", endpoint_url=moto_endpoint, region_name="us-east-1")
+        ids = [await asyncio.to_thread(publish, "e8", "transactions.new", TX, via="eventbridge", events_client=events,
+                                       idempotency_key="ledger:tx-8") for _ in range(2)]
+        assert ids[0] != ids[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and drain.handled < 2:
+            await asyncio.sleep(0.05)
+        assert drain.handled == 2
+        assert len(history(redis_client, "e8")) == 1
+    finally:
+        await drain.stop()
+
+
 def run_cli(*args, env=None):
     import os
 
