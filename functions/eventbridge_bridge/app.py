@@ -3,7 +3,9 @@ as an SDK or raw publish (history + fan-out queue, one atomic script).
 
 Invalid events are logged and counted, then dropped (a retry could never fix
 them); Redis failures raise, so EventBridge retries (the rule's RetryPolicy),
-and the event id guards against recording a retried event twice.
+and the event id (or the detail's ``idempotencyKey``) is the publish's
+idempotency key, so a retried event is recorded once (within
+``RTSTREAM_IDEMPOTENCY_WINDOW_SECONDS``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event
 
 from rtstream import metrics as names
 from rtstream.errors import BackendUnavailable, RealtimeError
-from rtstream.publishing import eventbridge_digest, parse_eventbridge
+from rtstream.ports import Appended
+from rtstream.publishing import parse_eventbridge
 from rtstream.settings import Settings
 
 logger = Logger()
@@ -40,20 +43,23 @@ def event_log():
 @event_source(data_class=EventBridgeEvent)
 def handler(event: EventBridgeEvent, context: Any) -> dict[str, Any]:
     try:
-        pub = parse_eventbridge(event.detail_type, event.detail)
+        pub = parse_eventbridge(event.detail_type, event.detail, event.get_id)
     except RealtimeError as exc:
         metrics.add_metric(name=names.INVALID_EVENTS, unit=MetricUnit.Count, value=1)
         logger.warning("invalid EventBridge event dropped", extra={"eventId": event.get_id, "code": exc.code, "reason": exc.message[:300]})
         return {"status": "invalid", "code": exc.code}
     try:
-        published = event_log().ingest_once(eventbridge_digest(event.get_id), pub.entity_id, pub.topic, pub.data, pub.source)
+        if pub.idempotency_key is None:  # an event without an id (never from EventBridge itself)
+            published = Appended(event_log().append(pub.entity_id, pub.topic, pub.data, pub.source), False)
+        else:
+            published = event_log().append_idempotent(pub.entity_id, pub.topic, pub.data, pub.source, pub.idempotency_key)
     except BackendUnavailable:
         logger.exception("Redis unavailable; EventBridge will retry", extra={"eventId": event.get_id})
         raise
-    if published is None:
+    if published.duplicate:
         metrics.add_metric(name=names.BRIDGED_DUPLICATES, unit=MetricUnit.Count, value=1)
-        logger.info("duplicate EventBridge delivery ignored", extra={"eventId": event.get_id})
-        return {"status": "duplicate"}
+        logger.info("duplicate EventBridge delivery ignored", extra={"eventId": event.get_id, "id": published.event.id})
+        return {"status": "duplicate", "id": published.event.id}
     metrics.add_metric(name=names.BRIDGED_EVENTS, unit=MetricUnit.Count, value=1)
-    logger.info("bridged", extra={"eventId": event.get_id, "topic": pub.topic, "id": published.id})
-    return {"status": "published", "id": published.id}
+    logger.info("bridged", extra={"eventId": event.get_id, "topic": pub.topic, "id": published.event.id})
+    return {"status": "published", "id": published.event.id}

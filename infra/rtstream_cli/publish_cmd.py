@@ -1,7 +1,9 @@
-"""``rtstream publish TOPIC --entity E --data JSON [--source S] [--via redis|eventbridge]``.
+"""``rtstream publish TOPIC --entity E --data JSON [--source S] [--via redis|eventbridge] [--idempotency-key K]``.
 
 Publishes one event and prints its id (via EventBridge: the EventBridge event
-id). Endpoints: ``--redis-url`` / ``REDIS_URL`` and ``--aws-endpoint`` /
+id). With ``--idempotency-key``, a repeat of the key for the entity within
+RTSTREAM_IDEMPOTENCY_WINDOW_SECONDS (default 300) publishes nothing and prints
+the first event's id. Endpoints: ``--redis-url`` / ``REDIS_URL`` and ``--aws-endpoint`` /
 ``AWS_ENDPOINT_URL``, else the running ``rtstream dev`` system (``--state-dir`` /
 ``--dev-port`` choose one; the one used is named on stderr).
 Bad input: one ``error: <code>: <message>`` line on stderr and exit status 2;
@@ -28,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--via", choices=("redis", "eventbridge"), default="redis", help="transport (default: redis)")
     p.add_argument("--redis-url", default=None, help="default: REDIS_URL, else the running dev system")
     p.add_argument("--aws-endpoint", default=None, help="EventBridge endpoint; default: AWS_ENDPOINT_URL, else the dev system")
+    p.add_argument("--idempotency-key", default=None,
+                   help="same key + entity within the idempotency window = one event (1..128 of [A-Za-z0-9_.:@/+=-])")
     p.add_argument("--event-bus", default=None, help="EventBridge bus (default: the dev system's, else 'default')")
     add_instance_options(p)
     p.set_defaults(func=run)
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     except BackendUnavailable as exc:
         return _fail(exc.code, exc.message, 1)
     try:
-        event_id = publish(args.entity, args.topic, data, source=args.source, via=args.via, settings=settings, **kwargs)
+        event_id = publish(args.entity, args.topic, data, source=args.source, via=args.via, settings=settings,
+                           idempotency_key=args.idempotency_key, **kwargs)
     except (BackendUnavailable, Throttled) as exc:
         return _fail(exc.code, exc.message, 1)
     except RealtimeError as exc:

@@ -26,13 +26,15 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from rtstream import keys, protocol
 from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
-from rtstream.errors import BackendUnavailable, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
-from rtstream.history import RewindScan, id_key
+from rtstream.errors import BackendUnavailable, Forbidden, MethodNotAllowed, NotFound, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
+from rtstream.history import ZERO_CURSOR, RewindScan, id_key
 from rtstream.models import Event, Principal
+from rtstream.service import presence_refusal
 from rtstream.settings import Settings
 from rtstream.topics import PRESENCE
 
@@ -146,13 +148,15 @@ class EventsEndpoint:
             await Response(status_code=204, headers={**cors, **st.preflight_headers(request)})(scope, receive, send)
             return None
         if request.method != "GET":
-            await Response(status_code=405, headers={"allow": "GET, OPTIONS", **cors})(scope, receive, send)
+            await _json_error(MethodNotAllowed(f"{request.method[:16]} is not allowed on /events"), {"allow": "GET, OPTIONS", **cors})(scope, receive, send)
             return None
         try:
             if st.hub.draining:
                 raise BackendUnavailable("server is shutting down; reconnect")
             principal = await st.verify(extract_token(request.query_params, request.headers))
             req = parse_events_request(request.query_params, request.headers)
+            if PRESENCE in req.topics:
+                st.refuse_agent_presence(principal, "sse topics=presence")
             connection_id = f"sse-{uuid.uuid4().hex}"
             await st.admit(principal, connection_id, request.client.host if request.client else "")
         except RealtimeError as exc:
@@ -199,10 +203,10 @@ class EventsEndpoint:
                     prefix.append(frames.cursor(scan.cursor))
                     after = id_key(scan.cursor)
             else:
-                cursor = await st.history.last_id(client.principal.entity_id)
-                if cursor is not None:
-                    prefix.append(frames.cursor(cursor))
-                    after = id_key(cursor)
+                # "0-0" for an entity without history: the client can still resume
+                cursor = await st.history.last_id(client.principal.entity_id) or ZERO_CURSOR
+                prefix.append(frames.cursor(cursor))
+                after = id_key(cursor)
         except ReplayGap as gap:
             # Tell the client to reload state, then carry on with live events.
             st.metrics.replay_gaps += 1
@@ -273,6 +277,14 @@ class ServerState:
             # (the service does this itself when configured)
             await self._presence_change(self.presence.heartbeat, principal.entity_id, principal.user_id, connection_id)
 
+    def refuse_agent_presence(self, principal: Principal, route: str) -> None:
+        """Raise Forbidden for an agent (the service's one agent boundary), counted
+        as a security event like the WebSocket refusals."""
+        refusal = presence_refusal(principal, route)
+        if refusal is not None:
+            self.metrics.security_events[refusal.security_event or ""] += 1
+            raise Forbidden(refusal.frames[0]["message"])
+
     async def release(self, client: Client) -> None:
         p = client.principal
         if self.service is None:
@@ -340,14 +352,16 @@ class ServerState:
         from .metrics import emf_lines
 
         m = self.metrics
-        sent = opened = resumed = 0
+        sent = opened = resumed = security = 0
         while True:
             await asyncio.sleep(self.config.emf_interval_seconds)
             delta, sent = m.deliveries - sent, m.deliveries
             new_opened, opened = m.connections_opened - opened, m.connections_opened
             new_resumed, resumed = m.reconnects - resumed, m.reconnects
+            new_security, security = m.security_events.total() - security, m.security_events.total()
             for line in emf_lines(self.config.emf_namespace, self.config.emf_service, active_connections=self.hub.count, deliveries=delta,
-                                  resumed=new_resumed, fresh=max(0, new_opened - new_resumed), now_ms=int(time.time() * 1000)):
+                                  resumed=new_resumed, fresh=max(0, new_opened - new_resumed), now_ms=int(time.time() * 1000),
+                                  security_events=new_security):
                 print(line, flush=True)
 
     async def _ticks(self) -> None:
@@ -488,6 +502,7 @@ def create_app(
     async def presence_route(request: Request) -> Response:
         try:
             principal = await state.verify(extract_token(None, request.headers) or request.query_params.get("access_token"))
+            state.refuse_agent_presence(principal, "GET /presence")
             if state.presence is None:
                 # TODO(issue 7): a presence store is required; without one there is no entity-wide answer.
                 raise BackendUnavailable("presence store not configured")
@@ -498,14 +513,14 @@ def create_app(
 
     async def dashboard(request: Request) -> Response:
         if static is None or not (static / "dashboard.html").is_file():
-            return PlainTextResponse("dashboard not installed (package rtstream_client)", status_code=404)
+            return _json_error(NotFound("dashboard not installed (package rtstream_client)"))
         return FileResponse(static / "dashboard.html", media_type="text/html; charset=utf-8", headers={"cache-control": "no-cache"})
 
     async def static_file(request: Request) -> Response:
         name = request.path_params["name"]
         path = static / name if static is not None and STATIC_NAME.match(name) else None
         if path is None or not path.is_file():
-            return PlainTextResponse("not found", status_code=404)
+            return _json_error(NotFound("no such static file"))
         media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if name.endswith(".js"):
             media_type = "text/javascript; charset=utf-8"
@@ -551,4 +566,15 @@ def create_app(
         Route("/static/{name}", static_file),
         Route("/dashboard/config", dashboard_config),
     ]
-    return SSEApplication(state, routes=routes, middleware=middleware, lifespan=lifespan)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own refusals (unknown path, method) as coded JSON, like every other refusal
+        status = getattr(exc, "status_code", 500)
+        error: RealtimeError = NotFound("no such route") if status == 404 else MethodNotAllowed("method not allowed on this route")
+        if status not in (404, 405):
+            error = RealtimeError(getattr(exc, "detail", None) or "request refused")
+            error.status = status
+        return _json_error(error, dict(getattr(exc, "headers", None) or {}))
+
+    app = SSEApplication(state, routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.router.redirect_slashes = False  # "/events/" is no route: a coded 404, not an empty 307
+    return app

@@ -58,6 +58,7 @@ class SSEMetrics:
         self.replay_gaps = 0
         self.redis_reconnects = 0
         self.invalid_entries = 0
+        self.security_events: Counter[str] = Counter()  # by event (agent refusals)
 
     def render(self, *, active_connections: int, redis_connected: bool) -> str:
         lines: list[str] = []
@@ -92,6 +93,12 @@ class SSEMetrics:
             "SSE requests refused, by error code.",
             [(f'{{transport="sse",code="{c}"}}', n) for c, n in sorted(self.connections_refused.items())],
         )
+        metric(
+            P(names.SECURITY_EVENTS) + "_total",
+            "counter",
+            "Security events (agents refused presence), by event.",
+            [(f'{{transport="sse",event="{e}"}}', n) for e, n in sorted(self.security_events.items())],
+        )
         metric("realtime_streaming_sse_replays_total", "counter", "Last-Event-ID replays served.", [("", self.replays)])
         metric("realtime_streaming_sse_replay_gaps_total", "counter", "Replays answered with replay_gap.", [("", self.replay_gaps)])
         metric("realtime_streaming_sse_redis_reconnects_total", "counter", "Reconnects of the Redis reader.", [("", self.redis_reconnects)])
@@ -108,6 +115,7 @@ def emf_line(
     deliveries: int | None,
     now_ms: int,
     reconnections: list[int] | tuple[int, ...] = (),
+    security_events: int = 0,
 ) -> str:
     """One CloudWatch Embedded Metric Format record (CloudWatch Logs extracts it).
     ``reconnections``: one value per stream opened since the last record, 1 for a
@@ -125,6 +133,9 @@ def emf_line(
         if len(reconnections) > EMF_MAX_VALUES:
             raise ValueError(f"at most {EMF_MAX_VALUES} reconnection values per EMF record")
         values[names.RECONNECTION_RATE] = list(reconnections)
+    if security_events:
+        # agents refused presence: the same metric the WebSocket handlers emit
+        values[names.SECURITY_EVENTS] = security_events
     return json.dumps(
         {
             "_aws": {
@@ -144,11 +155,13 @@ def emf_line(
     )
 
 
-def emf_lines(namespace: str, service: str, *, active_connections: int, deliveries: int, resumed: int, fresh: int, now_ms: int) -> list[str]:
+def emf_lines(namespace: str, service: str, *, active_connections: int, deliveries: int, resumed: int, fresh: int, now_ms: int,
+              security_events: int = 0) -> list[str]:
     """The records of one EMF interval: the first carries the gauges and counts,
     further ones the reconnection values beyond the first hundred."""
     values = [names.RESUMED] * resumed + [names.FRESH] * fresh
     chunks = [values[i : i + EMF_MAX_VALUES] for i in range(0, len(values), EMF_MAX_VALUES)] or [[]]
-    lines = [emf_line(namespace, service, active_connections=active_connections, deliveries=deliveries, now_ms=now_ms, reconnections=chunks[0])]
+    lines = [emf_line(namespace, service, active_connections=active_connections, deliveries=deliveries, now_ms=now_ms, reconnections=chunks[0],
+                      security_events=security_events)]
     lines += [emf_line(namespace, service, active_connections=None, deliveries=None, now_ms=now_ms, reconnections=chunk) for chunk in chunks[1:]]
     return lines

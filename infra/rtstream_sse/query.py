@@ -95,7 +95,11 @@ def parse_events_request(params: Any, headers: Any) -> EventsRequest:
     filters = protocol.parse_filters(raw_filters) if raw_filters else Filters()
     # The header is what EventSource sends on reconnect, so it wins over the
     # query (which is the cursor the page started with).
-    cursor = (headers.get("last-event-id") or "").strip() or (_single(params, "lastEventId") or "").strip() or None
+    # The whole value is the id: no trimming (HTTP already drops a header's
+    # surrounding whitespace), so " 1-0" in the query is refused like "1-0\n".
+    # An empty header means "no id" (EventSource's reset); an empty query value
+    # is a malformed id.
+    cursor = headers.get("last-event-id") or _single(params, "lastEventId")
     if cursor is not None:
         cursor = require_cursor(cursor)
     rewind_raw = _single(params, "rewind")

@@ -119,7 +119,7 @@ def test_disconnect_unknown_connection_is_harmless(service):
 def test_subscribe_replies_subscribed_and_notifies_fanout(service, registry, event_log):
     service.connect(ALICE, "c1")
     reply = send(service, "c1", ALICE, {"type": "subscribe", "topic": "transactions.new", "filters": {"minAmount": 5}})
-    assert reply == [{"type": "subscribed", "topic": "transactions.new"}]
+    assert reply == [{"type": "subscribed", "topic": "transactions.new", "cursor": "0-0"}]
     (sub,) = registry.subscribers("entity-a", "transactions.new")
     assert (sub.connection_id, sub.entity_id, sub.user_id, sub.filters, sub.pending_replay) == ("c1", "entity-a", "alice", Filters(min_amount=5.0), None)
     assert sub.expires_at == registry.get_connection("c1").expires_at
@@ -316,7 +316,7 @@ def test_bad_frames_answer_error_and_connection_stays_usable(service, raw, code)
     service.connect(ALICE, "c1")
     reply = send(service, "c1", ALICE, raw)
     assert reply == [{"type": "error", "code": code, "message": reply[0]["message"]}]
-    assert send(service, "c1", ALICE, {"type": "subscribe", "topic": "*"}) == [{"type": "subscribed", "topic": "*"}]
+    assert send(service, "c1", ALICE, {"type": "subscribe", "topic": "*"}) == [{"type": "subscribed", "topic": "*", "cursor": "0-0"}]
 
 
 def test_oversize_frame(service, settings):
@@ -332,7 +332,8 @@ def test_rate_limit_then_close(registry, settings, clock):
     assert [svc.handle("c1", ALICE, ping).frames[0]["type"] for _ in range(3)] == ["pong"] * 3  # burst 3
     limited = svc.handle("c1", ALICE, ping)
     assert limited.frames[0]["code"] == "rate_limited" and not limited.close
-    assert svc.handle("c1", ALICE, ping).close  # 2nd refusal (rate_violations_before_close=2): close
+    closing = svc.handle("c1", ALICE, ping)  # 2nd refusal (rate_violations_before_close=2): close
+    assert closing.close and [f["code"] for f in closing.frames] == ["policy_violation"]
     clock.advance(1.0)  # refilled one token
     assert svc.handle("c1", ALICE, ping).frames[0]["type"] == "pong"
 
@@ -341,7 +342,8 @@ def test_rate_limit_is_per_connection(registry, settings, clock):
     svc = RealtimeService(registry=registry, settings=settings, rate_limiter=InMemoryRateLimiter(clock), clock=clock)
     for _ in range(4):
         svc.handle_message("c1", ALICE, '{"type":"ping"}')
-    assert svc.handle_message("c1", ALICE, '{"type":"ping"}')[0]["code"] == "rate_limited"
+    # the 2nd refusal closes (rate_violations_before_close=2), with the reason as a coded frame
+    assert svc.handle_message("c1", ALICE, '{"type":"ping"}')[0]["code"] == "policy_violation"
     assert svc.handle_message("c2", ALICE, '{"type":"ping"}')[0]["type"] == "pong"
 
 
@@ -511,7 +513,8 @@ def test_subscribed_carries_the_cursor_read_before_the_subscription():
     service = RealtimeService(registry=InMemoryRegistry(), settings=settings, event_log=log)
     alice = Principal("alice", "acme")
     service.connect(alice, "c1")
-    assert service.handle_message("c1", alice, '{"type":"subscribe","topic":"*"}') == [{"type": "subscribed", "topic": "*"}]
+    # no history yet: "0-0", from which a resume replays everything (issue 11)
+    assert service.handle_message("c1", alice, '{"type":"subscribe","topic":"*"}') == [{"type": "subscribed", "topic": "*", "cursor": "0-0"}]
     first = log.append("acme", "sync.completed", {"source": "bank", "recordsUpdated": 1}, "s").id
     log.append("other", "sync.completed", {"source": "bank", "recordsUpdated": 2}, "s")
     reply = service.handle_message("c1", alice, '{"type":"subscribe","topic":"balance.updated"}')

@@ -51,8 +51,28 @@ def test_valid_event_becomes_the_redis_publication(bridge, redis_client):
 
 def test_retried_delivery_is_recorded_once(bridge, redis_client):
     event = eb_event({"entityId": "e1", "data": TX})
-    assert bridge.handler(event, _Context())["status"] == "published"
-    assert bridge.handler(event, _Context())["status"] == "duplicate"
+    first = bridge.handler(event, _Context())
+    assert first["status"] == "published"
+    again = bridge.handler(event, _Context())
+    assert again == {"status": "duplicate", "id": first["id"]}  # the original event's id
+    assert len(history(redis_client, "e1")) == 1
+
+
+def test_identical_events_with_different_ids_are_two_events(bridge, redis_client):
+    """The EventBridge id is the key, not the content (issue 11: no content-hash merging)."""
+    a = bridge.handler(eb_event({"entityId": "e1", "data": TX}, event_id="aaaaaaaa-0000-0000-0000-000000000001"), _Context())
+    b = bridge.handler(eb_event({"entityId": "e1", "data": TX}, event_id="aaaaaaaa-0000-0000-0000-000000000002"), _Context())
+    assert a["status"] == b["status"] == "published" and a["id"] != b["id"]
+    assert len(history(redis_client, "e1")) == 2
+
+
+def test_detail_idempotency_key_wins_over_the_event_id(bridge, redis_client):
+    detail = {"entityId": "e1", "data": TX, "idempotencyKey": "order-9"}
+    a = bridge.handler(eb_event(detail, event_id="bbbbbbbb-0000-0000-0000-000000000001"), _Context())
+    b = bridge.handler(eb_event(detail, event_id="bbbbbbbb-0000-0000-0000-000000000002"), _Context())
+    assert a["status"] == "published" and b == {"status": "duplicate", "id": a["id"]}
+    bad = bridge.handler(eb_event({**detail, "idempotencyKey": "has space"}), _Context())
+    assert bad == {"status": "invalid", "code": "invalid_message"}
     assert len(history(redis_client, "e1")) == 1
 
 
@@ -99,6 +119,25 @@ async def test_put_events_reaches_history_through_the_local_drain(moto_endpoint,
         assert drain.handled == 2
         [(hid, fields)] = history(redis_client, "e7")
         assert json.loads(fields[b"data"]) == TX and fields[b"source"] == b"data_pool"
+    finally:
+        await drain.stop()
+
+
+async def test_sdk_idempotency_key_travels_through_eventbridge(moto_endpoint, redis_url, redis_client):
+    """publish(via="eventbridge", idempotency_key=k) twice: two EventBridge events
+    (two ids), one recorded event: the key rides in the detail to the bridge."""
+    system = SimpleNamespace(aws_endpoint=moto_endpoint, redis_url=redis_url, settings=Settings())
+    drain = await eventbridge_local.start(system)
+    try:
+        events = boto3.client("events", endpoint_url=moto_endpoint, region_name="us-east-1")
+        ids = [await asyncio.to_thread(publish, "e8", "transactions.new", TX, via="eventbridge", events_client=events,
+                                       idempotency_key="ledger:tx-8") for _ in range(2)]
+        assert ids[0] != ids[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and drain.handled < 2:
+            await asyncio.sleep(0.05)
+        assert drain.handled == 2
+        assert len(history(redis_client, "e8")) == 1
     finally:
         await drain.stop()
 

@@ -30,7 +30,7 @@ async def test_rtstream_publish_reaches_a_client_through_the_dev_systems_worker(
         token = issue_dev_token(SECRET, user_id="u1", entity_id="ent-dev")
         async with websockets.connect(f"{system.ws_url}?token={token}") as ws:
             await ws.send(json.dumps({"type": "subscribe", "topic": "*"}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "subscribed", "topic": "*"}
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "subscribed", "topic": "*", "cursor": "0-0"}
             env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "AWS_ENDPOINT_URL")}
             env["RTSTREAM_STATE_DIR"] = str(tmp_path / "state")
             data = json.dumps({"transactionId": "t1", "amount": 3, "merchant": "Cafe"})

@@ -87,12 +87,25 @@ def test_request_replay_records_until_as_last_history_id():
     assert entries[2].topics == ("transactions.new",)
 
 
-def test_ingest_once_dedups_within_window():
-    log, clock = make_log()
-    assert log.ingest_once("d1", "e1", "transactions.new", TX, "redis") is not None
-    assert log.ingest_once("d1", "e1", "transactions.new", TX, "redis") is None
-    clock.advance(31)
-    assert log.ingest_once("d1", "e1", "transactions.new", TX, "redis") is not None
+def test_identical_appends_are_two_events():
+    log, _ = make_log()
+    assert log.append("e1", "transactions.new", TX, "redis").id != log.append("e1", "transactions.new", TX, "redis").id
+    assert len(log.replay("e1", "0-0")) == 2
+
+
+def test_idempotency_key_is_one_event_within_the_window():
+    log, clock = make_log(idempotency_window_seconds=300)
+    first = log.append_idempotent("e1", "transactions.new", TX, "sdk", "k1")
+    again = log.append_idempotent("e1", "transactions.new", TX, "sdk", "k1")
+    assert (first.duplicate, again.duplicate) == (False, True) and again.event.id == first.event.id
+    assert not log.append_idempotent("e2", "transactions.new", TX, "sdk", "k1").duplicate
+    assert len(log.replay("e1", "0-0")) == 1
+    clock.advance(299)
+    assert log.append_idempotent("e1", "transactions.new", TX, "sdk", "k1").duplicate
+    clock.advance(2)
+    later = log.append_idempotent("e1", "transactions.new", TX, "sdk", "k1")
+    assert not later.duplicate and later.event.id != first.event.id
+    assert len(log.replay("e1", "0-0")) == 2
 
 
 def test_partition_is_stable_per_entity():

@@ -10,7 +10,7 @@ import pytest
 from rtstream import keys
 from rtstream.errors import InvalidMessage, InvalidPayload, MessageTooLarge, UnknownTopic
 from rtstream.fanout import decode_entry
-from rtstream.publishing import parse_raw, publish, raw_digest
+from rtstream.publishing import parse_raw, publish
 from rtstream.settings import Settings
 
 TX = {"transactionId": "t1", "amount": 42.5, "merchant": "Cafe"}
@@ -101,6 +101,24 @@ def test_parse_raw_refuses_invalid_with_codes(channel, payload, code):
     assert info.value.code == code
 
 
-def test_raw_digest_distinguishes_channel_and_payload():
-    assert raw_digest("a:entity:b", "x") == raw_digest(b"a:entity:b", b"x")
-    assert raw_digest("a:entity:b", "x") != raw_digest("a:entity:c", "x")
+@pytest.mark.parametrize("key", ["", " k", "k ", "k\n", "a b", "k\u00e9", "x" * 129, "k#1", 17])
+def test_bad_idempotency_keys_are_refused_before_any_io(key):
+    from rtstream.errors import InvalidMessage
+
+    with pytest.raises(InvalidMessage) as info:
+        publish("e1", "transactions.new", {"transactionId": "t", "amount": 1, "merchant": "m"}, idempotency_key=key,
+                client=object())  # never reached: validation first
+    assert info.value.code == "invalid_message" and "idempotency key" in info.value.message
+
+
+def test_sdk_publish_with_an_idempotency_key_returns_the_first_id(redis_client):
+    from rtstream import keys
+    from rtstream.settings import Settings
+
+    tx = {"transactionId": "t1", "amount": 1, "merchant": "m"}
+    a = publish("idem-sdk", "transactions.new", tx, idempotency_key="pay-1", client=redis_client, settings=Settings())
+    b = publish("idem-sdk", "transactions.new", tx, idempotency_key="pay-1", client=redis_client, settings=Settings())
+    c = publish("idem-sdk", "transactions.new", tx, client=redis_client, settings=Settings())
+    d = publish("idem-sdk", "transactions.new", tx, client=redis_client, settings=Settings())
+    assert a == b and len({a, c, d}) == 3
+    assert redis_client.xlen(keys.history("idem-sdk", Settings()).name) == 3

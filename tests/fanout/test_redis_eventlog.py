@@ -12,7 +12,6 @@ from rtstream.adapters.redis_eventlog import AsyncRedisEventLog, RedisEventLog
 from rtstream.errors import BackendUnavailable, ReplayGap
 from rtstream.fanout import decode_entry
 from rtstream.models import Event, Filters, Subscription, parse_event_id
-from rtstream.publishing import raw_digest
 from rtstream.settings import Settings
 
 TX = {"transactionId": "t1", "amount": 5, "merchant": "Cafe"}
@@ -93,13 +92,53 @@ def test_request_replay_reads_until_atomically(redis_client):
     assert [r.until for r in e9 if r.entity_id == "e9"] == [""]
 
 
-def test_ingest_once_records_a_raw_publish_once(redis_client):
+def test_identical_appends_are_two_events(redis_client):
+    """No content-hash dedup (issue 11): two identical publishes are two events."""
     log = RedisEventLog(redis_client, Settings())
-    digest = raw_digest("transactions.new:entity:e1", b'{"x":1}')
-    assert log.ingest_once(digest, "e1", "transactions.new", TX, "redis") is not None
-    assert log.ingest_once(digest, "e1", "transactions.new", TX, "redis") is None
-    assert 0 < redis_client.ttl(keys.ingest_dedup(digest).name) <= 30
-    assert redis_client.xlen(keys.history("e1", Settings()).name) == 1
+    a = log.append("e1", "transactions.new", TX, "redis")
+    b = log.append("e1", "transactions.new", TX, "redis")
+    assert a.id != b.id
+    assert redis_client.xlen(keys.history("e1", Settings()).name) == 2
+    assert [e.id for e in log.replay("e1", "0-0")] == [a.id, b.id]
+
+
+def test_idempotency_key_is_one_event_per_entity_within_the_window(redis_client):
+    settings = Settings().replace(idempotency_window_seconds=120)
+    log = RedisEventLog(redis_client, settings)
+    first = log.append_idempotent("e1", "transactions.new", TX, "sdk", "order-17")
+    again = log.append_idempotent("e1", "transactions.new", {**TX, "amount": 99}, "sdk", "order-17")
+    assert not first.duplicate and again.duplicate
+    assert again.event.id == first.event.id
+    assert [e.data["amount"] for e in log.replay("e1", "0-0")] == [5]
+    assert len(partition_events(redis_client, settings, "e1")) == 1  # nothing queued for fan-out either
+    # the key belongs to the entity: another entity's same key is its own event
+    other = log.append_idempotent("e2", "transactions.new", TX, "sdk", "order-17")
+    assert not other.duplicate
+    # keys.idempotency owns the TTL: the window
+    ttl = redis_client.ttl(keys.idempotency("e1", "order-17", settings).name)
+    assert 110 < ttl <= 120
+    # after the window the key is free again
+    redis_client.delete(keys.idempotency("e1", "order-17", settings).name)
+    later = log.append_idempotent("e1", "transactions.new", TX, "sdk", "order-17")
+    assert not later.duplicate and later.event.id != first.event.id
+
+
+async def test_concurrent_repeats_of_one_key_append_once(redis_url):
+    """Atomic in the script: 20 racing publishers with one key make one event."""
+    import concurrent.futures
+
+    settings = Settings()
+    clients = [redis.Redis.from_url(redis_url) for _ in range(4)]
+    logs = [RedisEventLog(c, settings) for c in clients]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: logs[i % 4].append_idempotent("race", "transactions.new", TX, "sdk", "k-1"), range(20)))
+        assert len({r.event.id for r in results}) == 1
+        assert sum(not r.duplicate for r in results) == 1
+        assert clients[0].xlen(keys.history("race", settings).name) == 1
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_unrecorded_events_take_the_work_stream_id(redis_client):
@@ -151,8 +190,8 @@ def test_scripts_run_on_the_embedded_fakeredis_too():
         log.replay("e1", ids[0])
     sub = Subscription("c1", "e1", "*", "u1", pending_replay="m")
     assert log.request_replay(sub, ids[-1])
-    assert log.ingest_once("d", "e1", "transactions.new", TX, "redis") is not None
-    assert log.ingest_once("d", "e1", "transactions.new", TX, "redis") is None
+    assert not log.append_idempotent("e1", "transactions.new", TX, "redis", "k").duplicate
+    assert log.append_idempotent("e1", "transactions.new", TX, "redis", "k").duplicate
 
 
 def test_last_id_is_the_newest_history_id_of_that_entity_only(redis_client):

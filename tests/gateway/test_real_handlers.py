@@ -78,7 +78,7 @@ async def test_ping_subscribe_and_errors_keep_the_connection_usable(system):
     async with await connect(system, token()) as ws:
         pong = await request(ws, {"type": "ping"})
         assert pong["type"] == "pong" and "timestamp" in pong
-        assert await request(ws, {"type": "subscribe", "topic": "transactions.new"}) == {"type": "subscribed", "topic": "transactions.new"}
+        assert await request(ws, {"type": "subscribe", "topic": "transactions.new"}) == {"type": "subscribed", "topic": "transactions.new", "cursor": "0-0"}
         for bad, codes in [("{not json", {"invalid_message"}),
                            ({"type": "teleport"}, {"invalid_message", "unknown_type"}),
                            ({"type": "subscribe", "topic": "nope.nope"}, {"unknown_topic"}),

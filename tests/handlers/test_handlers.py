@@ -158,7 +158,7 @@ def test_subscribe_route_response_and_records(load_event, load_handler, registry
     load_handler("connect")(load_event("connect"))
     result = load_handler("subscribe")(load_event("subscribe"))
     assert result["statusCode"] == 200
-    assert body(result) == {"type": "subscribed", "topic": "transactions.new"}
+    assert body(result) == {"type": "subscribed", "topic": "transactions.new", "cursor": "0-0"}
     (sub,) = registry.subscribers("entity-1", "transactions.new")
     assert sub.connection_id == CID and sub.filters.sources == ("data_pool",) and sub.filters.min_amount == 10.0
     assert isinstance(fanout_entries(redis_client)[-1], streams.SubscriptionsChanged)
@@ -264,10 +264,22 @@ def test_rate_limited_then_closed_through_management_api(load_event, load_handle
         deleted.append(kwargs["ConnectionId"])
         return real_delete(**kwargs)
 
+    posted = []
+
+    def record_post(**kwargs):
+        posted.append((kwargs["ConnectionId"], json.loads(kwargs["Data"]), list(deleted)))
+        return {}
+
     monkeypatch.setattr(pusher.client, "delete_connection", record_delete)
-    codes = [body(ping(load_event("ping"))).get("code", "ok") for _ in range(4)]
-    assert codes == ["ok", "ok", "rate_limited", "rate_limited"]
-    assert deleted == [CID]  # the 2nd refusal closes the connection
+    monkeypatch.setattr(pusher.client, "post_to_connection", record_post)
+    replies = [ping(load_event("ping")) for _ in range(4)]
+    codes = [body(r).get("code", "ok") for r in replies[:3]]
+    assert codes == ["ok", "ok", "rate_limited"]
+    # the 2nd refusal closes the connection: its reason goes first through
+    # @connections (DELETE cannot carry a close code), then the DELETE; no route body
+    assert "body" not in replies[3]
+    assert [(cid, frame["code"], before) for cid, frame, before in posted] == [(CID, "policy_violation", [])]
+    assert deleted == [CID]
 
 
 # ---- metrics the alarms and dashboards read ------------------------------------------------

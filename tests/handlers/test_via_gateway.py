@@ -45,7 +45,7 @@ async def test_session_through_the_gateway(gateway, jwt_secret):
     token = issue_dev_token(jwt_secret, user_id="user-1", entity_id="entity-1")
     async with websockets.connect(gateway.ws_url + "?token=" + token) as ws:
         assert (await exchange(ws, {"type": "subscribe", "topic": "transactions.new", "entityId": "entity-2"}))["code"] == "invalid_message"
-        assert await exchange(ws, {"type": "subscribe", "topic": "transactions.new"}) == {"type": "subscribed", "topic": "transactions.new"}
+        assert await exchange(ws, {"type": "subscribe", "topic": "transactions.new"}) == {"type": "subscribed", "topic": "transactions.new", "cursor": "0-0"}
         assert (await exchange(ws, {"type": "ping"}))["type"] == "pong"
         assert (await exchange(ws, "{not json"))["code"] == "invalid_message"
         assert (await exchange(ws, {"type": "bogus"}))["code"] == "invalid_message"

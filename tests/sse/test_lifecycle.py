@@ -201,7 +201,8 @@ async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(redis_url, 
     server = start_server(redis_url, sse_secret, sse_logs, RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS="10")
     try:
         stream = await open_stream(server.url, token_for(entity))
-        await stream.next_frame()
+        await stream.next_frame()  # retry
+        assert (await stream.next_frame()).event == "cursor"  # "0-0": the entity has no events yet
         # a browser's idle keep-alive connection: one request answered, the socket kept open
         idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         idle.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())

@@ -191,3 +191,29 @@ def test_federation_targets_are_validated():
     for bad in ("http://127.0.0.1:9/metrics", "worker=https://h:1/m", "worker=http://h/m", "bad name=http://h:1/m"):
         with pytest.raises(ValueError):
             parse_targets(bad)
+
+
+async def test_agent_presence_refusals_are_security_events_in_emf_and_prometheus(redis_url, sse_secret, sse_logs, entity, token_for):
+    """Agents are refused presence on both SSE routes (issue 11), counted like the
+    WebSocket refusals: the EMF metric CloudWatch alarms on, and /metrics."""
+    server = start_server(redis_url, sse_secret, sse_logs, RTSTREAM_EMF_INTERVAL_S="0.3")
+    try:
+        agent = token_for(entity, user_id="agent-1", role="agent")
+        async with httpx.AsyncClient(timeout=5) as http:
+            r1 = await http.get(server.url + "/presence", headers={"authorization": f"Bearer {agent}"})
+            r2 = await http.get(server.url + "/events", params={"topics": "presence"}, headers={"authorization": f"Bearer {agent}"})
+            for r in (r1, r2):
+                assert r.status_code == 403 and r.json()["code"] == "forbidden"
+            text = (await http.get(server.url + "/metrics")).text
+        assert sample(text, "realtime_streaming_security_events_total", transport="sse", event="agent_forbidden_operation") == 2
+        deadline = time.monotonic() + 5
+        total = 0
+        while time.monotonic() < deadline and total < 2:
+            await asyncio.sleep(0.1)
+            total = sum(json.loads(line).get("realtime_streaming.security_events", 0)
+                        for line in server.log_text().splitlines() if line.startswith('{"_aws"'))
+        assert total == 2
+        assert f"agent agent-1 of entity {entity} attempted a forbidden operation" in server.log_text()
+        assert agent not in server.log_text()
+    finally:
+        server.stop()

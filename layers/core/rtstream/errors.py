@@ -76,6 +76,15 @@ class RateLimited(RealtimeError):
     status = 429
 
 
+class PolicyViolation(RealtimeError):
+    """Too many refused messages: the server is closing this connection (WebSocket
+    close code 1008 semantics; API Gateway itself can only close with 1000, so
+    this frame, sent just before the close, carries the reason)."""
+
+    code = "policy_violation"
+    status = 429
+
+
 class TooManySubscriptions(RealtimeError):
     """The connection has reached its subscription limit."""
 
@@ -95,6 +104,20 @@ class NotSubscribed(RealtimeError):
 
     code = "not_subscribed"
     status = 404
+
+
+class NotFound(RealtimeError):
+    """No such resource (HTTP routes of the SSE server)."""
+
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(RealtimeError):
+    """The HTTP method is not allowed on this route."""
+
+    code = "method_not_allowed"
+    status = 405
 
 
 class ReplayGap(RealtimeError):

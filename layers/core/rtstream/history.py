@@ -26,6 +26,8 @@ from .models import Event, iso_timestamp, parse_event_id
 
 EventId = tuple[int, int]
 ZERO_ID: EventId = (0, 0)
+# The cursor of an entity that has no history yet (``subscribed.cursor``, SSE).
+ZERO_CURSOR = "0-0"
 
 
 def id_key(event_id: str) -> EventId:
@@ -45,8 +47,8 @@ def require_cursor(since: Any) -> str:
         raise InvalidMessage("since must be an event id string like '1764090000000-0'")
     try:
         parse_event_id(since)
-    except ValueError:
-        raise InvalidMessage(f"malformed event id {since[:40]!r}") from None
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from None
     return since
 
 
@@ -116,6 +118,8 @@ def replay_events(
     outside the bounds are ignored, so a reader may over-fetch).
     """
     lower = id_key(since)
+    if lower == ZERO_ID:
+        return _replay_from_start(entity_id, until, exists=exists, horizon=horizon, entries=entries)
     if until == "":
         check_retained(since, exists=False, horizon=None)
     upper = id_key(until) if until is not None else None
@@ -133,6 +137,23 @@ def replay_events(
         out.append(event)
     out.sort(key=lambda e: parse_event_id(e.id))
     return out
+
+
+def _replay_from_start(entity_id: str, until: str | None, *, exists: bool, horizon: str | None, entries: Iterable[tuple[Any, Any]]) -> list[Event]:
+    """Replay after ``"0-0"``, the cursor handed out for an entity without history.
+
+    Such a client saw nothing, so no history is no gap: everything retained is
+    after its cursor. A stream created afresh records its own first id as the
+    horizon (ids of an expired predecessor are lost); that first entry is still
+    here, so it is no gap for this cursor either. Only trimming loses events the
+    client never saw: then the horizon is an id that is no longer retained."""
+    if until == "" or not exists:
+        return []
+    upper = id_key(until) if until is not None else None
+    events = sorted((event_from_entry(entity_id, i, f) for i, f in entries), key=lambda e: parse_event_id(e.id))
+    if horizon and (not events or parse_event_id(events[0].id) != id_key(horizon)):
+        check_retained(ZERO_CURSOR, exists=True, horizon=horizon)
+    return [e for e in events if upper is None or parse_event_id(e.id) <= upper]
 
 
 def parse_replay_reply(reply: Any) -> tuple[bool, str | None, list[tuple[Any, Any]]]:

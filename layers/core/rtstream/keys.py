@@ -93,9 +93,11 @@ def fanout_lease(partition: int) -> RedisKey:
     return RedisKey(f"{PREFIX}:lease:fanout:{partition}", 10)
 
 
-def ingest_dedup(digest: str) -> RedisKey:
-    """Marks a raw PUBLISH as ingested, so several workers record it once."""
-    return RedisKey(f"{PREFIX}:ingested:{digest}", 30)
+def idempotency(entity_id: str, key: str, settings: Settings) -> RedisKey:
+    """The id of the event a publisher published with idempotency ``key`` for
+    this entity; a repeat within the window returns it instead of appending.
+    (Entity ids carry no ':', so the name is unambiguous.)"""
+    return RedisKey(f"{PREFIX}:idempotency:{entity_id}:{key}", max(1, settings.idempotency_window_seconds))
 
 
 # ---- limits and presence ------------------------------------------------------

@@ -15,8 +15,11 @@ Transport = Literal["websocket", "sse"]
 # Ids that end up in DynamoDB keys, Redis keys and channel names: no separators
 # ('#', ':', whitespace) so a crafted id can never address another entity's keys.
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
-# Redis stream ids: "<ms>-<seq>"
-EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+# Redis stream ids: "<ms>-<seq>", each part an unsigned 64-bit integer. ASCII
+# digits only (``\d`` would take "١"), matched over the whole string (``$``
+# would accept a trailing newline), range-checked in :func:`parse_event_id`.
+EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
+MAX_ID_PART = 2**64 - 1
 
 
 def is_identifier(value: Any) -> bool:
@@ -24,11 +27,25 @@ def is_identifier(value: Any) -> bool:
 
 
 def parse_event_id(event_id: str) -> tuple[int, int]:
-    """``"1764090000000-3"`` -> ``(1764090000000, 3)``; raises ValueError if malformed."""
-    m = EVENT_ID.match(event_id) if isinstance(event_id, str) else None
+    """``"1764090000000-3"`` -> ``(1764090000000, 3)``; raises ValueError if malformed.
+
+    The one id check of the project: an id that passes here is one Redis accepts
+    (a part above 2^64-1 would make every later XRANGE of the reader fail)."""
+    m = EVENT_ID.fullmatch(event_id) if isinstance(event_id, str) else None
     if m is None:
-        raise ValueError(f"malformed event id {event_id!r}")
-    return int(m.group(1)), int(m.group(2))
+        raise ValueError(f"malformed event id {str(event_id)[:48]!r}")
+    ms, seq = int(m.group(1)), int(m.group(2))
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        raise ValueError(f"event id {event_id[:48]!r} is out of range (each part at most {MAX_ID_PART})")
+    return ms, seq
+
+
+def is_event_id(value: Any) -> bool:
+    try:
+        parse_event_id(value)
+    except ValueError:
+        return False
+    return True
 
 
 def iso_timestamp(epoch_ms: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .models import Connection, Event, Subscription
 
@@ -67,12 +67,26 @@ class ConnectionRegistry(Protocol):
         ...
 
 
+class Appended(NamedTuple):
+    """What an idempotent append did: the event (for a repeat, with the first
+    event's id) and whether it was a repeat."""
+
+    event: Event
+    duplicate: bool
+
+
 @runtime_checkable
 class EventLog(Protocol):
     """Per-entity history plus the fan-out work streams (Redis on AWS)."""
 
     def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
         """Assign an id, record in history, queue for fan-out: atomically."""
+        ...
+
+    def append_idempotent(self, entity_id: str, topic: str, data: dict[str, Any], source: str, idempotency_key: str) -> "Appended":
+        """:meth:`append` once per ``idempotency_key`` and entity within
+        ``Settings.idempotency_window_seconds``: a repeat appends nothing and
+        returns the first event's id (``duplicate`` set). Atomic."""
         ...
 
     def replay(self, entity_id: str, since: str, until: str | None = None) -> list[Event]:

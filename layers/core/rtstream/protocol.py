@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidMessage, MessageTooLarge, UnknownTopic
-from .models import EVENT_ID, Filters
+from .models import Filters, is_event_id
 from .topics import EVENT_TOPICS, SUBSCRIBABLE_TOPICS
 
 # The contract's version (README "Contract notes"; `rtstream --version` prints it).
@@ -187,8 +187,8 @@ def _since(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidMessage(f"field 'since' must be an event id string, got {_kind(value)}")
-    if EVENT_ID.match(value) is None:
-        raise InvalidMessage("field 'since' must be an event id like \"1764090000000-0\"")
+    if not is_event_id(value):
+        raise InvalidMessage("field 'since' must be an event id like \"1764090000000-0\" (two integers of at most 2^64-1)")
     return value
 
 

@@ -11,7 +11,6 @@ parsed and validated here too, so every path accepts exactly the same events.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -25,6 +24,9 @@ from .topics import require_publishable, validate_payload
 
 VIAS = ("redis", "eventbridge")
 SOURCE = re.compile(r"^[A-Za-z0-9_.:@/-]{1,64}$")
+# Idempotency keys: what publishers use as such (UUIDs, EventBridge ids, order
+# numbers, "<system>:<id>"): printable ASCII without spaces, bounded.
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,128}", re.ASCII)
 # API Gateway's message limit for post_to_connection; larger events could never be delivered.
 MAX_EVENT_BYTES = 128 * 1024
 RAW_SOURCE = "redis"
@@ -38,9 +40,18 @@ class Publication:
     topic: str
     data: dict[str, Any]
     source: str
+    # a repeat of the same key for the entity within the window is one event
+    idempotency_key: str | None = None
 
 
-def validate(entity_id: Any, topic: Any, data: Any, source: Any) -> Publication:
+def validate_idempotency_key(key: Any) -> str:
+    """A publisher's idempotency key, checked over its whole length (coded error)."""
+    if not isinstance(key, str) or IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise InvalidMessage(f"idempotency key must be 1..128 characters of [A-Za-z0-9_.:@/+=-], got {str(key)[:40]!r}")
+    return key
+
+
+def validate(entity_id: Any, topic: Any, data: Any, source: Any, idempotency_key: Any = None) -> Publication:
     """Check everything a publisher controls; raise a coded error naming the problem."""
     topic = require_publishable(topic)
     if not is_identifier(entity_id):
@@ -54,7 +65,9 @@ def validate(entity_id: Any, topic: Any, data: Any, source: Any) -> Publication:
         raise InvalidPayload(f"{topic} payload is not JSON-serialisable: {exc}") from None
     if size > MAX_EVENT_BYTES - 512:
         raise MessageTooLarge(f"{topic} payload is {size} bytes; the limit is {MAX_EVENT_BYTES - 512}")
-    return Publication(entity_id, topic, data, source)
+    if idempotency_key is not None:
+        idempotency_key = validate_idempotency_key(idempotency_key)
+    return Publication(entity_id, topic, data, source, idempotency_key)
 
 
 def publish(
@@ -69,8 +82,14 @@ def publish(
     events_client: Any = None,
     event_bus: str = "default",
     event_source: str = "rtstream",
+    idempotency_key: str | None = None,
 ) -> str:
     """Publish one event; returns its id (via EventBridge: the EventBridge event id).
+
+    ``idempotency_key``: the same key for the same entity within
+    ``Settings.idempotency_window_seconds`` (default 5 minutes) is one event; a
+    repeat publishes nothing and returns the first event's id (via EventBridge
+    the key travels in the detail and the bridge applies it).
 
     ``client``: a redis-py client (default: one from ``settings.redis_url``);
     ``events_client``: a boto3 ``events`` client (default: one from the environment).
@@ -79,7 +98,7 @@ def publish(
     """
     if via not in VIAS:
         raise InvalidMessage(f"via must be one of {', '.join(VIAS)}, got {via!r}")
-    pub = validate(entity_id, topic, data, source)
+    pub = validate(entity_id, topic, data, source, idempotency_key)
     settings = settings or Settings.from_env()
     if via == "eventbridge":
         from .adapters.eventbridge import EventBridgePublisher
@@ -89,6 +108,8 @@ def publish(
     from .adapters.redis_eventlog import RedisEventLog
 
     log = RedisEventLog(client, settings) if client is not None else RedisEventLog.from_url(settings.redis_url, settings)
+    if pub.idempotency_key is not None:
+        return log.append_idempotent(pub.entity_id, pub.topic, pub.data, pub.source, pub.idempotency_key).event.id
     return log.append(pub.entity_id, pub.topic, pub.data, pub.source).id
 
 
@@ -131,26 +152,15 @@ def parse_raw(channel: str | bytes, payload: str | bytes) -> Publication:
 EVENTBRIDGE_SOURCE = "eventbridge"
 
 
-def parse_eventbridge(detail_type: Any, detail: Any) -> Publication:
+def parse_eventbridge(detail_type: Any, detail: Any, event_id: Any = None) -> Publication:
     """An EventBridge event (``DetailType`` = topic, ``Detail`` =
-    ``{"entityId", "data", "source"?}``) -> a validated publication."""
+    ``{"entityId", "data", "source"?, "idempotencyKey"?}``) -> a validated
+    publication. Its idempotency key is the detail's, else the EventBridge event
+    id (``event_id``: retries of one event carry the same id)."""
     if not isinstance(detail, dict):
         raise InvalidMessage("EventBridge detail must be a JSON object")
-    unknown = set(detail) - {"entityId", "data", "source"}
+    unknown = set(detail) - {"entityId", "data", "source", "idempotencyKey"}
     if unknown:
         raise InvalidMessage(f"unknown field(s) in EventBridge detail: {', '.join(sorted(unknown))[:120]}")
-    return validate(detail.get("entityId"), detail_type, detail.get("data"), detail.get("source", EVENTBRIDGE_SOURCE))
-
-
-def eventbridge_digest(event_id: str) -> str:
-    """Dedup identity of one EventBridge event (retries carry the same id)."""
-    return hashlib.sha1(b"eventbridge\x00" + event_id.encode()).hexdigest()
-
-
-def raw_digest(channel: str | bytes, payload: str | bytes) -> str:
-    """Identity of one raw publish, for the ingest dedup key (``keys.ingest_dedup``)."""
-    h = hashlib.sha1()
-    h.update(channel if isinstance(channel, bytes) else channel.encode())
-    h.update(b"\x00")
-    h.update(payload if isinstance(payload, bytes) else payload.encode())
-    return h.hexdigest()
+    key = detail.get("idempotencyKey", event_id)
+    return validate(detail.get("entityId"), detail_type, detail.get("data"), detail.get("source", EVENTBRIDGE_SOURCE), key)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol
-from .errors import Forbidden, InvalidMessage, NotSubscribed, RateLimited, RealtimeError, TooManyConnections, TooManySubscriptions
+from .errors import Forbidden, InvalidMessage, NotSubscribed, PolicyViolation, RateLimited, RealtimeError, TooManyConnections, TooManySubscriptions
+from .history import ZERO_CURSOR
 from .models import Connection, Principal, Subscription
 from .ports import Clock, ConnectionRegistry, EventLog, PresenceStore, RateLimiter, SystemClock
 from .settings import Settings
@@ -48,6 +49,26 @@ class Reply:
     close: bool = False
     resumed: bool | None = None
     security_event: str | None = None
+
+
+AGENT_FORBIDDEN_OPERATION = "agent_forbidden_operation"
+
+
+def agent_refusal(principal: Principal, action: str, error: Forbidden) -> Reply:
+    """An agent refused: the security log line and the security event every
+    transport counts (WebSocket frames here, the SSE routes through
+    :func:`presence_refusal`)."""
+    # ids and the action only: never the frame (it may carry anything) or a token
+    security_log.warning("agent %s of entity %s attempted a forbidden operation: %s", principal.user_id, principal.entity_id, action)
+    return Reply([error.to_frame()], security_event=AGENT_FORBIDDEN_OPERATION)
+
+
+def presence_refusal(principal: Principal, route: str = "presence") -> Reply | None:
+    """The one agent boundary for presence, on every route (WebSocket ``presence``
+    frame, ``GET /presence``, SSE ``topics=presence``): None when allowed."""
+    if not principal.is_agent:
+        return None
+    return agent_refusal(principal, route, Forbidden("agents may not read presence"))
 
 
 class RealtimeService:
@@ -127,13 +148,17 @@ class RealtimeService:
 
     def handle(self, connection_id: str, principal: Principal, body: str | bytes) -> Reply:
         if self.rate_limiter is not None and not self._allow(connection_id):
-            return Reply([RateLimited(f"more than {self.settings.rate_per_second:g} messages/s").to_frame()], close=self._too_many_violations(connection_id))
+            return self._refused(connection_id, Reply([RateLimited(f"more than {self.settings.rate_per_second:g} messages/s").to_frame()]))
         try:
             frame = protocol.parse_client_frame(body, max_bytes=self.settings.max_frame_bytes)
         except RealtimeError as exc:
             return Reply([exc.to_frame()])
         if isinstance(frame, protocol.PrivilegedAction) or (principal.is_agent and not isinstance(frame, AGENT_ALLOWED)):
-            return self._forbidden(principal, frame)
+            return self._refused(connection_id, self._forbidden(principal, frame))
+        if isinstance(frame, protocol.Subscribe) and frame.topic == PRESENCE:
+            refusal = presence_refusal(principal, "subscribe presence")
+            if refusal is not None:
+                return self._refused(connection_id, refusal)
         try:
             if isinstance(frame, protocol.Subscribe):
                 frames, resumed = self._subscribe(connection_id, principal, frame)
@@ -149,6 +174,15 @@ class RealtimeService:
         except RealtimeError as exc:
             return Reply([exc.to_frame()])
 
+    def _refused(self, connection_id: str, reply: Reply) -> Reply:
+        """A refusal that counts toward closing (rate limited, an agent's forbidden
+        operation). The refusal that reaches the limit answers ``policy_violation``
+        (the reason a 1008 close would carry) and asks the transport to close."""
+        if self.rate_limiter is None or not self._too_many_violations(connection_id):
+            return reply
+        error = PolicyViolation(f"closing the connection: more than {self.settings.rate_violations_before_close} refused messages")
+        return Reply([error.to_frame()], close=True, security_event=reply.security_event)
+
     def _forbidden(self, principal: Principal, frame: protocol.ClientFrame) -> Reply:
         if isinstance(frame, protocol.PrivilegedAction):
             error = Forbidden(f"'{frame.action}' is not allowed on a client connection")
@@ -158,9 +192,7 @@ class RealtimeService:
             action = type(frame).__name__.lower()
         if not principal.is_agent:
             return Reply([error.to_frame()])
-        # ids and the action only: never the frame (it may carry anything) or a token
-        security_log.warning("agent %s of entity %s attempted a forbidden operation: %s", principal.user_id, principal.entity_id, action)
-        return Reply([error.to_frame()], security_event="agent_forbidden_operation")
+        return agent_refusal(principal, action, error)
 
     def _dispatch(self, connection_id: str, principal: Principal, frame: protocol.ClientFrame) -> list[dict[str, Any]]:
         """Unsubscribe, ping and presence (subscribe and refusals are handled in :meth:`handle`)."""
@@ -258,16 +290,17 @@ class RealtimeService:
             return False
         if count < max(1, self.settings.rate_violations_before_close):
             return False
-        security_log.warning("connection %s keeps exceeding the message rate (%d refusals); closing it", connection_id, count)
+        security_log.warning("connection %s keeps sending refused messages (%d refusals); closing it", connection_id, count)
         return True
 
     def _cursor(self, entity_id: str) -> str:
-        """The entity's newest event id, or "" (no history, or history unreadable:
-        the subscription still works live; only the resume hint is missing)."""
+        """The entity's newest event id, ``"0-0"`` when it has none yet (a resume
+        from it replays everything published since), or "" when history is
+        unreadable (the subscription still works live; only the resume hint is missing)."""
         if self.event_log is None:
             return ""
         try:
-            return self.event_log.last_id(entity_id)
+            return self.event_log.last_id(entity_id) or ZERO_CURSOR
         except RealtimeError as exc:
             log.warning("no resume cursor for entity %s: %s", entity_id, exc.code)
             return ""

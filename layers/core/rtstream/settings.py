@@ -66,6 +66,8 @@ class Settings:
     fanout_partitions: int = 4  # RTSTREAM_FANOUT_PARTITIONS
     fanout_stream_maxlen: int = 100_000  # RTSTREAM_FANOUT_STREAM_MAXLEN
     presence_ttl_seconds: int = 660  # RTSTREAM_PRESENCE_TTL_SECONDS (idle timeout + slack)
+    # a publish with an idempotency key repeated within this window is one event
+    idempotency_window_seconds: int = 300  # RTSTREAM_IDEMPOTENCY_WINDOW_SECONDS
     # RTSTREAM_FANOUT_PIPELINING: auto (off when signing for AWS, on otherwise) | on | off
     fanout_pipelining: str = "auto"
 
@@ -102,6 +104,7 @@ class Settings:
             fanout_stream_maxlen=_int(env, "RTSTREAM_FANOUT_STREAM_MAXLEN", d.fanout_stream_maxlen),
             presence_ttl_seconds=_int(env, "RTSTREAM_PRESENCE_TTL_SECONDS", d.presence_ttl_seconds),
             fanout_pipelining=_choice(env, "RTSTREAM_FANOUT_PIPELINING", d.fanout_pipelining, ("auto", "on", "off")),
+            idempotency_window_seconds=_int(env, "RTSTREAM_IDEMPOTENCY_WINDOW_SECONDS", d.idempotency_window_seconds),
         )
 
     def replace(self, **changes) -> "Settings":

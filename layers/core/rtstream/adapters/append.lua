@@ -1,13 +1,16 @@
--- Append one event: [dedup] + history XADD (+ trim) + PEXPIRE + fan-out XADD, atomically.
+-- Append one event: [idempotency check] + history XADD (+ trim) + PEXPIRE + fan-out XADD, atomically.
 -- KEYS[1] history stream, KEYS[2] partition stream, KEYS[3] history horizon,
--- KEYS[4] (optional) ingest dedup key
+-- KEYS[4] (optional) idempotency key of this publish (keys.idempotency)
 -- ARGV[1] history maxlen, ARGV[2] history ttl ms, ARGV[3] partition maxlen,
--- ARGV[4] "1" record in history, ARGV[5] dedup ttl s, ARGV[6] n = history field pairs,
+-- ARGV[4] "1" record in history, ARGV[5] idempotency window s, ARGV[6] n = history field pairs,
 -- ARGV[7 .. 6+2n] history fields, then the partition entry's fields (without "id").
--- Returns the event id, or false when KEYS[4] shows the raw publish was already ingested.
-if #KEYS >= 4 then
-  if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[5])) then
-    return false
+-- Returns the event id; with KEYS[4], {id, duplicate}: a key seen within the
+-- window returns the first event's id and appends nothing.
+local idem = KEYS[4]
+if idem then
+  local prior = redis.call('GET', idem)
+  if prior then
+    return {prior, 1}
   end
 end
 local n = tonumber(ARGV[6])
@@ -44,5 +47,9 @@ if ARGV[4] == '1' then
 else
   -- Not recorded (presence): the work-stream entry id stands in as the event id.
   id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', '', unpack(queued))
+end
+if idem then
+  redis.call('SET', idem, id, 'EX', tonumber(ARGV[5]))
+  return {id, 0}
 end
 return id

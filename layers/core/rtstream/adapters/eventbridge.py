@@ -21,7 +21,10 @@ THROTTLE_CODES = frozenset({"ThrottlingException", "LimitExceededException", "To
 
 
 def detail_of(pub: "Publication") -> dict[str, Any]:
-    return {"entityId": pub.entity_id, "data": pub.data, "source": pub.source}
+    detail = {"entityId": pub.entity_id, "data": pub.data, "source": pub.source}
+    if pub.idempotency_key is not None:
+        detail["idempotencyKey"] = pub.idempotency_key
+    return detail
 
 
 class EventBridgePublisher:

@@ -307,14 +307,22 @@ def handle_message_event(runtime: LambdaRuntime, event: Any, *, logger: Any = No
         from ..protocol import dumps
 
         pusher = runtime.pusher(management_endpoint_of(raw, runtime.settings))
+        # Closing: API Gateway's DELETE @connections cannot set a close code (it
+        # closes with 1000), so the reason goes first as a coded frame through
+        # @connections; the route response would arrive after the close.
         try:
-            for frame in reply.frames[1:]:
+            for frame in reply.frames if reply.close else reply.frames[1:]:
                 pusher.post(connection_id, dumps(frame).encode())
-            if reply.close:
-                if logger is not None:
-                    logger.warning("closing a connection that keeps exceeding the message rate", extra={"userId": principal.user_id})
-                pusher.delete(connection_id)
         except RealtimeError as exc:
             if logger is not None:
                 logger.warning("management API call failed", extra={"code": exc.code})
+        if reply.close:
+            if logger is not None:
+                logger.warning("closing a connection that keeps sending refused messages", extra={"userId": principal.user_id})
+            try:
+                pusher.delete(connection_id)
+            except RealtimeError as exc:
+                if logger is not None:
+                    logger.warning("management API call failed", extra={"code": exc.code})
+            return route_response([])
     return route_response(reply.frames)

@@ -2,7 +2,7 @@
 
 One Lua script per operation, loaded with ``register_script`` (EVALSHA):
 
-- ``append.lua``: [dedup ``SET NX EX`` for raw ingest] + ``XADD`` history
+- ``append.lua``: [idempotency key ``GET``/``SET EX``] + ``XADD`` history
   (trimmed to ``history_maxlen`` in small batches) + ``PEXPIRE`` + ``XADD`` the
   ``event`` entry to the entity's partition stream (``MAXLEN ~``). The horizon
   key (``keys.history_horizon``, same TTL) holds the last trimmed id, or the
@@ -22,6 +22,7 @@ Redis errors become :class:`BackendUnavailable`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from .. import keys, streams
 from ..errors import BackendUnavailable
 from ..history import entry_fields, event_from_entry, parse_replay_reply, replay_events
 from ..models import Event, Subscription
+from ..ports import Appended
 from ..settings import Settings
 
 _HERE = Path(__file__).resolve().parent
@@ -65,7 +67,7 @@ def append_call(
     now_ms: int,
     *,
     record_history: bool = True,
-    dedup_digest: str | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[ScriptCall, Event]:
     """Script keys/args for an append, and the event minus its id."""
     hist = keys.history(entity_id, settings)
@@ -74,19 +76,19 @@ def append_call(
     event = Event(id="", entity_id=entity_id, topic=topic, data=data, source=source, timestamp=fields["ts"], published_at_ms=now_ms)
     queued = streams.encode_event(event)
     del queued["id"]  # the script inserts the history id
-    dedup_ttl = "0"
+    window = "0"
     call_keys = [hist.name, part.name, keys.history_horizon(entity_id, settings).name]
-    if dedup_digest is not None:
-        dedup = keys.ingest_dedup(dedup_digest)
-        call_keys.append(dedup.name)
-        dedup_ttl = str(dedup.ttl_seconds or 30)
+    if idempotency_key is not None:
+        idem = keys.idempotency(entity_id, idempotency_key, settings)
+        call_keys.append(idem.name)
+        window = str(idem.ttl_seconds)
     hist_pairs = _flat(fields)
     args = [
         str(settings.history_maxlen),
         str((hist.ttl_seconds or 0) * 1000),
         str(settings.fanout_stream_maxlen),
         "1" if record_history else "0",
-        dedup_ttl,
+        window,
         str(len(hist_pairs) // 2),
         *hist_pairs,
         *_flat(queued),
@@ -132,18 +134,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _finish_append(reply: Any, event: Event) -> Event | None:
-    if reply is None or reply is False:
-        return None  # dedup: already ingested
-    return Event(
-        id=_text(reply),
-        entity_id=event.entity_id,
-        topic=event.topic,
-        data=event.data,
-        source=event.source,
-        timestamp=event.timestamp,
-        published_at_ms=event.published_at_ms,
-    )
+def _finish_append(reply: Any, event: Event) -> Appended:
+    """The script's reply: an id, or ``[id, duplicate]`` for an idempotent append."""
+    duplicate = False
+    if isinstance(reply, (list, tuple)):
+        reply, duplicate = reply[0], bool(int(reply[1]))
+    return Appended(dataclasses.replace(event, id=_text(reply)), duplicate)
 
 
 def _now_ms() -> int:
@@ -170,19 +166,19 @@ class RedisEventLog:
         return cls(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10), settings)
 
     def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
-        (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), record_history=record_history)
-        try:
-            return _finish_append(self._append(keys=k, args=a), event)  # type: ignore[return-value]
-        except redis.RedisError as exc:
-            raise BackendUnavailable(f"redis append failed: {exc}") from exc
+        return self._append_call(entity_id, topic, data, source, record_history=record_history).event
 
-    def ingest_once(self, digest: str, entity_id: str, topic: str, data: dict[str, Any], source: str) -> Event | None:
-        """Append unless this raw publish (``digest``) was already ingested (then None)."""
-        (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), dedup_digest=digest)
+    def append_idempotent(self, entity_id: str, topic: str, data: dict[str, Any], source: str, idempotency_key: str) -> Appended:
+        """Append unless ``idempotency_key`` was used for this entity within the
+        window; then nothing is appended and the first event's id comes back."""
+        return self._append_call(entity_id, topic, data, source, idempotency_key=idempotency_key)
+
+    def _append_call(self, entity_id: str, topic: str, data: dict[str, Any], source: str, **options: Any) -> Appended:
+        (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), **options)
         try:
             return _finish_append(self._append(keys=k, args=a), event)
         except redis.RedisError as exc:
-            raise BackendUnavailable(f"redis ingest failed: {exc}") from exc
+            raise BackendUnavailable(f"redis append failed: {exc}") from exc
 
     def replay(self, entity_id: str, since: str, until: str | None = None) -> list[Event]:
         k, a = replay_call(self.settings, entity_id, since, until)
@@ -237,16 +233,9 @@ class AsyncRedisEventLog:
     async def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
         (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), record_history=record_history)
         try:
-            return _finish_append(await self._append(keys=k, args=a), event)  # type: ignore[return-value]
+            return _finish_append(await self._append(keys=k, args=a), event).event
         except redis.RedisError as exc:
             raise BackendUnavailable(f"redis append failed: {exc}") from exc
-
-    async def ingest_once(self, digest: str, entity_id: str, topic: str, data: dict[str, Any], source: str) -> Event | None:
-        (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), dedup_digest=digest)
-        try:
-            return _finish_append(await self._append(keys=k, args=a), event)
-        except redis.RedisError as exc:
-            raise BackendUnavailable(f"redis ingest failed: {exc}") from exc
 
     async def replay(self, entity_id: str, since: str, until: str | None = None) -> list[Event]:
         """Events with ``since < id <= until``; :class:`ReplayGap` when history was lost."""

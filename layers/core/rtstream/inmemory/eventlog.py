@@ -20,7 +20,7 @@ from typing import Any
 from .. import keys, streams
 from ..history import entry_fields, event_from_entry, format_id, id_key, replay_events
 from ..models import Event, Subscription
-from ..ports import Clock, SystemClock
+from ..ports import Appended, Clock, SystemClock
 from ..settings import Settings
 
 EntryId = tuple[int, int]
@@ -50,7 +50,8 @@ class InMemoryEventLog:
         self._partitions: dict[int, list[tuple[str, dict[str, str]]]] = {}
         self._partition_last: dict[int, EntryId] = {}
         self._replays: dict[int, list[tuple[str, dict[str, str]]]] = {}  # the replay lane (keys.replay_stream)
-        self._ingested: dict[str, int] = {}  # raw-publish digest -> expiry ms
+        # (entity, idempotency key) -> (first event id, expiry ms), as keys.idempotency
+        self._idempotency: dict[tuple[str, str], tuple[str, int]] = {}
 
     # ---- internals ---------------------------------------------------------
 
@@ -160,17 +161,20 @@ class InMemoryEventLog:
             change = streams.SubscriptionsChanged(entity_id=entity_id, topics=tuple(topics), connection_id=connection_id)
             self._queue(keys.partition_of(entity_id, self.settings), streams.encode_changed(change), self.clock.now_ms())
 
-    # ---- raw ingest (the seed-compatible PUBLISH path) -----------------------
-
-    def ingest_once(self, digest: str, entity_id: str, topic: str, data: dict[str, Any], source: str) -> Event | None:
-        """Append unless ``digest`` was ingested within the dedup window (then None)."""
+    def append_idempotent(self, entity_id: str, topic: str, data: dict[str, Any], source: str, idempotency_key: str) -> Appended:
         with self._lock:
             now = self.clock.now_ms()
-            expiry = self._ingested.get(digest)
-            if expiry is not None and expiry > now:
-                return None
-            self._ingested[digest] = now + (keys.ingest_dedup(digest).ttl_seconds or 30) * 1000
-            return self.append(entity_id, topic, data, source)
+            prior = self._idempotency.get((entity_id, idempotency_key))
+            if prior is not None and prior[1] > now:
+                fields = entry_fields(topic, data, source, now)
+                return Appended(Event(id=prior[0], entity_id=entity_id, topic=topic, data=dict(data), source=source,
+                                      timestamp=fields["ts"], published_at_ms=now), True)
+            event = self.append(entity_id, topic, data, source)
+            window = keys.idempotency(entity_id, idempotency_key, self.settings).ttl_seconds or 0
+            if len(self._idempotency) > 10_000:  # expire like the Redis keys do
+                self._idempotency = {k: v for k, v in self._idempotency.items() if v[1] > now}
+            self._idempotency[(entity_id, idempotency_key)] = (event.id, now + window * 1000)
+            return Appended(event, False)
 
     # ---- reading (tests, the in-process fan-out) ------------------------------
 
