@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--redis-url", default=None, help="default: REDIS_URL, else the running dev system")
     p.add_argument("--aws-endpoint", default=None, help="EventBridge endpoint; default: AWS_ENDPOINT_URL, else the dev system")
     p.add_argument("--event-bus", default=None, help="EventBridge bus (default: the dev system's, else 'default')")
+    p.add_argument("--event-source", default=None,
+                   help="EventBridge Source with --via eventbridge (default: the configured one: "
+                        "RTSTREAM_EVENT_SOURCE, else the template's EventSource default). The bridge rule "
+                        "ignores any other Source, so a different one is refused unless --force-event-source")
+    p.add_argument("--force-event-source", action="store_true",
+                   help="send --event-source even though the bridge would ignore it (e.g. to test another rule)")
     p.set_defaults(func=run)
 
 
@@ -56,6 +62,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         endpoint = args.aws_endpoint or os.environ.get("AWS_ENDPOINT_URL") or state.get("aws_endpoint") or None
         kwargs["event_bus"] = args.event_bus or state.get("event_bus") or "default"
+        configured = configured_event_source(state)
+        event_source = args.event_source or configured
+        if event_source != configured:
+            if not args.force_event_source:
+                return _fail("invalid_message", f"--event-source {event_source!r} is not the bridge's EventSource "
+                             f"{configured!r}: its rule would ignore the event (set RTSTREAM_EVENT_SOURCE to the "
+                             "deployed stack's EventSource, or pass --force-event-source)")
+            print(f"warning: EventSource is {configured!r}; the bridge ignores Source {event_source!r}", file=sys.stderr)
+        kwargs["event_source"] = event_source
         kwargs["events_client"] = _events_client(endpoint)
     try:
         event_id = publish(args.entity, args.topic, data, source=args.source, via=args.via, settings=settings, **kwargs)
@@ -65,6 +80,17 @@ def run(args: argparse.Namespace) -> int:
         return _fail(exc.code, exc.message)
     print(event_id)
     return 0
+
+
+def configured_event_source(state: dict) -> str:
+    """The Source the bridge rule matches: RTSTREAM_EVENT_SOURCE (the deployed
+    stack's EventSource parameter), the dev system's, else template.yaml's default."""
+    configured = os.environ.get("RTSTREAM_EVENT_SOURCE") or state.get("event_source")
+    if configured:
+        return configured
+    from .template import load_template
+
+    return str(load_template()["Parameters"]["EventSource"]["Default"])
 
 
 def _events_client(endpoint: str | None):
