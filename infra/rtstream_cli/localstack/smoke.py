@@ -187,8 +187,15 @@ def harmless_event(trigger: Trigger, *, api_id: str, stage: str, region: str, ac
     return {}
 
 
+# A function nothing triggers gets ``{}``, which its handler may well reject:
+# only an error that means the code cannot load counts then.
+_CANNOT_LOAD = re.compile(r"Import|Syntax|HandlerNotFound|No module named|cannot import", re.I)
+
+
 def _problem(logical_id: str, trigger: Trigger, reply: dict[str, Any]) -> str | None:
     payload = _payload(reply)
+    if reply.get("FunctionError") and trigger.kind == "direct" and not _CANNOT_LOAD.search(json.dumps(payload)[:4000]):
+        return None
     if reply.get("FunctionError"):
         if isinstance(payload, dict):
             message = f"{payload.get('errorType', 'Error')}: {payload.get('errorMessage', '')}".strip()
