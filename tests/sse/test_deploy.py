@@ -447,3 +447,35 @@ def test_metrics_are_not_reachable_through_the_public_load_balancer():
     # only the load balancer reaches the tasks, and only on the app port
     ingress = r["TaskSecurityGroup"]["Properties"]["SecurityGroupIngress"]
     assert [(i["FromPort"], i["SourceSecurityGroupId"]) for i in ingress] == [(8080, {"Ref": "LoadBalancerSecurityGroup"})]
+
+
+def test_ssm_secret_adapter_reads_decrypts_and_reports_a_missing_parameter_with_a_code(moto_endpoint, monkeypatch):
+    import boto3
+
+    from rtstream.adapters.ssm_secret import settings_with_jwt_secret
+    from rtstream.errors import BackendUnavailable
+    from rtstream.settings import Settings
+
+    for k, v in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    name = f"/rtstream/test/sse-{os.urandom(4).hex()}"
+    boto3.client("ssm").put_parameter(Name=name, Value="s" * 40, Type="SecureString")
+    env = {"RTSTREAM_JWT_SECRET_PARAM": name}
+    assert settings_with_jwt_secret(Settings(), env).jwt_secret == "s" * 40
+    # a literal secret or a JWKS URL wins; nothing is read
+    assert settings_with_jwt_secret(Settings(jwt_secret="literal"), env).jwt_secret == "literal"
+    assert settings_with_jwt_secret(Settings(jwks_url="https://idp/jwks"), env).jwt_secret == ""
+    with pytest.raises(BackendUnavailable) as missing:
+        settings_with_jwt_secret(Settings(), {"RTSTREAM_JWT_SECRET_PARAM": name + "-missing"})
+    assert missing.value.code == "unavailable" and name + "-missing" in missing.value.message
+
+
+def test_sse_task_with_an_unreadable_ssm_parameter_stops_at_start_naming_it(moto_endpoint, redis_url, tmp_path):
+    env = {"PATH": os.environ["PATH"], "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "REDIS_URL": redis_url,
+           "RTSTREAM_SSE_HOST": "127.0.0.1", "RTSTREAM_SSE_PORT": str(free_port()),
+           "RTSTREAM_JWT_SECRET_PARAM": "/rtstream/test/never-created"}
+    proc = subprocess.run([sys.executable, "-m", "rtstream_sse"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "could not read SSM parameter /rtstream/test/never-created" in proc.stderr
