@@ -126,6 +126,10 @@ def test_eventbridge_dead_letter_policy_names_the_rule_sam_generates(monkeypatch
     assert out[rule_id]["Type"] == "AWS::Events::Rule"
     (target,) = out[rule_id]["Properties"]["Targets"]
     assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["BridgeDeadLetterQueue", "Arn"]}}
+    # the function's role may send its failed events there (async invoke on-failure destination)
+    role = out["EventBridgeBridgeFunctionRole"]["Properties"]
+    statements = [st for p in role.get("Policies", []) for st in p["PolicyDocument"]["Statement"]]
+    assert {"Action": "sqs:SendMessage", "Effect": "Allow", "Resource": {"Fn::GetAtt": ["BridgeDeadLetterQueue", "Arn"]}} in statements
 
 
 def test_readme_documents_that_other_event_sources_are_ignored(template):
@@ -319,6 +323,14 @@ def test_samconfig_environments_use_template_parameters(template):
         names = {pair.split("=", 1)[0] for pair in shlex.split(deploy["parameter_overrides"])}
         assert names <= set(template["Parameters"]), names - set(template["Parameters"])
         assert "JwtSecret" not in names  # secrets never live in the config file
+        values = dict(pair.split("=", 1) for pair in shlex.split(deploy["parameter_overrides"]))
+        # ElastiCache is reachable only from inside the VPC: the Lambdas and both services run there
+        assert values["VpcSubnetIds"] and values["VpcSecurityGroupIds"], env
+        assert values["FanoutImage"] and values["SseImage"] and values["SseCertificateArn"].startswith("arn:aws:acm:")
+        # a token key for every task and function: an SSM parameter or a JWKS URL
+        assert bool(values.get("JwtSecretParameterName")) != bool(values.get("JwksUrl")), env
+    # `sam deploy` without --config-env deploys nothing half-configured
+    assert "deploy" not in config["default"]
 
 
 def test_alarms_and_dashboards_of_the_seed(template):
