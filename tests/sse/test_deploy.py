@@ -479,3 +479,18 @@ def test_sse_task_with_an_unreadable_ssm_parameter_stops_at_start_naming_it(moto
     proc = subprocess.run([sys.executable, "-m", "rtstream_sse"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "could not read SSM parameter /rtstream/test/never-created" in proc.stderr
+
+
+def test_samconfig_images_are_what_build_images_pushes():
+    """infra/build-images.sh <env> pushes <account>.dkr.ecr.<region>.amazonaws.com/rtstream-<name>:<env>."""
+    script = ROOT / "infra" / "build-images.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert 'repo="rtstream-$name"' in text and 'for name in fanout sse; do' in text
+    assert '-t "$registry/$repo:$env_name"' in text and 'registry="$account.dkr.ecr.$region.amazonaws.com"' in text
+    assert '-f "infra/docker/$name.Dockerfile"' in text
+    assert all((ROOT / "infra" / "docker" / f"{name}.Dockerfile").exists() for name in ("fanout", "sse"))
+    for env, cfg in samconfig_environments().items():
+        for parameter, name in (("FanoutImage", "fanout"), ("SseImage", "sse")):
+            assert re.fullmatch(rf"\d{{12}}\.dkr\.ecr\.{cfg['region']}\.amazonaws\.com/rtstream-{name}:{env}",
+                                cfg["overrides"][parameter]), (env, parameter)
