@@ -47,6 +47,97 @@ def test_cfn_lint_reports_nothing():
     assert proc.stdout.strip() == ""
 
 
+NESTED_TEMPLATES = sorted((ROOT / "infra").glob("*.yaml"))
+SAM_VENV = ROOT / ".venv-sam"
+
+
+def test_cfn_lint_reports_nothing_on_the_nested_templates():
+    cli = Path(sys.executable).with_name("cfn-lint")
+    assert {p.name for p in NESTED_TEMPLATES} >= {"fanout-service.yaml", "sse-service.yaml"}
+    proc = subprocess.run([str(cli), *map(str, NESTED_TEMPLATES)], capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout.strip()) == (0, ""), proc.stdout + proc.stderr
+
+
+def _sam_cli() -> Path:
+    """.venv-sam/bin/sam, created by .ci/setup.d/sam.sh if missing (skip only if that fails)."""
+    sam = SAM_VENV / "bin" / "sam"
+    if not sam.exists():
+        proc = subprocess.run(["bash", str(ROOT / ".ci" / "setup.d" / "sam.sh")], capture_output=True, text=True, timeout=1200)
+        if proc.returncode != 0 or not sam.exists():
+            pytest.skip(f".venv-sam could not be created by .ci/setup.d/sam.sh:\n{(proc.stdout + proc.stderr)[-1500:]}")
+    return sam
+
+
+@pytest.mark.parametrize("path", [TEMPLATE, *NESTED_TEMPLATES], ids=lambda p: p.name)
+def test_sam_validate_lint_passes(path):
+    import os
+
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {k: v for k, v in env.items() if k != "AWS_ENDPOINT_URL"}
+    proc = subprocess.run([str(_sam_cli()), "validate", "--lint", "--template", str(path)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{path} is a valid SAM Template" in proc.stdout + proc.stderr
+
+
+def test_layer_claims_exactly_the_runtime_it_is_built_for(template):
+    (layer,) = resources_of_type(template, "AWS::Serverless::LayerVersion").values()
+    built_for = layer["Metadata"]["BuildMethod"]
+    assert layer["Properties"]["CompatibleRuntimes"] == [built_for]
+    assert template["Globals"]["Function"]["Runtime"] == built_for
+    for fn in resources_of_type(template, "AWS::Serverless::Function").values():
+        assert fn["Properties"].get("Runtime", built_for) == built_for
+
+
+def test_eventbridge_failures_go_to_an_alarmed_dead_letter_queue(template):
+    resources = template["Resources"]
+    fn = resources["EventBridgeBridgeFunction"]["Properties"]
+    (rule,) = [e["Properties"] for e in fn["Events"].values() if e["Type"] == "EventBridgeRule"]
+    queue = rule["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
+    assert resources[queue]["Type"] == "AWS::SQS::Queue"
+    assert rule["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    # failures inside the function (async invoke) land in the same queue
+    assert fn["EventInvokeConfig"]["DestinationConfig"]["OnFailure"] == {"Type": "SQS", "Destination": {"Fn::GetAtt": [queue, "Arn"]}}
+    (policy,) = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::SQS::QueuePolicy"
+                 and r["Properties"]["Queues"] == [{"Ref": queue}]]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+    alarms = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"
+              and r["Properties"].get("Namespace") == "AWS/SQS"
+              and {"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}} in r["Properties"]["Dimensions"]]
+    assert len(alarms) == 1
+    alarm = alarms[0]
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+
+
+def test_eventbridge_dead_letter_policy_names_the_rule_sam_generates(monkeypatch):
+    """The queue policy's SourceArn is the rule SAM creates for the event (logical id Function+Event)."""
+    from rtstream_cli.localstack.transform import sam_to_cloudformation
+
+    doc = json.loads(json.dumps(load_template(TEMPLATE)))
+    for logical_id, resource in doc["Resources"].items():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = f"s3://artifacts-bucket/{logical_id}.zip"
+    out = sam_to_cloudformation(doc, {}, "us-east-1", "123456789012")["Resources"]
+    policy = out["BridgeDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    rule_id = policy["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::GetAtt"][0]
+    assert out[rule_id]["Type"] == "AWS::Events::Rule"
+    (target,) = out[rule_id]["Properties"]["Targets"]
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["BridgeDeadLetterQueue", "Arn"]}}
+    # the function's role may send its failed events there (async invoke on-failure destination)
+    role = out["EventBridgeBridgeFunctionRole"]["Properties"]
+    statements = [st for p in role.get("Policies", []) for st in p["PolicyDocument"]["Statement"]]
+    assert {"Action": "sqs:SendMessage", "Effect": "Allow", "Resource": {"Fn::GetAtt": ["BridgeDeadLetterQueue", "Arn"]}} in statements
+
+
+def test_readme_documents_that_other_event_sources_are_ignored(template):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deploy to AWS", 1)[1].split("\n## ", 1)[0]
+    assert "EventSource" in section and "ignored" in section and "--event-source" in section
+
+
 def test_sam_transform_offline(monkeypatch):
     from samtranslator.translator.transform import transform
     from samtranslator.yaml_helper import yaml_parse
@@ -232,6 +323,14 @@ def test_samconfig_environments_use_template_parameters(template):
         names = {pair.split("=", 1)[0] for pair in shlex.split(deploy["parameter_overrides"])}
         assert names <= set(template["Parameters"]), names - set(template["Parameters"])
         assert "JwtSecret" not in names  # secrets never live in the config file
+        values = dict(pair.split("=", 1) for pair in shlex.split(deploy["parameter_overrides"]))
+        # ElastiCache is reachable only from inside the VPC: the Lambdas and both services run there
+        assert values["VpcSubnetIds"] and values["VpcSecurityGroupIds"], env
+        assert values["FanoutImage"] and values["SseImage"] and values["SseCertificateArn"].startswith("arn:aws:acm:")
+        # a token key for every task and function: an SSM parameter or a JWKS URL
+        assert bool(values.get("JwtSecretParameterName")) != bool(values.get("JwksUrl")), env
+    # `sam deploy` without --config-env deploys nothing half-configured
+    assert "deploy" not in config["default"]
 
 
 def test_alarms_and_dashboards_of_the_seed(template):
@@ -240,8 +339,11 @@ def test_alarms_and_dashboards_of_the_seed(template):
     known = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and v.startswith("realtime_streaming.")}
     alarms = resources_of_type(template, "AWS::CloudWatch::Alarm")
     alarm_names = {a["Properties"]["AlarmName"]["Fn::Sub"].split("-")[0] for a in alarms.values()}
-    assert alarm_names == {names.ALARM_CONNECTION_DROP_HIGH, names.ALARM_LATENCY_DEGRADED, names.ALARM_DEAD_LETTERS}
+    assert {names.ALARM_CONNECTION_DROP_HIGH, names.ALARM_LATENCY_DEGRADED, names.ALARM_DEAD_LETTERS} <= alarm_names
+    assert all(name.startswith("realtime_streaming.") for name in alarm_names)
     for alarm in alarms.values():
+        if alarm["Properties"]["Namespace"].startswith("AWS/"):  # an AWS metric (e.g. a dead-letter queue's depth)
+            continue
         assert alarm["Properties"]["MetricName"] in known
         assert alarm["Properties"]["Namespace"] == names.NAMESPACE
     dashboards = resources_of_type(template, "AWS::CloudWatch::Dashboard")
@@ -273,3 +375,67 @@ def test_alarms_notify_the_sns_topic_parameter(template):
             condition, (topic,), _ = props[key]["Fn::If"]
             assert condition == "HasAlarmTopic" and topic == {"Ref": "AlarmTopicArn"}
         assert props["TreatMissingData"] == "notBreaching"
+
+
+def _publish_cli(*argv: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from rtstream_cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["publish", *argv])
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_publish_via_eventbridge_sends_the_configured_source_and_refuses_another(moto_endpoint, monkeypatch, tmp_path):
+    """What the bridge rule (template pattern) receives: only the configured EventSource."""
+    import boto3
+
+    from rtstream_cli.eventbridge_local import rule_pattern
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no running dev system's state
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("RTSTREAM_EVENT_SOURCE", raising=False)
+    bus = f"bus-{tmp_path.name[-12:]}".replace("_", "-")
+    kw = dict(endpoint_url=moto_endpoint, region_name="us-east-1")
+    events, sqs = boto3.client("events", **kw), boto3.client("sqs", **kw)
+    events.create_event_bus(Name=bus)
+    queue_url = sqs.create_queue(QueueName=bus)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    configured = load_template(TEMPLATE)["Parameters"]["EventSource"]["Default"]
+    events.put_rule(Name="bridge", EventBusName=bus, EventPattern=json.dumps(rule_pattern(configured)))
+    events.put_targets(Rule="bridge", EventBusName=bus, Targets=[{"Id": "q", "Arn": queue_arn}])
+    common = ("transactions.new", "--entity", "e1", "--data", '{"transactionId":"t1","amount":1,"merchant":"m"}',
+              "--via", "eventbridge", "--aws-endpoint", moto_endpoint, "--event-bus", bus)
+
+    def received() -> list[dict]:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        for m in messages:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+        return [json.loads(m["Body"]) for m in messages]
+
+    code, out, err = _publish_cli(*common)
+    assert code == 0, err
+    assert [e["source"] for e in received()] == [configured]
+
+    code, out, err = _publish_cli(*common, "--event-source", "someone-else")
+    assert code == 2 and out == ""
+    assert "error: invalid_message:" in err and repr(configured) in err and "--force-event-source" in err
+    assert received() == []  # nothing was sent
+
+    code, out, err = _publish_cli(*common, "--event-source", "someone-else", "--force-event-source")
+    assert code == 0 and "warning:" in err
+    assert received() == []  # sent, and ignored by the rule, as the warning says
+
+    monkeypatch.setenv("RTSTREAM_EVENT_SOURCE", "custom-source")  # a stack deployed with EventSource=custom-source
+    code, out, err = _publish_cli(*common)
+    assert code == 0 and received() == []  # this rule still matches only the template default
+    code, out, err = _publish_cli(*common, "--event-source", configured)
+    assert code == 2 and "'custom-source'" in err

@@ -3,16 +3,23 @@
 # tests/ministack deploys template.yaml into. It gets its own virtualenv
 # because it pins its own botocore (boto3 is pinned to match), and its Python
 # is the interpreter it runs every Lambda with, so prefer the version the
-# template's Runtime declares. Idempotent: a no-op when already installed.
+# template's Runtime declares (deploy-local finds the version it got by a probe
+# function and builds for it). Idempotent: a no-op when already installed.
+#
+# MINISTACK_PYTHON=python3.11 MINISTACK_VENV=.venv-ministack-py311 bash .ci/setup.d/ministack.sh
+# builds a second one on another interpreter (tests/ministack runs deploy-local
+# against both).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 MINISTACK_VERSION="1.5.33"
 BOTO3_VERSION="1.43.106"   # == ministack's botocore pin
-VENV=.venv-ministack
+VENV="${MINISTACK_VENV:-.venv-ministack}"
 
 want=""
-if [ -f template.yaml ]; then
+if [ -n "${MINISTACK_PYTHON:-}" ]; then
+  want="$MINISTACK_PYTHON"
+elif [ -f template.yaml ]; then
   want=$(grep -oE 'python3\.[0-9]+' template.yaml | head -n1 || true)
 fi
 

@@ -2,7 +2,10 @@
 (browsers cannot set WebSocket headers) or `Authorization: Bearer`, and hands the
 principal to every later event of the connection as the authorizer context.
 
-Refusals raise ``Exception("Unauthorized")``, which API Gateway answers with 401.
+Refusals return a Deny policy, which API Gateway answers with 403 (and so does
+MiniStack: raising ``Exception("Unauthorized")`` would be 401 on AWS but 500 on
+MiniStack, which turns any authorizer exception into 500). A backend failure
+(JWKS or SSM unreachable) still raises: that is a 500, not a refusal.
 The token is never logged.
 """
 
@@ -20,15 +23,24 @@ metrics = Metrics(namespace=names.NAMESPACE)
 runtime = rt.LambdaRuntime()
 
 
-def allow_policy(principal_id: str, method_arn: str, context: dict) -> dict:
+def _policy(effect: str, principal_id: str, method_arn: str, context: dict) -> dict:
     return {
         "principalId": principal_id,
         "policyDocument": {
             "Version": "2012-10-17",
-            "Statement": [{"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": method_arn}],
+            "Statement": [{"Action": "execute-api:Invoke", "Effect": effect, "Resource": method_arn}],
         },
         "context": context,
     }
+
+
+def allow_policy(principal_id: str, method_arn: str, context: dict) -> dict:
+    return _policy("Allow", principal_id, method_arn, context)
+
+
+def deny_policy(method_arn: str) -> dict:
+    # no principal is known; the context is empty so nothing reaches $connect
+    return _policy("Deny", "anonymous", method_arn, {})
 
 
 @rt.lazy_tracer()
@@ -42,7 +54,7 @@ def handler(event: APIGatewayAuthorizerRequestEvent, context):
     except Unauthorized as exc:
         logger.info("connection refused by the authorizer", extra={"reason": exc.message, "tokenPresent": token is not None})
         metrics.add_metric(name=names.CONNECTIONS_REFUSED, unit=MetricUnit.Count, value=1)
-        raise Exception("Unauthorized") from None  # API Gateway: 401
+        return deny_policy(event.method_arn)  # API Gateway and MiniStack: 403
     # per-call keys: handlers of one process share the logger's state
     logger.info("connection authorized", extra=principal.to_context())
     metrics.add_metric(name=names.AUTHORIZED, unit=MetricUnit.Count, value=1)

@@ -15,7 +15,8 @@ RUN pip install --no-cache-dir \
       "uvicorn[standard]>=0.30,<1" \
       "redis>=5.0,<9" \
       "PyJWT[crypto]>=2.8" \
-      "boto3>=1.34"
+      "boto3>=1.34" \
+      "aws-lambda-powertools>=3.0"
 
 WORKDIR /app
 # The core package (with its .lua scripts), the server, and the dashboard's static files.

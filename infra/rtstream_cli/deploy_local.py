@@ -33,8 +33,9 @@ def register(subparsers) -> None:
                         help="JwtSecret parameter (default: $RTSTREAM_JWT_SECRET)")
     deploy.add_argument("--template", default=None, help="template path (default: the project's template.yaml)")
     deploy.add_argument("--lambda-python", default=None, metavar="X.Y",
-                        help="build dependencies for this Python version instead of each function's Runtime "
-                             "(MiniStack runs every Lambda with its own interpreter)")
+                        help="the Python the emulator runs Lambdas with (default: found by invoking a probe "
+                             "function; MiniStack runs every Lambda with its own interpreter). A version that "
+                             "differs from the probe's is refused")
     deploy.add_argument("--slim", action="store_true",
                         help="leave out of the layer what the Lambda Python runtime provides (boto3, botocore, …); "
                              "much faster cold starts in MiniStack, which unpacks the layer for every worker")
@@ -44,6 +45,9 @@ def register(subparsers) -> None:
     deploy.add_argument("--skip-wiring-check", action="store_true",
                         help="do not fail when AWS would refuse an invoke the emulator allows "
                              "(missing function or Lambda permission behind a route, authorizer or rule)")
+    deploy.add_argument("--skip-invoke-check", action="store_true",
+                        help="do not invoke every function once after the deploy (a function that cannot run "
+                             "then shows only when a client uses it)")
     deploy.add_argument("--run-services", action="store_true",
                         help="then run the fan-out worker and SSE server against the stack until Ctrl-C")
     deploy.add_argument("--sse-port", type=int, default=None, help="SSE port with --run-services (default: free)")
@@ -97,7 +101,7 @@ def run_deploy(args) -> int:
         deployed = deploy_stack(
             endpoint=args.endpoint, stack_name=args.stack, template_path=args.template, parameters=parameters,
             region=args.region, python_version=args.lambda_python, lambda_endpoint=args.lambda_endpoint, slim=args.slim,
-            verify_wiring=not args.skip_wiring_check,
+            verify_wiring=not args.skip_wiring_check, invoke_check=not args.skip_invoke_check,
             timeout=args.timeout, log=_log,
         )
     except (DeployError, BuildError, AdaptError) as exc:

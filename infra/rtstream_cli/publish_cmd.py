@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="same key + entity within the idempotency window = one event (1..128 of [A-Za-z0-9_.:@/+=-])")
     p.add_argument("--event-bus", default=None, help="EventBridge bus (default: the dev system's, else 'default')")
     add_instance_options(p)
+    p.add_argument("--event-source", default=None,
+                   help="EventBridge Source with --via eventbridge (default: the configured one: "
+                        "RTSTREAM_EVENT_SOURCE, else the template's EventSource default). The bridge rule "
+                        "ignores any other Source, so a different one is refused unless --force-event-source")
+    p.add_argument("--force-event-source", action="store_true",
+                   help="send --event-source even though the bridge would ignore it (e.g. to test another rule)")
     p.set_defaults(func=run)
 
 
@@ -63,6 +69,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             endpoint = target.value("aws_endpoint", flag=args.aws_endpoint, env="AWS_ENDPOINT_URL")
             kwargs["event_bus"] = target.value("event_bus", flag=args.event_bus, default="default")
+            configured = configured_event_source(target)
+            event_source = args.event_source or configured
+            if event_source != configured:
+                if not args.force_event_source:
+                    return _fail("invalid_message", f"--event-source {event_source!r} is not the bridge's EventSource "
+                                 f"{configured!r}: its rule would ignore the event (set RTSTREAM_EVENT_SOURCE to the "
+                                 "deployed stack's EventSource, or pass --force-event-source)")
+                print(f"warning: EventSource is {configured!r}; the bridge ignores Source {event_source!r}", file=sys.stderr)
+            kwargs["event_source"] = event_source
             kwargs["events_client"] = _events_client(endpoint)
     except NoSuchInstance as exc:
         return _fail("unavailable", str(exc), 1)
@@ -77,6 +92,20 @@ def run(args: argparse.Namespace) -> int:
         return _fail(exc.code, exc.message)
     print(event_id)
     return 0
+
+
+def configured_event_source(target: Target) -> str:
+    """The Source the bridge rule matches: RTSTREAM_EVENT_SOURCE (the deployed
+    stack's EventSource parameter), the dev system's, else template.yaml's default."""
+    configured = target.value("event_source", env="RTSTREAM_EVENT_SOURCE")
+    if configured:
+        return str(configured)
+    from .template import load_template
+
+    try:
+        return str(load_template()["Parameters"]["EventSource"]["Default"])
+    except OSError:  # an install without template.yaml: the template's default
+        return "rtstream"
 
 
 def _events_client(endpoint: str | None):

@@ -3,7 +3,9 @@
 Configuration from the environment (``Settings.from_env`` and
 :class:`~rtstream_sse.config.SSEConfig`). With ``CONNECTIONS_TABLE`` set, the
 per-user limit is counted in the shared DynamoDB registry (so WebSocket and SSE
-share it); ``AWS_ENDPOINT_URL`` points boto3 at a local emulator.
+share it); ``AWS_ENDPOINT_URL`` points boto3 at a local emulator. The token key:
+``RTSTREAM_JWT_SECRET``, ``RTSTREAM_JWKS_URL``, or the SSM SecureString named by
+``RTSTREAM_JWT_SECRET_PARAM`` (read at start, Powertools Parameters).
 
 SIGTERM / SIGINT: stop accepting, tell every client to reconnect (``retry:``
 hint) and end the streams, then exit. Clients resume with ``Last-Event-ID``.
@@ -53,7 +55,10 @@ class GracefulServer(uvicorn.Server):
 
 def build_app(env: dict[str, str] | None = None) -> SSEApplication:
     env = dict(os.environ if env is None else env)
-    settings = Settings.from_env(env)
+    from rtstream.adapters.ssm_secret import settings_with_jwt_secret
+
+    # RTSTREAM_JWT_SECRET_PARAM (an SSM SecureString) when no literal secret / JWKS URL is set
+    settings = settings_with_jwt_secret(Settings.from_env(env), env)
     config = SSEConfig.from_env(env)
     import redis
 

@@ -61,7 +61,7 @@ def test_authorizer_allows_valid_token(load_event, load_handler, token, event_na
     ],
     ids=["missing", "garbage", "expired", "tampered", "alg-none"],
 )
-def test_authorizer_refuses_with_401(load_event, load_handler, token, make_token, capsys):
+def test_authorizer_refuses_with_a_deny_policy(load_event, load_handler, token, make_token, capsys):
     authorizer = load_handler("authorizer")
     log_stream = io.StringIO()
     # Powertools loggers of one service share a handler bound to the first stdout seen
@@ -71,9 +71,10 @@ def test_authorizer_refuses_with_401(load_event, load_handler, token, make_token
     if not bad:
         event["queryStringParameters"] = {}
         event["multiValueQueryStringParameters"] = {}
-    with pytest.raises(Exception) as info:
-        authorizer(event)
-    assert str(info.value) == "Unauthorized"  # API Gateway's 401
+    refusal = authorizer(event)  # API Gateway (and MiniStack): 403
+    assert refusal["policyDocument"]["Statement"] == [
+        {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": event["methodArn"]}]
+    assert refusal["context"] == {}
     authorizer.module.logger.registered_handler.setStream(previous)
     logged = log_stream.getvalue() + capsys.readouterr().out
     assert "connection refused by the authorizer" in logged
@@ -97,8 +98,8 @@ def test_authorizer_reads_secret_from_ssm_once(load_event, load_handler, monkeyp
     assert authorizer(load_event("authorizer_query_token", token=good))["principalId"] == "user-9"
     ssm.delete_parameter(Name=name)  # read once per cold start: still works
     assert authorizer(load_event("authorizer_query_token", token=good))["principalId"] == "user-9"
-    with pytest.raises(Exception, match="Unauthorized"):
-        authorizer(load_event("authorizer_query_token", token=token()))  # signed with the env secret
+    refused = authorizer(load_event("authorizer_query_token", token=token()))  # signed with the env secret
+    assert refused["policyDocument"]["Statement"][0]["Effect"] == "Deny"
 
 
 # ---- $connect / $disconnect ------------------------------------------------------------

@@ -38,7 +38,7 @@ async def test_handshake_refused_without_valid_token(gateway):
         with pytest.raises(websockets.InvalidStatus) as info:
             async with websockets.connect(gateway.ws_url + query):
                 pass
-        assert info.value.response.status_code == 401
+        assert info.value.response.status_code == 403  # the authorizer's Deny policy
 
 
 async def test_session_through_the_gateway(gateway, jwt_secret):

@@ -8,6 +8,7 @@ fail (never skip) with the command to run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,6 +54,25 @@ def ministack_python_version() -> str:
 def ministack_endpoint():
     if not MINISTACK_PYTHON.exists():
         pytest.fail(f"{MINISTACK_PYTHON} is missing: run `bash .ci/setup.d/ministack.sh` (CI runs it before pytest)")
+    with running_ministack(MINISTACK_PYTHON) as endpoint:
+        yield endpoint
+
+
+def ministack_venv(python: str, venv: str) -> Path:
+    """``<venv>/bin/python`` with MiniStack on interpreter ``python``, made by
+    `.ci/setup.d/ministack.sh` (MINISTACK_PYTHON / MINISTACK_VENV) if missing."""
+    interpreter = ROOT / venv / "bin" / "python"
+    proc = subprocess.run(["bash", str(ROOT / ".ci" / "setup.d" / "ministack.sh")], capture_output=True, text=True,
+                          timeout=1200, env={**os.environ, "MINISTACK_PYTHON": python, "MINISTACK_VENV": venv})
+    if proc.returncode != 0 or not interpreter.exists():
+        pytest.fail(f"MINISTACK_PYTHON={python} MINISTACK_VENV={venv} bash .ci/setup.d/ministack.sh failed:\n"
+                    f"{(proc.stdout + proc.stderr)[-2000:]}")
+    return interpreter
+
+
+@contextlib.contextmanager
+def running_ministack(python: Path):
+    """MiniStack from the virtualenv of ``python`` on a free loopback port; its endpoint."""
     port = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="rtstream-ministack-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTEST", "RTSTREAM_")) and k != "PYTHONPATH"}
@@ -66,7 +86,7 @@ def ministack_endpoint():
     })
     log_path = workdir / "ministack.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([str(MINISTACK_PYTHON), "-m", "ministack"], env=env, cwd=workdir,
+    proc = subprocess.Popen([str(python), "-m", "ministack"], env=env, cwd=workdir,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -103,8 +123,8 @@ def lambda_python_version():
     return ministack_python_version()
 
 
-def deploy(endpoint: str, redis_url: str, python_version: str, template_path=None, stack_name=None,
-           verify_wiring: bool = True):
+def deploy(endpoint: str, redis_url: str, python_version: str | None, template_path=None, stack_name=None,
+           verify_wiring: bool = True, invoke_check: bool = True):
     from rtstream_cli.localstack.stack import deploy_stack
 
     return deploy_stack(
@@ -115,6 +135,7 @@ def deploy(endpoint: str, redis_url: str, python_version: str, template_path=Non
         python_version=python_version,
         slim=True,  # see the deployed fixture
         verify_wiring=verify_wiring,
+        invoke_check=invoke_check,
         timeout=180,
         log=lambda msg: print(f"deploy-local: {msg}"),
     )
@@ -145,9 +166,9 @@ def e2e_jwt_secret():
 
 @pytest.fixture(scope="module")
 def deploy_template(ministack_endpoint, e2e_redis_url, lambda_python_version):
-    """``deploy_template(template_path=None, stack_name=None, verify_wiring=True)``: deploy-local into this MiniStack."""
-    return lambda template_path=None, stack_name=None, verify_wiring=True: deploy(
-        ministack_endpoint, e2e_redis_url, lambda_python_version, template_path, stack_name, verify_wiring)
+    """``deploy_template(template_path=None, stack_name=None, verify_wiring=True, invoke_check=True)``: deploy-local into this MiniStack."""
+    return lambda template_path=None, stack_name=None, verify_wiring=True, invoke_check=True: deploy(
+        ministack_endpoint, e2e_redis_url, lambda_python_version, template_path, stack_name, verify_wiring, invoke_check)
 
 
 @pytest.fixture(scope="session")
@@ -184,7 +205,7 @@ def deployed(ministack_endpoint, e2e_redis_url, lambda_python_version, e2e_templ
     started = time.monotonic()
     code, out = run_cli("deploy-local", "--endpoint", ministack_endpoint, "--stack", name, "--stage", STAGE,
                         "--template", str(e2e_template_path), "--redis-url", e2e_redis_url, "--jwt-secret", JWT_SECRET,
-                        "--lambda-python", lambda_python_version,
+                        # no --lambda-python: deploy-local finds MiniStack's interpreter (the README's command)
                         # boto3/botocore from the runtime (MiniStack's venv), as on AWS: MiniStack unpacks
                         # the layer for every Lambda worker, and botocore is half of it
                         "--slim")
@@ -264,3 +285,12 @@ def pytest_runtest_makereport(item, call):
         except Exception as exc:  # the report must not hide the failure itself
             lines = [f"(could not read Lambda logs: {exc})"]
         report.sections.append(("deployed Lambda errors", "\n".join(lines) or "(none logged)"))
+
+
+@pytest.fixture(scope="session")
+def ministack_tools():
+    """This conftest's helpers for test modules (a conftest is not importable by name)."""
+    import types
+
+    return types.SimpleNamespace(run_cli=run_cli, running_ministack=running_ministack, ministack_venv=ministack_venv,
+                                 JWT_SECRET=JWT_SECRET, MINISTACK_PYTHON=MINISTACK_PYTHON, ROOT=ROOT, STAGE=STAGE)

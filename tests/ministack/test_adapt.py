@@ -107,3 +107,29 @@ def test_nested_container_stacks_are_removed_with_their_outputs(template):
     assert "WebSocketUrl" in adapted.template["Outputs"]
     assert "FanoutImage" not in adapted.template["Parameters"]
     assert {"StageName", "RedisUrl", "JwtSecret"} <= adapted.template["Parameters"].keys()
+
+
+def test_every_function_gets_a_harmless_event_shaped_like_its_trigger(template):
+    from rtstream_cli.localstack.smoke import harmless_event, triggers
+
+    wiring = triggers(template)
+    functions = {k for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
+    assert set(wiring) == functions
+    assert wiring["AuthorizerFunction"].kind == "authorizer"
+    assert {wiring[f].route_key for f in functions if wiring[f].kind == "route"} == {
+        "$connect", "$disconnect", "subscribe", "unsubscribe", "ping", "presence", "$default"}
+    assert wiring["HousekeepingFunction"].kind == "schedule"
+    assert wiring["EventBridgeBridgeFunction"].kind == "eventbridge"
+    kw = dict(api_id="api1", stage="dev", region="us-east-1", account_id="000000000000")
+    authorizer = harmless_event(wiring["AuthorizerFunction"], **kw)
+    assert authorizer["type"] == "REQUEST" and authorizer["queryStringParameters"] == {} and authorizer["headers"] == {}
+    for f in functions:
+        event = harmless_event(wiring[f], **kw)
+        if wiring[f].kind == "route":
+            assert "authorizer" not in event["requestContext"]  # fails closed: no principal
+    bridge = harmless_event(wiring["EventBridgeBridgeFunction"], **kw)
+    from rtstream.errors import RealtimeError
+    from rtstream.publishing import parse_eventbridge
+
+    with pytest.raises(RealtimeError):  # the bridge drops it: nothing is published
+        parse_eventbridge(bridge["detail-type"], bridge["detail"])

@@ -108,10 +108,10 @@ def transaction(tx: str) -> dict:
 
 # --- connect ---------------------------------------------------------------
 
-# The authorizer refuses with Exception("Unauthorized"): AWS answers the handshake
-# 401, MiniStack 500 (it turns any authorizer error into 500). Either way the
+# The authorizer refuses with a Deny policy: AWS and MiniStack both answer the
+# handshake 403 (an exception would be 401 on AWS but 500 on MiniStack). The
 # handshake is refused before $connect runs, so no connection is recorded.
-REFUSED = (401, 500)
+REFUSED = (403,)
 
 
 async def test_connect_without_token_is_refused(deployed):

@@ -238,6 +238,7 @@ def deploy_stack(
     lambda_endpoint: str | None = None,
     slim: bool = False,
     verify_wiring: bool = True,
+    invoke_check: bool = True,
     timeout: float = 300.0,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> DeployedStack:
@@ -250,6 +251,11 @@ def deploy_stack(
     ``verify_wiring`` fails the deploy when AWS would refuse an invoke the
     emulator allows (missing function or ``AWS::Lambda::Permission``; see
     ``verify``); the stack is left in place for inspection.
+    ``python_version`` None: the version the emulator runs Lambdas with, found
+    by a probe function (``smoke.lambda_python``); a given one that differs
+    from it is refused with the flag to pass. ``invoke_check`` invokes every
+    function once with a harmless event and fails the deploy with the error of
+    any function that cannot run (``smoke.smoke_invoke``).
     """
     from rtstream_cli.template import TEMPLATE_PATH, load_template
 
@@ -270,19 +276,36 @@ def deploy_stack(
     if unknown:
         raise DeployError(f"{template_path.name} declares no parameter(s) {unknown}")
 
+    from .smoke import SmokeError, lambda_python
+
+    account_id = clients("sts").get_caller_identity()["Account"]
+    runtime = str(((template.get("Globals") or {}).get("Function") or {}).get("Runtime") or "python3.12")
+    try:
+        emulator_python = lambda_python(clients, runtime, account_id)
+    except SmokeError as exc:
+        raise DeployError(f"could not find the Python the emulator runs Lambdas with ({exc}); "
+                          "pass --lambda-python X.Y (its interpreter's version)") from exc
+    timings["probe_s"] = time.monotonic() - t0
+    if python_version and python_version != emulator_python:
+        raise DeployError(f"the emulator runs {runtime} Lambdas with Python {emulator_python}, not {python_version}: "
+                          f"dependencies built for {python_version} would not import there; "
+                          f"pass --lambda-python {emulator_python}")
+    if emulator_python != runtime.removeprefix("python"):
+        log(f"the emulator runs {runtime} Lambdas with Python {emulator_python}: building for {emulator_python}")
+    python_version = emulator_python
+
     build_dir = Path(tempfile.mkdtemp(prefix="rtstream-deploy-local-"))
     try:
-        log(f"building layers and functions (python {python_version or 'from Runtime'}) in {build_dir}")
+        log(f"building layers and functions (python {python_version}) in {build_dir}")
         artifacts = build_artifacts(template, template_path.parent, build_dir, python_version=python_version, slim=slim)
-        timings["build_s"] = time.monotonic() - t0
+        timings["build_s"] = time.monotonic() - t0 - timings["probe_s"]
 
         adapted = adapt_for_emulator(template, endpoint=endpoint, lambda_endpoint=lambda_endpoint)
         for what, why in ADAPTATIONS:
             log(f"adapt: {what} ({why})")
-        account_id = clients("sts").get_caller_identity()["Account"]
         bucket = artifact_bucket(account_id, region)
         packaged = package(adapted.template, artifacts, clients("s3"), bucket, stack_name)
-        timings["package_s"] = time.monotonic() - t0 - timings["build_s"]
+        timings["package_s"] = time.monotonic() - t0 - timings["build_s"] - timings["probe_s"]
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
 
@@ -344,6 +367,17 @@ def deploy_stack(
         log("wiring verified: every route, authorizer and rule target can invoke its function")
 
     deployed = describe_deployed(endpoint, stack_name, region)
+    if invoke_check:
+        from .smoke import smoke_invoke
+
+        t_invoke = time.monotonic()
+        problems = smoke_invoke(clients, template, deployed.functions, api_id=deployed.api_id, stage=deployed.stage,
+                                region=region, account_id=account_id)
+        timings["invoke_check_s"] = time.monotonic() - t_invoke
+        if problems:
+            raise DeployError(f"stack {stack_name} deployed, but these functions cannot run at the emulator "
+                              f"(built for Python {python_version}):\n  " + "\n  ".join(problems))
+        log(f"every function ran once with a harmless event ({len(deployed.functions)} functions, Python {python_version})")
     timings["total_s"] = time.monotonic() - t0
     deployed.timings = {k: round(v, 2) for k, v in timings.items()}
     return deployed
