@@ -76,7 +76,7 @@ def test_two_dev_instances_side_by_side(tmp_path):
         assert f"ws://127.0.0.1:{b_ports[0]}/dev" in tok_b.stderr
         assert asyncio.run(ping(a_state["ws_url"], tok_a.stdout.strip())) == "pong"
         assert asyncio.run(ping(b_state["ws_url"], tok_b.stdout.strip())) == "pong"
-        assert asyncio.run(ping(a_state["ws_url"], tok_b.stdout.strip())) == "http 401"
+        assert asyncio.run(ping(a_state["ws_url"], tok_b.stdout.strip())) == "http 403"  # the authorizer's Deny
 
         # publish: into the named instance's Redis only
         pub_b = rtstream("publish", "transactions.new", "--entity", "acme", "--data", TX, "--state-dir", str(b_dir), env=env)

@@ -573,7 +573,9 @@ class FanoutEngine:
             await self._refuse_replay(req, entry_id, fields, exc)
             return
         self.metrics.add("replays")
-        session = ReplaySession(req, watermark=since)
+        # a cursor ahead of the entity's newest id (``until``) claims events that
+        # never existed: nothing is missing, live delivery starts after ``until``
+        session = ReplaySession(req, watermark=min(since, _key(req.until)) if req.until else since)
         self.sessions.setdefault(req.entity_id, {})[session.key] = session  # before history is read
         try:
             await self._answer(session, entry_id, fields)
