@@ -42,8 +42,10 @@ def test_connection_roundtrip_with_ttl_attribute(registry, dynamodb_client, tabl
     raw = dynamodb_client.get_item(TableName=tables["ConnectionsTable"], Key={"connectionId": {"S": "c1"}})["Item"]
     assert raw["ttl"] == {"N": str(c.expires_at)}
     assert raw["userId"] == {"S": "u1"} and raw["entityId"] == {"S": "e1"} and raw["connectedAt"] == {"N": "1764090000123"}
+    # native TTL is a backstop a day later: housekeeping removes the record (and releases its slots) first
+    assert raw["purgeAt"] == {"N": str(c.expires_at + 86_400)}
     ttl = dynamodb_client.describe_time_to_live(TableName=tables["ConnectionsTable"])["TimeToLiveDescription"]
-    assert ttl["AttributeName"] == "ttl" and ttl["TimeToLiveStatus"] in ("ENABLED", "ENABLING")
+    assert ttl["AttributeName"] == "purgeAt" and ttl["TimeToLiveStatus"] in ("ENABLED", "ENABLING")
 
 
 def test_expired_records_are_invisible(registry):

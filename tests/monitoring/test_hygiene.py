@@ -124,7 +124,8 @@ def dynamo_registry(dynamodb_client, tables):
 
 
 def _items(dynamodb_client, table):
-    return dynamodb_client.scan(TableName=table, Select="COUNT")["Count"]
+    """Registry records (the connections table also holds admission counters and the sweep cursor)."""
+    return dynamodb_client.scan(TableName=table, Select="COUNT", FilterExpression="attribute_exists(entityId)")["Count"]
 
 
 def test_dynamodb_count_and_sweep(dynamo_registry, dynamodb_client, tables):
@@ -139,7 +140,8 @@ def test_dynamodb_count_and_sweep(dynamo_registry, dynamodb_client, tables):
     # an orphan: subscription past its TTL whose connection record is already gone
     dynamo_registry.put_subscription(Subscription("orphan", "entity-a", "*", expires_at=now - 5))
 
-    assert dynamo_registry.count_connections(now) == {"websocket": 3, "sse": 1}
+    # stale records hold their slots (and count) until swept
+    assert dynamo_registry.count_connections(now) == {"websocket": 15, "sse": 1}
     assert sorted(dynamo_registry.stale_connections(now, 100)) == sorted(c.connection_id for c in stale)
     assert len(dynamo_registry.stale_connections(now, 5)) == 5  # bounded
 
@@ -160,24 +162,32 @@ def test_dynamodb_first_subscribe_is_claimed_once(dynamo_registry):
     assert dynamo_registry.get_connection("never-connected") is None
 
 
-def test_dynamodb_count_paginates(dynamo_registry, dynamodb_client, tables):
-    """Select=COUNT scans page (1 MB per page on AWS); the count adds the pages up."""
+def test_dynamodb_count_reads_counters_not_records(dynamo_registry, dynamodb_client, tables):
+    """The active count reads one index entry per entity (its counter), never the
+    connection records, and never Scans."""
     now = int(time.time())
     for i in range(25):
         dynamo_registry.add_connection(Connection(f"c{i}", ALICE, connected_at_ms=now * 1000, expires_at=now + 600))
-    calls = []
-    real_scan = dynamodb_client.scan
+    dynamo_registry.add_connection(Connection("s1", Principal("carol", "entity-b"), transport="sse", connected_at_ms=now * 1000, expires_at=now + 600))
+    read = []
+    real_query, real_scan = dynamodb_client.query, dynamodb_client.scan
 
-    def small_pages(**kwargs):
-        calls.append(kwargs.get("ExclusiveStartKey"))
-        return real_scan(**{**kwargs, "Limit": 10})
+    def counting_query(**kwargs):
+        out = real_query(**kwargs)
+        read.extend(out["Items"])
+        return out
 
-    dynamodb_client.scan = small_pages
+    def no_scan(**kwargs):
+        raise AssertionError("count_connections scanned")
+
+    dynamodb_client.query, dynamodb_client.scan = counting_query, no_scan
     try:
-        assert dynamo_registry.count_connections(now) == {"websocket": 25, "sse": 0}
+        assert dynamo_registry.count_connections(now) == {"websocket": 25, "sse": 1}
     finally:
-        dynamodb_client.scan = real_scan
-    assert len(calls) >= 6  # 3 pages per transport
+        dynamodb_client.query, dynamodb_client.scan = real_query, real_scan
+    # 2 entity counters + 2 user counters, whatever the number of connections
+    assert len(read) == 4
+    assert all(i["connectionId"]["S"].startswith("#") for i in read)
 
 
 # ---- Redis presence ---------------------------------------------------------------------
