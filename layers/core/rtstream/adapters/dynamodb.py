@@ -58,8 +58,8 @@ SHARDS = 4
 CONNECTION, COUNTER, SUBSCRIPTION = "c", "n", "s"
 # Native TTL (attribute purgeAt) is only a backstop, this long after ttl.
 PURGE_AFTER_SECONDS = 86_400
-# A first sweep (no cursor yet) looks this far back.
-FIRST_SWEEP_LOOKBACK_SECONDS = 7 * 86_400
+# A first sweep (no cursor yet) looks this far back: older records are purged natively.
+FIRST_SWEEP_LOOKBACK_SECONDS = PURGE_AFTER_SECONDS
 # A new connection's ttl lies this far ahead (service: max_connection_seconds 7200 + 300 slack).
 CONNECTION_TTL_SECONDS = 7500
 # A counter changed this recently may have an admission in flight (increment
