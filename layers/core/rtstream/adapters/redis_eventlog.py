@@ -166,6 +166,21 @@ class RedisEventLog:
         except redis.RedisError as exc:
             raise BackendUnavailable(f"redis append failed: {exc}") from exc
 
+    def append_many(self, items: Sequence[tuple[str, str, dict[str, Any], str, bool]]) -> list[Event]:
+        """Appends ``(entity, topic, data, source, record_history)`` in order, in
+        one pipelined round trip (each still its own atomic script)."""
+        pipe = self.client.pipeline(transaction=False)
+        events = []
+        for entity_id, topic, data, source, record_history in items:
+            (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), record_history=record_history)
+            self._append(keys=k, args=a, client=pipe)
+            events.append(event)
+        try:
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis append failed: {exc}") from exc
+        return [_finish_append(reply, event) for reply, event in zip(replies, events)]  # type: ignore[misc]
+
     def ingest_once(self, digest: str, entity_id: str, topic: str, data: dict[str, Any], source: str) -> Event | None:
         """Append unless this raw publish (``digest``) was already ingested (then None)."""
         (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), dedup_digest=digest)

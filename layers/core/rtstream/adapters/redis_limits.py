@@ -184,6 +184,23 @@ class RedisPresence:
         decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731
         return decode(before), decode(after)
 
+    def apply_many(self, steps: Sequence[tuple[str, str, str, str, str]]) -> list[list[dict]]:
+        """Heartbeats and leaves ``(op 'beat'|'leave', entity, user, connection,
+        transport)`` in order, in ONE pipelined round trip; the presence changes
+        of each. For a server applying its streams' joins in batches."""
+        pipe = self._client.pipeline(transaction=False)
+        for op, entity_id, user_id, connection_id, transport in steps:
+            key = keys.presence(entity_id, self._settings)
+            ttl_ms = key.ttl_seconds * 1000
+            self._script(keys=[key.name, keys.presence_by_user(entity_id, self._settings).name],
+                         args=[op, encode_member(user_id, connection_id, transport), ttl_ms, ttl_ms + PRESENCE_SWEEP_SLACK_MS], client=pipe)
+        try:
+            replies = pipe.execute()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731
+        return [changes(decode(before), decode(after)) for before, after in replies]
+
     def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict]:
         """Mark the connection live now; returns presence changes (join etc.)."""
         before, after = self._run(entity_id, "beat", encode_member(user_id, connection_id, transport))
