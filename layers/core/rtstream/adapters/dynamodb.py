@@ -55,7 +55,9 @@ _LIVE = "attribute_not_exists(#ttl) OR #ttl > :now"
 # account); a sweep or count reads 4 keys per hour it covers.
 BUCKET_SECONDS = 3600
 SHARDS = 4
-CONNECTION, COUNTER, SUBSCRIPTION = "c", "n", "s"
+# index key kinds: connection records, user counters, entity counters, subscriptions
+CONNECTION, USER_COUNTER, ENTITY_COUNTER, SUBSCRIPTION = "c", "m", "n", "s"
+COUNTER = ENTITY_COUNTER
 # Native TTL (attribute purgeAt) is only a backstop, this long after ttl.
 PURGE_AFTER_SECONDS = 86_400
 # A first sweep (no cursor yet) looks this far back: older records are purged natively.
@@ -290,7 +292,7 @@ class DynamoDBRegistry:
         values: dict[str, Any] = {
             ":one": {"N": "1"},
             ":t": {"N": str(expires)},
-            ":b": {"S": expiry_bucket(COUNTER, expires, key)},
+            ":b": {"S": expiry_bucket(USER_COUNTER if key.startswith("#u#") else ENTITY_COUNTER, expires, key)},
             ":now": {"N": str(self._now_s())},
         }
         kwargs: dict[str, Any] = {}
@@ -498,7 +500,7 @@ class DynamoDBRegistry:
     # ---- housekeeping (rtstream.hygiene) ------------------------------------------
 
     def count_connections(self, now_s: int) -> dict[str, int]:
-        """Live connections by transport: the sum of the entity counters whose
+        """Connections by transport: the sum of the entity counters whose
         newest connection has not expired (their index keys lie within
         ``connection_ttl_seconds`` ahead). Reads one small index entry per active
         entity, never the connection records."""
@@ -515,11 +517,10 @@ class DynamoDBRegistry:
                     IndexName="byExpiry",
                     KeyConditionExpression="expiryBucket = :b AND #ttl > :now",
                     ExpressionAttributeNames=_TTL_NAMES,
-                    ExpressionAttributeValues={":b": {"S": f"{COUNTER}{bucket}#{shard}"}, ":now": {"N": str(now_s)}},
+                    ExpressionAttributeValues={":b": {"S": f"{ENTITY_COUNTER}{bucket}#{shard}"}, ":now": {"N": str(now_s)}},
                 ):
-                    if _s(item, "connectionId").startswith("#e#"):
-                        for t in counts:
-                            counts[t] += _n(item, _transport_attr(t))
+                    for t in counts:
+                        counts[t] += _n(item, _transport_attr(t))
         return counts
 
     def _sweep_cursor(self, kind: str, now_s: int) -> int:
@@ -594,7 +595,9 @@ class DynamoDBRegistry:
         admission may be between its increment and its record).
         Returns ``(checked, corrected)``."""
         checked = corrected = 0
-        for entry in self._expired(COUNTER, self.connections_table, now_s, limit):
+        due = self._expired(USER_COUNTER, self.connections_table, now_s, limit)
+        due += self._expired(ENTITY_COUNTER, self.connections_table, now_s, limit - len(due)) if len(due) < limit else []
+        for entry in due:
             key = _s(entry, "connectionId")
             out = self._call("get_item", TableName=self.connections_table, Key={"connectionId": {"S": key}}, ConsistentRead=True) or {}
             item = out.get("Item")
