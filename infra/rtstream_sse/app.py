@@ -179,7 +179,12 @@ class EventsEndpoint:
                         prefix.append(frames.event(event))
                         replayed += 1
             else:
-                cursor = await st.history.last_id(client.principal.entity_id)
+                entity_id = client.principal.entity_id
+                cursor = st.hub.known_cursor(entity_id)
+                if cursor is None:
+                    cursor = await st.history.last_id(entity_id)
+                    if cursor is not None:
+                        st.hub.note_cursor(entity_id, cursor)
                 if cursor is not None:
                     prefix.append(frames.cursor(cursor))
                     after = id_key(cursor)
