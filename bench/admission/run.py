@@ -253,6 +253,10 @@ def part_concurrency(env: Env, args) -> dict:
     from rtstream.service import RealtimeService
     from rtstream.settings import Settings
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import serialize_moto_dynamodb_writes
+
+    serialize_moto_dynamodb_writes()  # DynamoDB writes an item atomically with its condition; moto does not
     out = {}
     for case in ("user", "entity"):
         tables = env.tables()

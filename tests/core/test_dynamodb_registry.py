@@ -204,6 +204,9 @@ from rtstream.inmemory import ManualClock  # noqa: E402
 
 def admit_concurrently(registry, connections, *, max_per_user, max_per_entity):
     """Admit every connection from its own thread, all released at once; (admitted ids, refused count)."""
+    from helpers import serialize_moto_dynamodb_writes
+
+    serialize_moto_dynamodb_writes()  # DynamoDB's per-item atomicity, which moto lacks
     barrier = threading.Barrier(len(connections))
     admitted, refused, errors = [], [], []
 
