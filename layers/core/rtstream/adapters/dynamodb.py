@@ -348,6 +348,8 @@ class DynamoDBRegistry:
         return self._connection_from(item)
 
     def remove_connection(self, connection_id: str) -> Connection | None:
+        if connection_id.startswith("#"):
+            return None  # a counter or the sweep cursor, never a connection
         out = self._call(
             "delete_item", TableName=self.connections_table, Key={"connectionId": {"S": connection_id}}, ReturnValues="ALL_OLD"
         ) or {}
