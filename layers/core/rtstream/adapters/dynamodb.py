@@ -532,7 +532,7 @@ class DynamoDBRegistry:
 
     def _advance_cursor(self, kind: str, bucket: int) -> None:
         """Buckets before ``bucket`` are empty for good: nothing expiring in the
-        past is ever written (new ttls lie ahead)."""
+        past is ever written (new ttls lie two hours ahead)."""
         self._call(
             "update_item",
             condition_ok=True,
@@ -571,7 +571,9 @@ class DynamoDBRegistry:
                     kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
                 if len(found) >= limit:
                     return found
-            if in_bucket == 0 and bucket < now_bucket and bucket == cursor:
+            # The previous hour stays in reach too: a record written late (clock
+            # skew between writers) may still land there.
+            if in_bucket == 0 and bucket < now_bucket - 1 and bucket == cursor:
                 cursor = bucket + 1
                 self._advance_cursor(kind, cursor)
         return found
