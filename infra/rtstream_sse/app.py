@@ -183,9 +183,8 @@ class EventsEndpoint:
                 cursor = st.hub.known_cursor(entity_id)
                 if cursor is None:
                     cursor = await st.history.last_id(entity_id)
-                    if cursor is not None:
-                        st.hub.note_cursor(entity_id, cursor)
-                if cursor is not None:
+                    st.hub.note_cursor(entity_id, cursor)
+                if cursor:
                     prefix.append(frames.cursor(cursor))
                     after = id_key(cursor)
         except ReplayGap as gap:

@@ -217,14 +217,18 @@ class Hub:
         return entity_id in self.by_entity
 
     def known_cursor(self, entity_id: str) -> str | None:
+        """The entity's newest event id known here; "" = known to have none yet;
+        None = unknown (read history)."""
         known = self.cursors.get(entity_id)
         return known[1] if known is not None else None
 
-    def note_cursor(self, entity_id: str, event_id: str) -> None:
-        """Remember ``event_id`` (read from history) as the entity's newest, unless
-        a newer one is known; only for entities with clients here."""
+    def note_cursor(self, entity_id: str, event_id: str | None) -> None:
+        """Remember ``event_id`` (read from history; None = the entity has no
+        events) as the entity's newest, unless a newer one is known; only for
+        entities with clients here."""
         if entity_id not in self.by_entity:
             return
+        event_id = event_id or ""
         key = id_key(event_id)
         known = self.cursors.get(entity_id)
         if known is None or key > known[0]:

@@ -132,6 +132,8 @@ async def test_entity_cursor_is_known_without_reading_history_while_it_has_clien
     hub.note_cursor("e1", "1000-9")  # no client of e1 here: nothing to remember
     assert hub.known_cursor("e1") is None
     client = await make(hub, GatedSend(), topics=("balance.updated",))
+    hub.note_cursor("e1", None)  # the first stream read history: no events yet
+    assert hub.known_cursor("e1") == ""  # known empty: the next streams need no read either
     hub.note_cursor("e1", "1000-5")  # read from history by the first stream
     hub.dispatch("e1", [delivery_for(event(3)), delivery_for(event(7))])  # even events nobody here wants
     assert hub.known_cursor("e1") == "1000-7"
