@@ -34,7 +34,6 @@ from rtstream.errors import BackendUnavailable, RealtimeError, ReplayGap, TooMan
 from rtstream.history import id_key
 from rtstream.models import Event, Principal
 from rtstream.settings import Settings
-from rtstream.topics import PRESENCE
 
 from . import frames
 from .config import SSEConfig
