@@ -104,7 +104,12 @@ class RealtimeService:
         """Remove the connection and its subscriptions. ``principal`` (from the
         transport's own context) lets presence be cleared even when the record
         is already gone (expired or never written)."""
-        subscriptions = self.registry.connection_subscriptions(connection_id)
+        try:
+            subscriptions = self.registry.connection_subscriptions(connection_id)
+        except RealtimeError as exc:
+            # only for the change notices: the removal (and the slots' release) still runs
+            log.warning("subscriptions of %s unreadable on disconnect: %s", connection_id, exc.code)
+            subscriptions = []
         connection = self.registry.remove_connection(connection_id)
         if self.event_log is not None:
             by_entity: dict[str, list[str]] = {}

@@ -354,6 +354,11 @@ class DynamoDBRegistry:
             "delete_item", TableName=self.connections_table, Key={"connectionId": {"S": connection_id}}, ReturnValues="ALL_OLD"
         ) or {}
         old = out.get("Attributes")
+        connection = self._connection_from(old) if old and "userId" in old else None
+        if connection is not None:
+            # Only the call that deleted the record releases its slots (exactly
+            # once), and first: a failing subscription cleanup must not hold them.
+            self._release_slots([counter_key("u", connection.user_id), counter_key("e", connection.entity_id)], connection.transport)
         channels = set(old.get("channels", {}).get("SS", [])) if old else set()
         # The index also finds subscriptions written after the connection record went.
         for item in self._query_all(
@@ -364,11 +369,6 @@ class DynamoDBRegistry:
         ):
             channels.add(_s(item, "channel"))
         self._batch_delete_subscriptions(connection_id, sorted(c for c in channels if c))
-        if not old or "userId" not in old:
-            return None
-        connection = self._connection_from(old)
-        # Only the call that deleted the record releases its slots (exactly once).
-        self._release_slots([counter_key("u", connection.user_id), counter_key("e", connection.entity_id)], connection.transport)
         return connection
 
     def _batch_delete_subscriptions(self, connection_id: str, channels: list[str]) -> None:
