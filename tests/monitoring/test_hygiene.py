@@ -280,3 +280,31 @@ def test_a_run_is_bounded_and_the_next_one_goes_on(clock, settings):
     assert out_of_time.connections_swept == 0 and out_of_time.incomplete and out_of_time.active == {"websocket": 0, "sse": 0}
     rest = Housekeeping(registry=registry, clock=clock, batch=5, max_batches=10).run()
     assert rest.connections_swept == 15 and not rest.incomplete and registry.record_count() == 0
+
+
+def test_dynamodb_sweep_releases_the_slots_of_lost_disconnects(dynamodb_client, tables):
+    """A connection whose $disconnect never came holds its admission slots until
+    the sweep removes it; then the counters are exact again (no recount needed)."""
+    from rtstream.inmemory.limits import ManualClock as Clock
+
+    clock = Clock(start_ms=int(time.time()) * 1000)
+    registry = DynamoDBRegistry(dynamodb_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"], clock=clock)
+    settings = Settings(jwt_secret="x", max_connection_seconds=600, max_connections_per_user=2, max_connections_per_entity=3)
+    service = RealtimeService(registry=registry, settings=settings, clock=clock)
+    service.connect(ALICE, "lost-1")
+    service.connect(ALICE, "lost-2")
+    service.connect(BOB, "bob-1")
+
+    def counter(key):
+        item = dynamodb_client.get_item(TableName=tables["ConnectionsTable"], Key={"connectionId": {"S": key}}, ConsistentRead=True).get("Item")
+        return int(item["n"]["N"]) if item else 0
+
+    assert (counter("#u#alice"), counter("#e#entity-a")) == (2, 3)
+    clock.advance(600 + 300 + 1)  # past the records' ttl; their $disconnects never came
+    service.disconnect("bob-1")  # bob leaves properly
+    report = Housekeeping(registry=registry, clock=clock).run()
+    assert report.connections_swept == 2 and report.errors == [] and report.counters_corrected == 0
+    assert (counter("#u#alice"), counter("#e#entity-a")) == (0, 0)
+    assert report.active == {"websocket": 0, "sse": 0}
+    service.connect(ALICE, "back-1")
+    service.connect(ALICE, "back-2")
