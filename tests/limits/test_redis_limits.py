@@ -140,3 +140,12 @@ def test_touch_refreshes_without_events_and_keeps_members_alive(redis_client):
         presence.touch("e1", [("erin", "c1", "sse")])
     assert presence.online("e1") == [{"userId": "erin", "connections": 1, "transports": ["sse"]}]
     assert presence.heartbeat("e1", "erin", "c1", "sse") == []
+
+
+def test_apply_many_is_the_same_steps_in_one_round_trip(redis_client):
+    """The SSE server's batched joins/leaves give what the steps one by one give."""
+    one_by_one, batched = RedisPresence(redis_client, Settings()), RedisPresence(redis_client, Settings())
+    steps = [("beat", "u1", "c1", "sse"), ("beat", "u1", "c2", "websocket"), ("beat", "u2", "c3", "sse"), ("leave", "u1", "c1", "sse"), ("leave", "u2", "c3", "sse")]
+    expected = [(one_by_one.heartbeat if op == "beat" else one_by_one.leave)("seq", u, c, t) for op, u, c, t in steps]
+    assert batched.apply_many([(op, "bat", u, c, t) for op, u, c, t in steps]) == expected
+    assert batched.online("bat") == one_by_one.online("seq") == [{"userId": "u1", "connections": 1, "transports": ["websocket"]}]
