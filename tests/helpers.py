@@ -61,6 +61,7 @@ def loop_and_gateway_errors(records) -> list[str]:
     return [r.getMessage() for r in records
             if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("asyncio", "rtstream_gateway")]
 
+
 class RestartableRedis:
     """A redis-server of one test's own, on a fixed port, so it can be killed and
     brought back where every client expects it. ``appendonly``: the append-only
@@ -100,3 +101,31 @@ class RestartableRedis:
             self.proc.terminate()
             self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+def serialize_moto_dynamodb_writes() -> None:
+    """Give moto (running in this process) DynamoDB's per-item write atomicity.
+
+    DynamoDB applies each write to an item atomically with its condition; moto's
+    threaded server evaluates a ConditionExpression and then writes without a
+    lock, so two simultaneous ``ADD n :1 IF n < 10`` both pass at 9 (seen: 11 of
+    50 admitted against a limit of 10). Tests and benchmarks of concurrent
+    conditional writes call this once; idempotent."""
+    import threading
+
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_rtstream_serialized", False):
+        return
+    lock = threading.RLock()
+
+    def locked(method):
+        def run(self, *args, **kwargs):
+            with lock:
+                return method(self, *args, **kwargs)
+
+        return run
+
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item"):
+        if hasattr(DynamoDBBackend, name):
+            setattr(DynamoDBBackend, name, locked(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend._rtstream_serialized = True

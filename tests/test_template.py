@@ -246,11 +246,16 @@ def test_tables_key_design(template):
     subs = res["SubscriptionsTable"]["Properties"]
     for props in (conns, subs):
         assert props["BillingMode"] == "PAY_PER_REQUEST"
-        assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+        # housekeeping's index: what expired in an hour bucket, by ttl
+        by_expiry = next(g for g in props["GlobalSecondaryIndexes"] if g["IndexName"] == "byExpiry")
+        assert by_expiry["KeySchema"] == [{"AttributeName": "expiryBucket", "KeyType": "HASH"}, {"AttributeName": "ttl", "KeyType": "RANGE"}]
+    # connection records are purged natively only a day after ttl (housekeeping releases their admission slots first)
+    assert conns["TimeToLiveSpecification"] == {"AttributeName": "purgeAt", "Enabled": True}
+    assert subs["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
     assert conns["KeySchema"] == [{"AttributeName": "connectionId", "KeyType": "HASH"}]
-    assert {g["IndexName"] for g in conns["GlobalSecondaryIndexes"]} == {"byUser", "byEntity"}
+    assert {g["IndexName"] for g in conns["GlobalSecondaryIndexes"]} == {"byUser", "byEntity", "byExpiry"}
     assert subs["KeySchema"] == [{"AttributeName": "channel", "KeyType": "HASH"}, {"AttributeName": "connectionId", "KeyType": "RANGE"}]
-    assert [g["IndexName"] for g in subs["GlobalSecondaryIndexes"]] == ["byConnection"]
+    assert [g["IndexName"] for g in subs["GlobalSecondaryIndexes"]] == ["byConnection", "byExpiry"]
 
 
 def test_least_privilege_iam(template):
@@ -356,15 +361,18 @@ def test_alarms_and_dashboards_of_the_seed(template):
         assert used <= known, used - known
 
 
-def test_housekeeping_runs_every_minute_with_scan_rights(template):
+def test_housekeeping_runs_every_minute_with_index_rights_and_no_scan(template):
     fn = template["Resources"]["HousekeepingFunction"]["Properties"]
     assert (ROOT / fn["CodeUri"] / "app.py").is_file()
     (event,) = fn["Events"].values()
     assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == "rate(1 minute)"
     assert fn["Timeout"] >= 30  # a bounded sweep (rtstream.hygiene) fits
     (statement,) = fn["Policies"][0]["Statement"]
-    assert {"dynamodb:Scan", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"} <= set(statement["Action"])
-    assert {ref(r) for r in statement["Resource"]} == {"ConnectionsTable", "SubscriptionsTable"}
+    # the sweep and the count Query the byExpiry indexes of both tables; a Scan would grow with the table
+    assert {"dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"} <= set(statement["Action"])
+    assert "dynamodb:Scan" not in statement["Action"]
+    assert {"${ConnectionsTable.Arn}/index/*", "${SubscriptionsTable.Arn}/index/*"} <= {r["Fn::Sub"] for r in statement["Resource"] if "Fn::Sub" in r}
+    assert {ref(r) for r in statement["Resource"]} >= {"ConnectionsTable", "SubscriptionsTable"}
 
 
 def test_alarms_notify_the_sns_topic_parameter(template):

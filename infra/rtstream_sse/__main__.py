@@ -74,7 +74,10 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
         from rtstream.adapters.dynamodb import DynamoDBRegistry
 
         dynamodb = boto3.client("dynamodb", endpoint_url=env.get("AWS_ENDPOINT_URL") or None)
-        registry = DynamoDBRegistry(dynamodb, connections_table=settings.connections_table, subscriptions_table=settings.subscriptions_table)
+        from rtstream.service import TTL_SLACK_SECONDS
+
+        registry = DynamoDBRegistry(dynamodb, connections_table=settings.connections_table, subscriptions_table=settings.subscriptions_table,
+                                    connection_ttl_seconds=settings.max_connection_seconds + TTL_SLACK_SECONDS)
     return create_app(settings, config=config, registry=registry, presence=presence, event_log=RedisEventLog(sync_redis, settings))
 
 

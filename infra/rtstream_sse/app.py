@@ -36,13 +36,13 @@ from rtstream.history import ZERO_CURSOR, RewindScan, id_key
 from rtstream.models import Event, Principal
 from rtstream.service import presence_refusal
 from rtstream.settings import Settings
-from rtstream.topics import PRESENCE
 
 from . import frames
 from .config import SSEConfig
 from .federate import federated
 from .hub import Client, Hub
 from .metrics import SSEMetrics
+from .presence_queue import PresenceQueue
 from .query import parse_events_request
 from .reader import PartitionReader
 
@@ -203,8 +203,13 @@ class EventsEndpoint:
                     prefix.append(frames.cursor(scan.cursor))
                     after = id_key(scan.cursor)
             else:
+                entity_id = client.principal.entity_id
+                cursor = st.hub.known_cursor(entity_id)
+                if cursor is None:
+                    cursor = await st.history.last_id(entity_id)
+                    st.hub.note_cursor(entity_id, cursor)
                 # "0-0" for an entity without history: the client can still resume
-                cursor = await st.history.last_id(client.principal.entity_id) or ZERO_CURSOR
+                cursor = cursor or ZERO_CURSOR
                 prefix.append(frames.cursor(cursor))
                 after = id_key(cursor)
         except ReplayGap as gap:
@@ -252,6 +257,10 @@ class ServerState:
         self.hub = Hub(config, self.metrics)
         self.reader = PartitionReader(redis_factory, settings, self.hub, self.metrics, block_ms=config.read_block_ms, count=config.read_count)
         self.history: History | None = None
+        # This process applies its streams' presence itself (batched, off the
+        # connect path) unless a given service does it in connect/disconnect.
+        own_presence = presence is not None and (service is None or getattr(service, "presence", None) is None)
+        self.presence_queue = PresenceQueue(presence, event_log) if own_presence else None
         self._verify_inline = getattr(verifier, "algorithm", "HS256") == "HS256"
         self._tasks: list[asyncio.Task] = []
 
@@ -264,18 +273,18 @@ class ServerState:
 
     async def admit(self, principal: Principal, connection_id: str, source_ip: str) -> None:
         """Per-user and per-entity limits: through the service (shared with the
-        WebSocket side) when configured, else this process's own counts."""
+        WebSocket side: atomic counters in the registry) when configured, else
+        this process's own counts. The presence join is queued, not awaited."""
         s = self.settings
         if self.service is not None:
             await asyncio.to_thread(self.service.connect, principal, connection_id, transport="sse", source_ip=source_ip)
-            return
-        if self.hub.user_connections(principal.user_id) >= s.max_connections_per_user:
-            raise TooManyConnections(f"at most {s.max_connections_per_user} concurrent connections per user")
-        if self.hub.entity_connections(principal.entity_id) >= s.max_connections_per_entity:
-            raise TooManyConnections(f"at most {s.max_connections_per_entity} concurrent connections per entity")
-        if self.presence is not None:
-            # (the service does this itself when configured)
-            await self._presence_change(self.presence.heartbeat, principal.entity_id, principal.user_id, connection_id)
+        else:
+            if self.hub.user_connections(principal.user_id) >= s.max_connections_per_user:
+                raise TooManyConnections(f"at most {s.max_connections_per_user} concurrent connections per user")
+            if self.hub.entity_connections(principal.entity_id) >= s.max_connections_per_entity:
+                raise TooManyConnections(f"at most {s.max_connections_per_entity} concurrent connections per entity")
+        if self.presence_queue is not None:
+            self.presence_queue.join(principal.entity_id, principal.user_id, connection_id)
 
     def refuse_agent_presence(self, principal: Principal, route: str) -> None:
         """Raise Forbidden for an agent (the service's one agent boundary), counted
@@ -287,33 +296,14 @@ class ServerState:
 
     async def release(self, client: Client) -> None:
         p = client.principal
+        if self.presence_queue is not None:
+            self.presence_queue.leave(p.entity_id, p.user_id, client.connection_id)
         if self.service is None:
-            if self.presence is not None:
-                await self._presence_change(self.presence.leave, p.entity_id, p.user_id, client.connection_id)
             return
         try:
             await asyncio.to_thread(self.service.disconnect, client.connection_id, principal=p, transport="sse")
         except Exception as exc:  # the record expires by TTL anyway
             log.warning("could not remove SSE connection %s from the registry: %s", client.connection_id, exc)
-
-    async def _presence_change(self, change: Any, entity_id: str, user_id: str, connection_id: str) -> None:
-        """Heartbeat or leave, and the changes it returns published on the
-        ``presence`` topic, as the service does for WebSocket connections. Best
-        effort: presence must never refuse or break a stream."""
-        try:
-            await asyncio.to_thread(self._presence_change_sync, change, entity_id, user_id, connection_id)
-        except Exception as exc:
-            log.warning("presence update failed: %s", exc)
-
-    def _presence_change_sync(self, change: Any, entity_id: str, user_id: str, connection_id: str) -> None:
-        changes = change(entity_id, user_id, connection_id, "sse")
-        if self.event_log is None:
-            return
-        for data in changes or ():
-            try:
-                self.event_log.append(entity_id, PRESENCE, data, "rtstream", record_history=False)
-            except RealtimeError as exc:
-                log.warning("presence event for entity %s not published: %s", entity_id, exc.code)
 
     # ---- CORS (only when RTSTREAM_ALLOWED_ORIGINS is set) -------------------------------
 
@@ -344,6 +334,8 @@ class ServerState:
         ]
         if self.presence is not None:
             self._tasks.append(asyncio.create_task(self._presence_beats(), name="sse-presence"))
+        if self.presence_queue is not None:
+            self._tasks.append(asyncio.create_task(self.presence_queue.run(), name="sse-presence-changes"))
         if self.config.emf_interval_seconds > 0:
             self._tasks.append(asyncio.create_task(self._emf(), name="sse-emf"))
 
@@ -408,6 +400,9 @@ class ServerState:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.presence_queue is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.presence_queue.flush(), 5)  # the ended streams' leaves
         if self.history is not None:
             await self.history.aclose()
 
@@ -461,7 +456,8 @@ def create_app(
     if service is None and registry is not None:
         from rtstream.service import RealtimeService
 
-        service = RealtimeService(registry=registry, settings=settings, event_log=event_log, presence=presence)
+        # presence=None: the SSE server applies its streams' presence in batches (PresenceQueue)
+        service = RealtimeService(registry=registry, settings=settings, event_log=event_log, presence=None)
     if redis_factory is None:
         import redis.asyncio
         from redis.asyncio.retry import Retry

@@ -137,6 +137,11 @@ class Hub:
         self.by_entity: dict[str, dict[Any, dict[str, Client]]] = {}
         self.entity_counts: Counter[str] = Counter()
         self.by_user: Counter[str] = Counter()
+        # entity -> (key, id) of its newest event known here, while it has clients:
+        # a stream starting now takes it as its cursor instead of reading Redis
+        # (a round trip per connect). Every event after it is dispatched after
+        # the stream registered, so it is exact.
+        self.cursors: dict[str, tuple[EventId, str]] = {}
         self.count = 0
         self.draining = False
 
@@ -167,6 +172,7 @@ class Hub:
             del groups[client.subscription_key]  # type: ignore[union-attr]
             if not groups:
                 del self.by_entity[entity_id]
+                self.cursors.pop(entity_id, None)
         self.entity_counts[entity_id] -= 1
         if self.entity_counts[entity_id] <= 0:
             del self.entity_counts[entity_id]
@@ -207,11 +213,35 @@ class Hub:
     def has_clients(self, entity_id: str) -> bool:
         return entity_id in self.by_entity
 
+    def known_cursor(self, entity_id: str) -> str | None:
+        """The entity's newest event id known here; "" = known to have none yet;
+        None = unknown (read history)."""
+        known = self.cursors.get(entity_id)
+        return known[1] if known is not None else None
+
+    def note_cursor(self, entity_id: str, event_id: str | None) -> None:
+        """Remember ``event_id`` (read from history; None = the entity has no
+        events) as the entity's newest, unless a newer one is known; only for
+        entities with clients here."""
+        if entity_id not in self.by_entity:
+            return
+        event_id = event_id or ""
+        key = id_key(event_id)
+        known = self.cursors.get(entity_id)
+        if known is None or key > known[0]:
+            self.cursors[entity_id] = (key, event_id)
+
     def dispatch(self, entity_id: str, deliveries: list[Delivery]) -> None:
         """Write one entity's new events (in id order) to its clients."""
         groups = self.by_entity.get(entity_id)
         if not groups:
             return
+        for d in reversed(deliveries):
+            if d.key is not None and d.event is not None:
+                known = self.cursors.get(entity_id)
+                if known is None or d.key > known[0]:
+                    self.cursors[entity_id] = (d.key, d.event.id)
+                break
         for group in tuple(groups.values()):
             first = next(iter(group.values()), None)
             if first is None:

@@ -42,8 +42,10 @@ def test_connection_roundtrip_with_ttl_attribute(registry, dynamodb_client, tabl
     raw = dynamodb_client.get_item(TableName=tables["ConnectionsTable"], Key={"connectionId": {"S": "c1"}})["Item"]
     assert raw["ttl"] == {"N": str(c.expires_at)}
     assert raw["userId"] == {"S": "u1"} and raw["entityId"] == {"S": "e1"} and raw["connectedAt"] == {"N": "1764090000123"}
+    # native TTL is a backstop a day later: housekeeping removes the record (and releases its slots) first
+    assert raw["purgeAt"] == {"N": str(c.expires_at + 86_400)}
     ttl = dynamodb_client.describe_time_to_live(TableName=tables["ConnectionsTable"])["TimeToLiveDescription"]
-    assert ttl["AttributeName"] == "ttl" and ttl["TimeToLiveStatus"] in ("ENABLED", "ENABLING")
+    assert ttl["AttributeName"] == "purgeAt" and ttl["TimeToLiveStatus"] in ("ENABLED", "ENABLING")
 
 
 def test_expired_records_are_invisible(registry):
@@ -190,3 +192,161 @@ def test_programming_errors_are_not_masked():
     err = ParamValidationError(report="bad")
     assert translate_error(err) is err
     assert isinstance(translate_error(KeyError("x")), KeyError)
+
+
+# ---- admission: atomic counters, constant cost ------------------------------------------------
+
+import threading  # noqa: E402
+
+from rtstream.errors import TooManyConnections  # noqa: E402
+from rtstream.inmemory import ManualClock  # noqa: E402
+
+
+def admit_concurrently(registry, connections, *, max_per_user, max_per_entity):
+    """Admit every connection from its own thread, all released at once; (admitted ids, refused count)."""
+    from helpers import serialize_moto_dynamodb_writes
+
+    serialize_moto_dynamodb_writes()  # DynamoDB's per-item atomicity, which moto lacks
+    barrier = threading.Barrier(len(connections))
+    admitted, refused, errors = [], [], []
+
+    def one(c):
+        barrier.wait()
+        try:
+            registry.admit_connection(c, max_per_user=max_per_user, max_per_entity=max_per_entity)
+            admitted.append(c.connection_id)
+        except TooManyConnections:
+            refused.append(c.connection_id)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in connections]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return admitted, refused
+
+
+def records_of(dynamodb_client, table, attribute, value):
+    return dynamodb_client.scan(TableName=table, Select="COUNT", FilterExpression="#a = :v",
+                                ExpressionAttributeNames={"#a": attribute}, ExpressionAttributeValues={":v": {"S": value}})["Count"]
+
+
+def test_fifty_simultaneous_connects_of_one_user_admit_exactly_the_limit(registry, dynamodb_client, tables):
+    admitted, refused = admit_concurrently(registry, [conn(f"c{i:02d}") for i in range(50)], max_per_user=10, max_per_entity=1000)
+    assert len(admitted) == 10 and len(refused) == 40
+    assert records_of(dynamodb_client, tables["ConnectionsTable"], "userId", "u1") == 10
+    assert registry.count_user_connections("u1", int(time.time())) == 10
+
+
+def test_fifty_simultaneous_connects_into_one_entity_admit_exactly_the_limit(registry, dynamodb_client, tables):
+    connections = [conn(f"c{i:02d}", user=f"user{i}") for i in range(50)]
+    admitted, refused = admit_concurrently(registry, connections, max_per_user=10, max_per_entity=10)
+    assert len(admitted) == 10 and len(refused) == 40
+    assert records_of(dynamodb_client, tables["ConnectionsTable"], "entityId", "e1") == 10
+    # the refused ones gave their user slots back: each of those users may connect elsewhere
+    refused_user = next(c for c in connections if c.connection_id in refused).user_id
+    registry.admit_connection(conn("other", user=refused_user, entity="e2"), max_per_user=1, max_per_entity=10)
+
+
+def test_disconnect_releases_the_slots_exactly_once(registry):
+    for i in range(3):
+        registry.admit_connection(conn(f"c{i}"), max_per_user=3, max_per_entity=3)
+    with pytest.raises(TooManyConnections, match="per user"):
+        registry.admit_connection(conn("c3"), max_per_user=3, max_per_entity=10)
+    registry.remove_connection("c0")
+    registry.remove_connection("c0")  # a repeated $disconnect releases nothing more
+    registry.admit_connection(conn("c3"), max_per_user=3, max_per_entity=3)
+    with pytest.raises(TooManyConnections, match="per entity"):
+        registry.admit_connection(conn("c4", user="u2"), max_per_user=3, max_per_entity=3)
+
+
+def test_a_retried_connect_takes_no_second_slot(registry):
+    registry.admit_connection(conn("c1"), max_per_user=2, max_per_entity=10)
+    registry.admit_connection(conn("c1"), max_per_user=2, max_per_entity=10)  # same id: API Gateway retried
+    registry.admit_connection(conn("c2"), max_per_user=2, max_per_entity=10)
+    with pytest.raises(TooManyConnections):
+        registry.admit_connection(conn("c3"), max_per_user=2, max_per_entity=10)
+
+
+def test_expired_records_do_not_block_admission(registry):
+    registry.add_connection(conn("lost", expires_at=int(time.time()) - 5))  # $disconnect never came, not swept yet
+    registry.admit_connection(conn("c1"), max_per_user=1, max_per_entity=10)
+    assert registry.get_connection("lost") is None
+
+
+def test_admission_cost_does_not_depend_on_the_entity(registry, dynamodb_client, monkeypatch):
+    """Three single-item writes and no read, whether the entity holds 0 or 120 connections."""
+    def calls_for(cid, user):
+        seen = []
+        for op in ("query", "scan", "get_item", "update_item", "put_item", "transact_write_items", "batch_get_item"):
+            real = getattr(dynamodb_client, op)
+            monkeypatch.setattr(dynamodb_client, op, lambda _real=real, _op=op, **kw: (seen.append(_op), _real(**kw))[1])
+        registry.admit_connection(conn(cid, user=user), max_per_user=10, max_per_entity=1000)
+        monkeypatch.undo()
+        return seen
+
+    empty = calls_for("first", "a")
+    for i in range(120):
+        registry.add_connection(conn(f"bulk{i}", user=f"bulk{i % 40}"))
+    full = calls_for("last", "b")
+    assert empty == full == ["update_item", "update_item", "put_item"]
+
+
+def test_housekeeping_repairs_a_counter_left_by_a_killed_connect(dynamodb_client, tables):
+    from rtstream.hygiene import Housekeeping
+
+    clock = ManualClock(start_ms=int(time.time()) * 1000)
+    reg = DynamoDBRegistry(dynamodb_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"], clock=clock)
+    now = clock.now_ms() // 1000
+    reg.admit_connection(conn("c1", expires_at=now + 600), max_per_user=2, max_per_entity=10)
+    # a connect killed after taking its slots, before writing its record
+    reg._take_slot("#u#u1", conn("killed", expires_at=now + 600), 2)
+    reg._take_slot("#e#e1", conn("killed", expires_at=now + 600), 10)
+    with pytest.raises(TooManyConnections):
+        reg.admit_connection(conn("c2", expires_at=now + 600), max_per_user=2, max_per_entity=10)
+    reg.remove_connection("c1")
+    assert Housekeeping(registry=reg, clock=clock).run().counters_corrected == 0  # nothing due yet
+    clock.advance(reg.connection_ttl_seconds + 1)  # every connection the counters counted has expired
+    report = Housekeeping(registry=reg, clock=clock).run()
+    assert report.counters_corrected == 2 and report.errors == []
+    now = clock.now_ms() // 1000
+    reg.admit_connection(conn("c3", expires_at=now + 600), max_per_user=1, max_per_entity=1)
+    # counters at 0 are deleted, so the table does not keep one per user ever seen
+    assert "Item" not in dynamodb_client.get_item(TableName=tables["ConnectionsTable"], Key={"connectionId": {"S": "#u#nobody"}})
+
+
+def test_sweep_reads_only_what_expired(dynamodb_client, tables, monkeypatch):
+    """stale_connections queries the expired buckets of the byExpiry index: the
+    live records are never read, and past buckets found empty are not read again."""
+    clock = ManualClock(start_ms=int(time.time()) * 1000)
+    reg = DynamoDBRegistry(dynamodb_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"], clock=clock)
+    now = clock.now_ms() // 1000
+    for i in range(60):
+        reg.add_connection(conn(f"live{i}", user=f"u{i}", expires_at=now + 3600 * (1 + i % 3)))
+    for i in range(5):
+        reg.add_connection(conn(f"stale{i}", user=f"s{i}", expires_at=now - 7200 - i))
+        reg.put_subscription(sub(f"stale{i}", expires_at=now - 7200 - i))
+    read, queries = [], []
+    real_query = dynamodb_client.query
+
+    def counting(**kw):
+        out = real_query(**kw)
+        queries.append(kw)
+        read.extend(out["Items"])
+        return out
+
+    monkeypatch.setattr(dynamodb_client, "query", counting)
+    monkeypatch.setattr(dynamodb_client, "scan", lambda **kw: pytest.fail("the sweep scanned"))
+    assert sorted(reg.stale_connections(now, 100)) == [f"stale{i}" for i in range(5)]
+    assert len(read) == 5 and all(q["IndexName"] == "byExpiry" for q in queries)
+    assert sorted(s.connection_id for s in reg.stale_subscriptions(now, 100)) == [f"stale{i}" for i in range(5)]
+    for cid in reg.stale_connections(now, 100):
+        reg.remove_connection(cid)
+    assert reg.stale_connections(now, 100) == []  # moves the cursor past the emptied buckets
+    queries.clear()
+    assert reg.stale_connections(now, 100) == []
+    # from now on a run reads only the previous and the current hour's shards
+    assert len(queries) == 2 * 4

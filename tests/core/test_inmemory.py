@@ -127,3 +127,58 @@ def test_violation_window():
     assert rl.record_violation("c2") == 1
     clock.advance(61)
     assert rl.record_violation("c1") == 1
+
+
+def _admit_from_threads(registry, connections, **limits):
+    import threading
+
+    from rtstream.errors import TooManyConnections
+
+    barrier = threading.Barrier(len(connections))
+    admitted, refused = [], []
+
+    def one(c):
+        barrier.wait()
+        try:
+            registry.admit_connection(c, **limits)
+            admitted.append(c.connection_id)
+        except TooManyConnections:
+            refused.append(c.connection_id)
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in connections]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return admitted, refused
+
+
+def test_registry_admits_exactly_the_user_limit_under_concurrency():
+    r = InMemoryRegistry()
+    admitted, refused = _admit_from_threads(r, [conn(f"c{i}") for i in range(50)], max_per_user=10, max_per_entity=1000)
+    assert len(admitted) == 10 and len(refused) == 40
+    assert r.count_user_connections("u1", int(time.time())) == 10 == r.slots(user_id="u1")
+
+
+def test_registry_admits_exactly_the_entity_limit_under_concurrency():
+    r = InMemoryRegistry()
+    admitted, refused = _admit_from_threads(r, [conn(f"c{i}", user=f"user{i}") for i in range(50)], max_per_user=10, max_per_entity=10)
+    assert len(admitted) == 10 and len(refused) == 40
+    assert r.slots(entity_id="e1") == 10 and sum(r.slots(user_id=f"user{i}") for i in range(50)) == 10
+
+
+def test_registry_releases_slots_on_remove_and_ignores_retries():
+    from rtstream.errors import TooManyConnections
+
+    r = InMemoryRegistry()
+    r.admit_connection(conn("c1"), max_per_user=1, max_per_entity=5)
+    r.admit_connection(conn("c1"), max_per_user=1, max_per_entity=5)  # retried connect: no second slot
+    try:
+        r.admit_connection(conn("c2"), max_per_user=1, max_per_entity=5)
+        raise AssertionError("limit not enforced")
+    except TooManyConnections:
+        pass
+    r.remove_connection("c1")
+    r.remove_connection("c1")
+    assert r.slots(user_id="u1") == 0
+    r.admit_connection(conn("c2"), max_per_user=1, max_per_entity=5)

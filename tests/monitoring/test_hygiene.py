@@ -124,7 +124,8 @@ def dynamo_registry(dynamodb_client, tables):
 
 
 def _items(dynamodb_client, table):
-    return dynamodb_client.scan(TableName=table, Select="COUNT")["Count"]
+    """Registry records (the connections table also holds admission counters and the sweep cursor)."""
+    return dynamodb_client.scan(TableName=table, Select="COUNT", FilterExpression="attribute_exists(entityId)")["Count"]
 
 
 def test_dynamodb_count_and_sweep(dynamo_registry, dynamodb_client, tables):
@@ -139,7 +140,8 @@ def test_dynamodb_count_and_sweep(dynamo_registry, dynamodb_client, tables):
     # an orphan: subscription past its TTL whose connection record is already gone
     dynamo_registry.put_subscription(Subscription("orphan", "entity-a", "*", expires_at=now - 5))
 
-    assert dynamo_registry.count_connections(now) == {"websocket": 3, "sse": 1}
+    # stale records hold their slots (and count) until swept
+    assert dynamo_registry.count_connections(now) == {"websocket": 15, "sse": 1}
     assert sorted(dynamo_registry.stale_connections(now, 100)) == sorted(c.connection_id for c in stale)
     assert len(dynamo_registry.stale_connections(now, 5)) == 5  # bounded
 
@@ -160,24 +162,31 @@ def test_dynamodb_first_subscribe_is_claimed_once(dynamo_registry):
     assert dynamo_registry.get_connection("never-connected") is None
 
 
-def test_dynamodb_count_paginates(dynamo_registry, dynamodb_client, tables):
-    """Select=COUNT scans page (1 MB per page on AWS); the count adds the pages up."""
+def test_dynamodb_count_reads_counters_not_records(dynamo_registry, dynamodb_client, tables):
+    """The active count reads one index entry per entity (its counter), never the
+    connection records, and never Scans."""
     now = int(time.time())
     for i in range(25):
         dynamo_registry.add_connection(Connection(f"c{i}", ALICE, connected_at_ms=now * 1000, expires_at=now + 600))
-    calls = []
-    real_scan = dynamodb_client.scan
+    dynamo_registry.add_connection(Connection("s1", Principal("carol", "entity-b"), transport="sse", connected_at_ms=now * 1000, expires_at=now + 600))
+    read = []
+    real_query, real_scan = dynamodb_client.query, dynamodb_client.scan
 
-    def small_pages(**kwargs):
-        calls.append(kwargs.get("ExclusiveStartKey"))
-        return real_scan(**{**kwargs, "Limit": 10})
+    def counting_query(**kwargs):
+        out = real_query(**kwargs)
+        read.extend(out["Items"])
+        return out
 
-    dynamodb_client.scan = small_pages
+    def no_scan(**kwargs):
+        raise AssertionError("count_connections scanned")
+
+    dynamodb_client.query, dynamodb_client.scan = counting_query, no_scan
     try:
-        assert dynamo_registry.count_connections(now) == {"websocket": 25, "sse": 0}
+        assert dynamo_registry.count_connections(now) == {"websocket": 25, "sse": 1}
     finally:
-        dynamodb_client.scan = real_scan
-    assert len(calls) >= 6  # 3 pages per transport
+        dynamodb_client.query, dynamodb_client.scan = real_query, real_scan
+    # the 2 entity counters, whatever the number of connections (or users)
+    assert sorted(i["connectionId"]["S"] for i in read) == ["#e#entity-a", "#e#entity-b"]
 
 
 # ---- Redis presence ---------------------------------------------------------------------
@@ -271,3 +280,31 @@ def test_a_run_is_bounded_and_the_next_one_goes_on(clock, settings):
     assert out_of_time.connections_swept == 0 and out_of_time.incomplete and out_of_time.active == {"websocket": 0, "sse": 0}
     rest = Housekeeping(registry=registry, clock=clock, batch=5, max_batches=10).run()
     assert rest.connections_swept == 15 and not rest.incomplete and registry.record_count() == 0
+
+
+def test_dynamodb_sweep_releases_the_slots_of_lost_disconnects(dynamodb_client, tables):
+    """A connection whose $disconnect never came holds its admission slots until
+    the sweep removes it; then the counters are exact again (no recount needed)."""
+    from rtstream.inmemory.limits import ManualClock as Clock
+
+    clock = Clock(start_ms=int(time.time()) * 1000)
+    registry = DynamoDBRegistry(dynamodb_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"], clock=clock)
+    settings = Settings(jwt_secret="x", max_connection_seconds=600, max_connections_per_user=2, max_connections_per_entity=3)
+    service = RealtimeService(registry=registry, settings=settings, clock=clock)
+    service.connect(ALICE, "lost-1")
+    service.connect(ALICE, "lost-2")
+    service.connect(BOB, "bob-1")
+
+    def counter(key):
+        item = dynamodb_client.get_item(TableName=tables["ConnectionsTable"], Key={"connectionId": {"S": key}}, ConsistentRead=True).get("Item")
+        return int(item["n"]["N"]) if item else 0
+
+    assert (counter("#u#alice"), counter("#e#entity-a")) == (2, 3)
+    clock.advance(600 + 300 + 1)  # past the records' ttl; their $disconnects never came
+    service.disconnect("bob-1")  # bob leaves properly
+    report = Housekeeping(registry=registry, clock=clock).run()
+    assert report.connections_swept == 2 and report.errors == [] and report.counters_corrected == 0
+    assert (counter("#u#alice"), counter("#e#entity-a")) == (0, 0)
+    assert report.active == {"websocket": 0, "sse": 0}
+    service.connect(ALICE, "back-1")
+    service.connect(ALICE, "back-2")

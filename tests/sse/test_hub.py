@@ -122,3 +122,24 @@ async def test_a_batch_nobody_wants_skips_whole_groups():
     assert len(calls) == 2  # wanted: selected once for the group, written to all 50
     assert send.bodies.count(delivery_for(event(2)).data) == 50
     assert hub.entity_connections("e1") == 50
+
+
+async def test_entity_cursor_is_known_without_reading_history_while_it_has_clients():
+    """A stream starting in an entity that already has clients takes the newest
+    id dispatched (or read) here as its cursor: no Redis round trip per connect."""
+    hub = Hub(SSEConfig(), SSEMetrics())
+    assert hub.known_cursor("e1") is None
+    hub.note_cursor("e1", "1000-9")  # no client of e1 here: nothing to remember
+    assert hub.known_cursor("e1") is None
+    client = await make(hub, GatedSend(), topics=("balance.updated",))
+    hub.note_cursor("e1", None)  # the first stream read history: no events yet
+    assert hub.known_cursor("e1") == ""  # known empty: the next streams need no read either
+    hub.note_cursor("e1", "1000-5")  # read from history by the first stream
+    hub.dispatch("e1", [delivery_for(event(3)), delivery_for(event(7))])  # even events nobody here wants
+    assert hub.known_cursor("e1") == "1000-7"
+    hub.note_cursor("e1", "1000-6")  # an older read never moves it back
+    assert hub.known_cursor("e1") == "1000-7"
+    hub.dispatch("e2", [delivery_for(event(99, entity="e2"))])
+    assert hub.known_cursor("e2") is None
+    hub.drop(client, "test", cancel=True)
+    assert hub.known_cursor("e1") is None  # forgotten with the entity's last client

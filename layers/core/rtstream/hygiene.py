@@ -11,8 +11,15 @@ and the fan-out worker can run the same :meth:`Housekeeping.run`):
   past their TTL whose connection record is already gone. DynamoDB's own TTL
   deletes lazily (up to days later) and emulators may not delete at all, so
   without this the registry would grow without bound;
+- **repair the admission counters**: a counter whose connections have all
+  expired is recounted from the records still there (and deleted at 0), so a
+  connect that died between its writes cannot hold a slot for ever;
 - **sweep presence**: members whose heartbeats stopped are dropped and their
   users' ``offline`` events published on the ``presence`` topic.
+
+Every part reads only what expired since the last run (DynamoDB: the
+``byExpiry`` index) plus one small item per active entity for the count, so its
+cost does not grow with the table.
 
 Pure: works through the ports only. Each sweep is bounded (``batch`` records,
 ``max_batches`` rounds, and ``budget_seconds`` of wall time: removing one stale
@@ -50,6 +57,8 @@ class HousekeepingReport:
     active: dict[str, int] = field(default_factory=dict)  # live connections by transport
     connections_swept: int = 0
     subscriptions_swept: int = 0
+    counters_checked: int = 0
+    counters_corrected: int = 0  # admission counters that had drifted
     presence_expired: int = 0  # users announced offline by the presence sweep
     errors: list[str] = field(default_factory=list)  # coded errors of the parts that failed
     incomplete: bool = False  # the sweep stopped at its bounds; the next run goes on
@@ -102,7 +111,7 @@ class Housekeeping:
         A failing part is logged and reported; the others still run."""
         report = HousekeepingReport()
         self._deadline = time.monotonic() + self.budget_seconds
-        for part in (self._sweep_connections, self._sweep_subscriptions, self._sweep_presence, self._count):
+        for part in (self._sweep_connections, self._sweep_subscriptions, self._repair_counters, self._sweep_presence, self._count):
             try:
                 part(report)
             except RealtimeError as exc:
@@ -157,6 +166,16 @@ class Housekeeping:
             if len(stale) < self.batch or report.incomplete:
                 return
             report.incomplete = round_ == self.max_batches - 1
+
+    def _repair_counters(self, report: HousekeepingReport) -> None:
+        # After the connection sweep (the counters it released are right already).
+        # One bounded batch per run: a counter whose records are still being
+        # swept stays due, and would only be read again within this run.
+        if self._out_of_time(report):
+            return
+        checked, corrected = self.registry.repair_counters(self._now_s(), self.batch)
+        report.counters_checked += checked
+        report.counters_corrected += corrected
 
     def _sweep_presence(self, report: HousekeepingReport) -> None:
         if self.presence is None:

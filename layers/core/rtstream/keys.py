@@ -118,6 +118,13 @@ def presence(entity_id: str, settings: Settings) -> RedisKey:
     return RedisKey(f"{PREFIX}:presence:{entity_id}", settings.presence_ttl_seconds)
 
 
+def presence_by_user(entity_id: str, settings: Settings) -> RedisKey:
+    """The same members as :func:`presence`, all scored 0, so one user's members
+    are a ZRANGEBYLEX away: a heartbeat costs O(log N), not O(N) (it read the
+    whole set, 0.8 ms per SSE connect in an entity of 5,000). Same lifetime."""
+    return RedisKey(f"{PREFIX}:presence-by-user:{entity_id}", settings.presence_ttl_seconds)
+
+
 PRESENCE_SCAN_PATTERN = f"{PREFIX}:presence:*"
 
 

@@ -18,16 +18,29 @@ from .models import Connection, Event, Subscription
 class ConnectionRegistry(Protocol):
     """Connections and their subscriptions (DynamoDB on AWS)."""
 
-    def add_connection(self, connection: Connection) -> None: ...
+    def add_connection(self, connection: Connection) -> None:
+        """Record a connection without checking limits (it still holds its slots)."""
+        ...
+
+    def admit_connection(self, connection: Connection, *, max_per_user: int | None, max_per_entity: int | None) -> None:
+        """Record the connection if its user and its entity hold fewer than their
+        limits (``None`` = unlimited), else raise ``TooManyConnections``. Atomic:
+        N concurrent admissions against a limit L admit exactly min(N, L). Constant
+        cost whatever the entity holds. A connection holds its slots until
+        :meth:`remove_connection` (its ``$disconnect``, or housekeeping's sweep
+        once it expired); a retried admission of the same id takes none."""
+        ...
 
     def get_connection(self, connection_id: str) -> Connection | None: ...
 
     def remove_connection(self, connection_id: str) -> Connection | None:
-        """Delete the connection and every subscription of it; return what was removed."""
+        """Delete the connection and every subscription of it, release its
+        admission slots; return what was removed."""
         ...
 
     def count_user_connections(self, user_id: str, now_s: int) -> int:
-        """Live (not expired) connections of a user."""
+        """Live (not expired) connections of a user, counted from the records
+        (diagnostics and tests; admission uses the counters)."""
         ...
 
     def count_entity_connections(self, entity_id: str, now_s: int) -> int: ...
@@ -54,16 +67,23 @@ class ConnectionRegistry(Protocol):
     # ---- housekeeping (rtstream.hygiene) --------------------------------------
 
     def count_connections(self, now_s: int) -> dict[str, int]:
-        """Live (not expired) connections of every entity, by transport."""
+        """Connections of every entity by transport, from the admission counters
+        (records held until swept), at a cost that does not grow with the table."""
         ...
 
     def stale_connections(self, now_s: int, limit: int) -> list[str]:
-        """Ids of up to ``limit`` connection records past their TTL."""
+        """Ids of up to ``limit`` connection records past their TTL (reading only
+        what expired, not the table)."""
         ...
 
     def stale_subscriptions(self, now_s: int, limit: int) -> list[Subscription]:
         """Up to ``limit`` subscription records past their TTL (their connection
         record may be gone already)."""
+        ...
+
+    def repair_counters(self, now_s: int, limit: int) -> tuple[int, int]:
+        """Recount up to ``limit`` admission counters that may have drifted (a
+        connect killed between its writes); ``(checked, corrected)``."""
         ...
 
 

@@ -103,12 +103,6 @@ class RealtimeService:
         now_ms = self.clock.now_ms() if now_ms is None else now_ms
         now_s = now_ms // 1000
         s = self.settings
-        if self.registry.count_user_connections(principal.user_id, now_s) >= s.max_connections_per_user:
-            security_log.warning("connection limit reached for user %s (limit %d)", principal.user_id, s.max_connections_per_user)
-            raise TooManyConnections(f"at most {s.max_connections_per_user} concurrent connections per user")
-        if self.registry.count_entity_connections(principal.entity_id, now_s) >= s.max_connections_per_entity:
-            security_log.warning("connection limit reached for entity %s (limit %d)", principal.entity_id, s.max_connections_per_entity)
-            raise TooManyConnections(f"at most {s.max_connections_per_entity} concurrent connections per entity")
         connection = Connection(
             connection_id=connection_id,
             principal=principal,
@@ -117,7 +111,12 @@ class RealtimeService:
             source_ip=source_ip,
             expires_at=now_s + s.max_connection_seconds + TTL_SLACK_SECONDS,
         )
-        self.registry.add_connection(connection)
+        # One atomic admission against both limits: constant cost, exact under concurrency.
+        try:
+            self.registry.admit_connection(connection, max_per_user=s.max_connections_per_user, max_per_entity=s.max_connections_per_entity)
+        except TooManyConnections as exc:
+            security_log.warning("connection refused for user %s of entity %s: %s", principal.user_id, principal.entity_id, exc.message)
+            raise
         if self.presence is not None:
             self._presence_change(principal.entity_id, lambda p: p.heartbeat(principal.entity_id, principal.user_id, connection_id, transport))
         return connection
@@ -126,7 +125,12 @@ class RealtimeService:
         """Remove the connection and its subscriptions. ``principal`` (from the
         transport's own context) lets presence be cleared even when the record
         is already gone (expired or never written)."""
-        subscriptions = self.registry.connection_subscriptions(connection_id)
+        try:
+            subscriptions = self.registry.connection_subscriptions(connection_id)
+        except RealtimeError as exc:
+            # only for the change notices: the removal (and the slots' release) still runs
+            log.warning("subscriptions of %s unreadable on disconnect: %s", connection_id, exc.code)
+            subscriptions = []
         connection = self.registry.remove_connection(connection_id)
         if self.event_log is not None:
             by_entity: dict[str, list[str]] = {}

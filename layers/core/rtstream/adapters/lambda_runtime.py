@@ -110,10 +110,13 @@ class LambdaRuntime:
         def build() -> Any:
             from .dynamodb import DynamoDBRegistry
 
+            from ..service import TTL_SLACK_SECONDS
+
             return DynamoDBRegistry(
                 self.boto3_client("dynamodb"),
                 connections_table=self.settings.connections_table,
                 subscriptions_table=self.settings.subscriptions_table,
+                connection_ttl_seconds=self.settings.max_connection_seconds + TTL_SLACK_SECONDS,
             )
 
         return self._once("registry", build)

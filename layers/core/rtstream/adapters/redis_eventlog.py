@@ -168,6 +168,21 @@ class RedisEventLog:
     def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
         return self._append_call(entity_id, topic, data, source, record_history=record_history).event
 
+    def append_many(self, items: Sequence[tuple[str, str, dict[str, Any], str, bool]]) -> list[Event]:
+        """Appends ``(entity, topic, data, source, record_history)`` in order, in
+        one pipelined round trip (each still its own atomic script)."""
+        pipe = self.client.pipeline(transaction=False)
+        events = []
+        for entity_id, topic, data, source, record_history in items:
+            (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), record_history=record_history)
+            self._append(keys=k, args=a, client=pipe)
+            events.append(event)
+        try:
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"redis append failed: {exc}") from exc
+        return [_finish_append(reply, event).event for reply, event in zip(replies, events)]
+
     def append_idempotent(self, entity_id: str, topic: str, data: dict[str, Any], source: str, idempotency_key: str) -> Appended:
         """Append unless ``idempotency_key`` was used for this entity within the
         window; then nothing is appended and the first event's id comes back."""

@@ -45,16 +45,21 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
 return n
 """
 
-# KEYS[1] presence zset. ARGV: op ('beat'|'leave'|'read'|'sweep'), member, ttl_ms, keep_ms.
-# 'beat'/'leave' return {members before, live members after}, dropping expired
+# KEYS[1] presence zset (scored by heartbeat), KEYS[2] the same members scored 0
+# (one user's members by ZRANGEBYLEX). ARGV: op ('beat'|'leave'|'read'|'sweep'),
+# member, ttl_ms, keep_ms.
+# 'beat'/'leave' return {members before, live members after} of the users the
+# step touches (the caller's and those of expired members), dropping expired
 # members (connections whose $disconnect never arrived) in the same step, so
 # their users' offline events come out of the next change in that entity.
 # 'sweep' only drops expired members (the housekeeping's offline events); it
 # returns {{}, {}} when nothing expired. 'read' changes nothing and returns
-# {{}, live members}. The key outlives its last heartbeat by keep_ms (> ttl) so
+# {{}, live members}. The keys outlive their last heartbeat by keep_ms (> ttl) so
 # a sweep still finds the members that expired and can announce them.
+# Cost: O(log N + expired + the touched users' members), never the whole set.
 _PRESENCE = """
 local key = KEYS[1]
+local by_user = KEYS[2]
 local op = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -66,9 +71,13 @@ local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. cutoff)
 if op == 'sweep' and #expired == 0 then
   return {{}, {}}
 end
-redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
+  for i = 1, #expired, 500 do
+    redis.call('ZREM', by_user, unpack(expired, i, math.min(i + 499, #expired)))
+  end
+end
 -- Only the users this step touches can change: the caller's and the expired ones'.
--- Returning just their members keeps the reply small in an entity of thousands.
 local affected = {}
 for _, m in ipairs(expired) do
   local u = string.match(m, '^([^|]*)|')
@@ -79,10 +88,10 @@ if op ~= 'sweep' then
   if u then affected[u] = true end
 end
 local current = {}
-if next(affected) ~= nil then
-  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-    local u = string.match(m, '^([^|]*)|')
-    if u and affected[u] then table.insert(current, m) end
+for u in pairs(affected) do
+  -- ids never contain '|' (0x7C), so '}' (0x7D) bounds the user's prefix
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', by_user, '[' .. u .. '|', '(' .. u .. '}')) do
+    table.insert(current, m)
   end
 end
 local before = {}
@@ -96,23 +105,28 @@ for _, m in ipairs(current) do
 end
 if op == 'beat' then
   redis.call('ZADD', key, now, ARGV[2])
+  redis.call('ZADD', by_user, 0, ARGV[2])
   if not present then table.insert(after, ARGV[2]) end
 elseif op == 'leave' then
   redis.call('ZREM', key, ARGV[2])
+  redis.call('ZREM', by_user, ARGV[2])
 end
 if op ~= 'sweep' and redis.call('ZCARD', key) > 0 then
   redis.call('PEXPIRE', key, tonumber(ARGV[4]))
+  redis.call('PEXPIRE', by_user, tonumber(ARGV[4]))
 end
 return {before, after}
 """
-# KEYS[1] presence zset; ARGV[1] key lifetime ms; ARGV[2..] members to mark live now.
+# KEYS[1] presence zset, KEYS[2] its by-user twin; ARGV[1] key lifetime ms; ARGV[2..] members to mark live now.
 _PRESENCE_TOUCH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 2, #ARGV do
   redis.call('ZADD', KEYS[1], now, ARGV[i])
+  redis.call('ZADD', KEYS[2], 0, ARGV[i])
 end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))
 return #ARGV - 1
 """
 _TOUCH_BATCH = 500
@@ -163,11 +177,29 @@ class RedisPresence:
         key = keys.presence(entity_id, self._settings)
         ttl_ms = key.ttl_seconds * 1000
         try:
-            before, after = self._script(keys=[key.name], args=[op, member, ttl_ms, ttl_ms + PRESENCE_SWEEP_SLACK_MS])
+            by_user = keys.presence_by_user(entity_id, self._settings).name
+            before, after = self._script(keys=[key.name, by_user], args=[op, member, ttl_ms, ttl_ms + PRESENCE_SWEEP_SLACK_MS])
         except Exception as exc:
             raise _translate(exc) from exc
         decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731
         return decode(before), decode(after)
+
+    def apply_many(self, steps: Sequence[tuple[str, str, str, str, str]]) -> list[list[dict]]:
+        """Heartbeats and leaves ``(op 'beat'|'leave', entity, user, connection,
+        transport)`` in order, in ONE pipelined round trip; the presence changes
+        of each. For a server applying its streams' joins in batches."""
+        pipe = self._client.pipeline(transaction=False)
+        for op, entity_id, user_id, connection_id, transport in steps:
+            key = keys.presence(entity_id, self._settings)
+            ttl_ms = key.ttl_seconds * 1000
+            self._script(keys=[key.name, keys.presence_by_user(entity_id, self._settings).name],
+                         args=[op, encode_member(user_id, connection_id, transport), ttl_ms, ttl_ms + PRESENCE_SWEEP_SLACK_MS], client=pipe)
+        try:
+            replies = pipe.execute()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731
+        return [changes(decode(before), decode(after)) for before, after in replies]
 
     def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict]:
         """Mark the connection live now; returns presence changes (join etc.)."""
@@ -187,7 +219,7 @@ class RedisPresence:
         encoded = [encode_member(*m) for m in members]
         try:
             for i in range(0, len(encoded), _TOUCH_BATCH):
-                self._touch(keys=[key.name], args=[lifetime_ms, *encoded[i : i + _TOUCH_BATCH]])
+                self._touch(keys=[key.name, keys.presence_by_user(entity_id, self._settings).name], args=[lifetime_ms, *encoded[i : i + _TOUCH_BATCH]])
         except Exception as exc:
             raise _translate(exc) from exc
 
