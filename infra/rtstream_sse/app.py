@@ -36,6 +36,7 @@ from rtstream.history import ZERO_CURSOR, RewindScan, id_key
 from rtstream.models import Event, Principal
 from rtstream.service import presence_refusal
 from rtstream.settings import Settings
+from rtstream.topics import PRESENCE
 
 from . import frames
 from .config import SSEConfig
