@@ -121,6 +121,9 @@ class RedisHistory:
                 raise InvalidMessage(f"history refused the replay: {exc.__cause__}") from exc
             raise
 
+    async def recent(self, entity_id: str, count: int, before: str | None = None) -> list[Event]:
+        return await self.log.recent(entity_id, count, before)
+
     async def last_id(self, entity_id: str) -> str:
         try:
             last = await self.client.xrevrange(keys.history(entity_id, self.settings).name, count=1)
@@ -176,7 +179,7 @@ class FanoutWorker:
         self.lease_margin_s = min(2.0, self.lease_ms / 3000)
         self.batch = batch
         self.block_ms = block_ms
-        self.limits = limits or EngineLimits(max_post_attempts=max_post_attempts)
+        self.limits = limits or EngineLimits(max_post_attempts=max_post_attempts, rewind_max_scan=settings.history_maxlen)
         self.stall_s = stall_s
         self.ingest_enabled = ingest
         self.leases: dict[int, Lease] = {}

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from rtstream import keys, protocol
 from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
 from rtstream.errors import BackendUnavailable, Forbidden, MethodNotAllowed, NotFound, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
-from rtstream.history import ZERO_CURSOR, RewindScan, id_key
+from rtstream.history import MAX_REWIND, ZERO_CURSOR, RewindScan, id_key
 from rtstream.models import Event, Principal
 from rtstream.service import presence_refusal
 from rtstream.settings import Settings
@@ -525,7 +525,8 @@ def create_app(
 
     async def dashboard_config(request: Request) -> Response:
         sse_url = config.public_sse_url or str(request.url_for("events_url"))
-        body: dict[str, Any] = {"wsUrl": config.public_ws_url or None, "sseUrl": sse_url, "token": None, "entityId": None, "userId": None}
+        # rewind: a freshly opened dashboard starts with the entity's latest events
+        body: dict[str, Any] = {"wsUrl": config.public_ws_url or None, "sseUrl": sse_url, "token": None, "entityId": None, "userId": None, "rewind": MAX_REWIND}
         if config.dashboard_dev_token and settings.jwt_secret:
             # Dev only (rtstream dev sets RTSTREAM_DASHBOARD_DEV_TOKEN=1): never otherwise.
             body["token"] = issue_dev_token(settings.jwt_secret, user_id=config.dev_user, entity_id=config.dev_entity, role="user", ttl_seconds=3600)

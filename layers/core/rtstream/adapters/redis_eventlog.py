@@ -100,7 +100,7 @@ def replay_call(settings: Settings, entity_id: str, since: str, until: str | Non
     return [keys.history(entity_id, settings).name, keys.history_horizon(entity_id, settings).name], [since, until if until else "+"]
 
 
-def request_replay_call(settings: Settings, subscription: Subscription, since: str) -> ScriptCall:
+def request_replay_call(settings: Settings, subscription: Subscription, since: str, rewind: int = 0) -> ScriptCall:
     req = streams.ReplayRequest(
         marker=subscription.pending_replay or "",
         connection_id=subscription.connection_id,
@@ -109,6 +109,7 @@ def request_replay_call(settings: Settings, subscription: Subscription, since: s
         filters=subscription.filters,
         since=since,
         until="",
+        rewind=str(rewind) if rewind else "",
     )
     fields = streams.encode_replay(req)
     del fields["until"]  # read by the script, atomically with the XADD
@@ -218,8 +219,8 @@ class RedisEventLog:
         except redis.RedisError as exc:
             raise BackendUnavailable(f"redis history read failed: {exc}") from exc
 
-    def request_replay(self, subscription: Subscription, since: str) -> str:
-        k, a = request_replay_call(self.settings, subscription, since)
+    def request_replay(self, subscription: Subscription, since: str, rewind: int = 0) -> str:
+        k, a = request_replay_call(self.settings, subscription, since, rewind)
         try:
             return _text(self._request_replay(keys=k, args=a))
         except redis.RedisError as exc:
