@@ -194,7 +194,7 @@ class BackgroundDemo:
         from rtstream.errors import RealtimeError
         from rtstream.publishing import publish
 
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=5)
+        client = sync_client(self.redis_url, socket_connect_timeout=3, socket_timeout=5)
 
         def publish_one(entity_id: str, topic: str, data: dict[str, Any], source: str) -> str:
             return publish(entity_id, topic, data, source=source, client=client, settings=self.settings)
@@ -260,7 +260,7 @@ def run(args) -> int:
         print("rtstream demo: no running `rtstream dev` found and no --redis-url / REDIS_URL given", file=sys.stderr)
         return 2
     settings = Settings.from_env().replace(redis_url=redis_url)
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3)
+    client = sync_client(redis_url, socket_connect_timeout=3)
 
     def publish_one(entity_id: str, topic: str, data: dict[str, Any], source: str) -> str:
         return publish(entity_id, topic, data, source=source, client=client, settings=settings)

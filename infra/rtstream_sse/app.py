@@ -460,11 +460,12 @@ def create_app(
         # presence=None: the SSE server applies its streams' presence in batches (PresenceQueue)
         service = RealtimeService(registry=registry, settings=settings, event_log=event_log, presence=None)
     if redis_factory is None:
-        import redis.asyncio
         from redis.asyncio.retry import Retry
         from redis.backoff import EqualJitterBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        from rtstream.adapters.redis_client import async_client
 
         socket_timeout = config.read_block_ms / 1000 + 10  # longer than an XREAD BLOCK
 
@@ -476,7 +477,7 @@ def create_app(
                 extra = {"retry": Retry(EqualJitterBackoff(cap=1.0, base=0.05), 3), "retry_on_error": [RedisConnectionError, RedisTimeoutError]}
             else:
                 extra = {"retry": Retry(EqualJitterBackoff(), 0)}
-            return redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True, **extra)
+            return async_client(redis_url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True, **extra)
 
     state = ServerState(settings, config, redis_url=redis_url, verifier=verifier, service=service, presence=presence,
                         redis_factory=redis_factory, event_log=event_log)

@@ -163,7 +163,9 @@ class RedisEventLog:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> "RedisEventLog":
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10), settings)
+        from .redis_client import sync_client
+
+        return cls(sync_client(url, socket_connect_timeout=5, socket_timeout=10), settings)
 
     def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
         return self._append_call(entity_id, topic, data, source, record_history=record_history).event
