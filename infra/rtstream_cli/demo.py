@@ -191,6 +191,7 @@ class BackgroundDemo:
     def _run(self) -> None:
         import redis
 
+        from rtstream.adapters.redis_client import sync_client
         from rtstream.errors import RealtimeError
         from rtstream.publishing import publish
 
@@ -242,6 +243,7 @@ def run(args) -> int:
 
     import redis
 
+    from rtstream.adapters.redis_client import sync_client
     from rtstream.errors import RealtimeError
     from rtstream.publishing import publish
     from rtstream.settings import Settings
