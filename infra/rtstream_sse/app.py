@@ -327,12 +327,31 @@ class ServerState:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
+    async def _history_when_redis_answers(self) -> None:
+        """Redis did not answer at start: once it does, rebuild the history client
+        for what it is (a cluster needs a cluster client)."""
+        from rtstream.adapters.redis_client import detect
+
+        while await detect(self.redis_url, attempts=8) is None:
+            pass
+        stale, self.history = self.history, History(self.redis_factory(retry=True), self.settings)
+        if stale is not None:
+            with contextlib.suppress(Exception):
+                await stale.aclose()
+
     async def start(self) -> None:
+        from rtstream.adapters.redis_client import detect
+
+        # standalone or cluster: asked off the event loop; a node that does not
+        # answer yet gets a standalone history client, replaced once it answers
+        known = await detect(self.redis_url)
         self.history = History(self.redis_factory(retry=True), self.settings)
         self._tasks = [
             asyncio.create_task(self.reader.run(), name="sse-redis-reader"),
             asyncio.create_task(self._ticks(), name="sse-heartbeat"),
         ]
+        if known is None:
+            self._tasks.append(asyncio.create_task(self._history_when_redis_answers(), name="sse-redis-mode"))
         if self.presence is not None:
             self._tasks.append(asyncio.create_task(self._presence_beats(), name="sse-presence"))
         if self.presence_queue is not None:

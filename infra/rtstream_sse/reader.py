@@ -77,9 +77,10 @@ class PartitionReader:
     async def run(self) -> None:
         attempt = 0
         while not self._stopping:
-            client = self.client_factory()
-            self._client = client
+            client = None
             try:
+                # made per attempt: a cluster is recognised once its node answers
+                client = self._client = self.client_factory()
                 if self.last_ids is None:
                     self.last_ids = await self._start_ids(client)
                 else:
@@ -107,7 +108,8 @@ class PartitionReader:
             finally:
                 self.connected = False
                 try:
-                    await client.aclose()
+                    if client is not None:
+                        await client.aclose()
                 except Exception:
                     pass
 
