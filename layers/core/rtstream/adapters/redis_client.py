@@ -167,3 +167,18 @@ def node_client_async(url: str, **options: Any) -> "redis.asyncio.Redis":
 def clustered(client: Any) -> bool:
     """Whether ``client`` is a cluster client (multi-key commands must stay in one slot)."""
     return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
+
+
+def run_scripts(client: Any, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+    """``(script, keys, args)`` calls in order, in one pipelined round trip (each
+    still its own atomic script; a cluster pipeline splits them per node). A
+    redis-py that refuses EVALSHA in cluster pipelines (before 7.x) gets them
+    one by one: same replies, one round trip each."""
+    pipe = client.pipeline(transaction=False)
+    try:
+        for script, keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+    except RedisClusterException:
+        return [script(keys=keys, args=args) for script, keys, args in calls]
+    return pipe.execute()
+
