@@ -316,7 +316,7 @@ async def test_unsubscribe_ends_a_finished_replays_promise():
 
 async def test_dead_letter_stream_key_and_entry_format():
     assert keys.dead_letter_stream().name == "rt:dead-letters" and keys.DEAD_LETTER_MAXLEN > 0
-    assert keys.replay_stream(3).name == "rt:replay:3" and keys.ingest_lease().ttl_seconds
+    assert keys.replay_stream(3).name == "rt:replay:{p3}" and keys.ingest_lease().ttl_seconds
     req = streams.ReplayRequest("m", "c", "e1", "*", Filters(), "1-0\n", "")
     rig = Rig()
     await rig.engine.replay("5-0", streams.encode_replay(req))

@@ -164,7 +164,9 @@ class RedisEventLog:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> "RedisEventLog":
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10), settings)
+        from .redis_client import sync_client
+
+        return cls(sync_client(url, socket_connect_timeout=5, socket_timeout=10), settings)
 
     def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
         return self._append_call(entity_id, topic, data, source, record_history=record_history).event
@@ -172,14 +174,15 @@ class RedisEventLog:
     def append_many(self, items: Sequence[tuple[str, str, dict[str, Any], str, bool]]) -> list[Event]:
         """Appends ``(entity, topic, data, source, record_history)`` in order, in
         one pipelined round trip (each still its own atomic script)."""
-        pipe = self.client.pipeline(transaction=False)
-        events = []
+        from .redis_client import run_scripts
+
+        calls, events = [], []
         for entity_id, topic, data, source, record_history in items:
             (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), record_history=record_history)
-            self._append(keys=k, args=a, client=pipe)
+            calls.append((self._append, k, a))
             events.append(event)
         try:
-            replies = pipe.execute()
+            replies = run_scripts(self.client, calls)
         except redis.RedisError as exc:
             raise BackendUnavailable(f"redis append failed: {exc}") from exc
         return [_finish_append(reply, event).event for reply, event in zip(replies, events)]
