@@ -35,7 +35,7 @@ from rtstream_gateway import urls
 from .state import (  # noqa: F401  (dev_secret_path: re-exported)
     StateInUse, clear_state, dev_jwt_secret, dev_secret_path, instance_state_path, read_state, read_state_file, write_state,
 )
-from .template import TEMPLATE_PATH
+from .cloudformation import TEMPLATE_PATH
 
 DEFAULT_WS_PORT = 3001
 DEFAULT_SSE_PORT = 3002
@@ -542,7 +542,8 @@ class LocalSystem:
                 for opt, env in names.items() if opt in self.gateway_options}
 
     def _create_tables(self) -> None:
-        from .template import create_tables, load_template
+        from .cloudformation import load_template
+        from .template import create_tables
 
         create_tables(self.aws.client("dynamodb"),
                       {"ConnectionsTable": self.settings.connections_table,

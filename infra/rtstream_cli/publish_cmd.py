@@ -100,7 +100,7 @@ def configured_event_source(target: Target) -> str:
     configured = target.value("event_source", env="RTSTREAM_EVENT_SOURCE")
     if configured:
         return str(configured)
-    from .template import load_template
+    from .cloudformation import load_template
 
     try:
         return str(load_template()["Parameters"]["EventSource"]["Default"])

@@ -14,7 +14,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from .api import ACCOUNT_ID, FunctionSpec
+from rtstream_cli.cloudformation import ACCOUNT_ID
+
+from .api import FunctionSpec
 
 log = logging.getLogger("rtstream_gateway")
 _instance_counter = itertools.count(1)

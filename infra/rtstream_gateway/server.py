@@ -32,11 +32,11 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from rtstream_cli.template import TEMPLATE_PATH
+from rtstream_cli.cloudformation import ACCOUNT_ID, TEMPLATE_PATH
 
 from . import events as ev
 from . import urls
-from .api import ACCOUNT_ID, ApiSpec, AuthorizerSpec, load_api, select_route
+from .api import ApiSpec, AuthorizerSpec, load_api, select_route
 from .lambda_runtime import LambdaRuntime
 
 log = logging.getLogger("rtstream_gateway")

@@ -192,7 +192,7 @@ class Intrinsics:
 
 def transformed_template(overrides: dict[str, str], region: str) -> dict:
     from rtstream_cli.localstack.transform import sam_to_cloudformation
-    from rtstream_cli.template import load_template
+    from rtstream_cli.cloudformation import load_template
 
     template = copy.deepcopy(load_template(ROOT / "template.yaml"))
     for logical_id, resource in template["Resources"].items():  # what `sam package` does
@@ -212,7 +212,7 @@ def dockerfile_env(name: str) -> dict[str, str]:
 
 def rendered_tasks() -> list[tuple[str, str, dict]]:
     """[(samconfig env, nested stack logical id, rendered container definition + env)]."""
-    from rtstream_cli.template import load_template
+    from rtstream_cli.cloudformation import load_template
 
     out = []
     for env, cfg in samconfig_environments().items():
