@@ -52,8 +52,10 @@ def test_emf_line_names_the_scaled_metric():
 def test_dockerfile_runs_the_server_module():
     text = (ROOT / "infra" / "docker" / "sse.Dockerfile").read_text()
     assert 'CMD ["python", "-m", "rtstream_sse"]' in text
-    for path in ("layers/core/rtstream", "infra/rtstream_sse", "clients/rtstream_client"):
+    for path in ("layers/core/rtstream", "infra/rtstream_sse"):
         assert f"COPY {path} " in text and (ROOT / path).is_dir()
+    # dev only: the dashboard and the dev tooling never go into the production image
+    assert "COPY clients/" not in text and "COPY infra/rtstream_cli" not in text
     assert "/healthz" in text and "STOPSIGNAL SIGTERM" in text
 
 
