@@ -70,7 +70,7 @@ class ApiSpec:
     stage: str
     route_selection_expression: str
     routes: dict[str, RouteSpec]
-    environment: dict[str, str] = field(default_factory=dict)  # union of the routed functions'
+    environment: dict[str, str] = field(default_factory=dict)  # union of the routed functions' (each runs with its own)
 
     @property
     def functions(self) -> list[FunctionSpec]:
@@ -221,11 +221,7 @@ def load_api(template_path: str | Path, *, region: str = "us-east-1", stage: str
 
     environment: dict[str, str] = {}
     for spec in function_specs.values():
-        for name, value in spec.environment.items():
-            if name in environment and environment[name] != value:
-                log.warning("%s differs between functions; the emulator runs them in one process and uses %r",
-                            name, value)
-            environment[name] = value
+        environment.update(spec.environment)
     return ApiSpec(api_logical_id=api_id, stage=stage, route_selection_expression=str(selection),
                    routes=route_specs, environment=environment)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import socket
 
 import pytest
@@ -101,13 +102,14 @@ async def test_taken_port_is_refused_before_anything_starts(tmp_path, monkeypatc
     assert system.aws.endpoint is None and system.redis.url is None
 
 
-async def test_localstack_compatible_endpoint_through_localstack_client(moto_endpoint, monkeypatch):
-    # The flag wins over a different AWS_ENDPOINT_URL in the environment.
+async def test_localstack_compatible_endpoint_wins_over_the_environment_and_leaves_it_alone(moto_endpoint, monkeypatch):
+    # The flag wins over a different AWS_ENDPOINT_URL in the environment, which stays as it was.
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    before = dict(os.environ)
     aws = LocalAws(moto_endpoint)
     assert await aws.start() == moto_endpoint
     client = aws.client("dynamodb")
-    assert type(aws._session).__module__ == "localstack_client.session"
+    assert dict(os.environ) == before
     assert client.meta.endpoint_url == moto_endpoint
     assert isinstance(client.list_tables()["TableNames"], list)
     assert aws.environment()["AWS_ENDPOINT_URL"] == moto_endpoint
