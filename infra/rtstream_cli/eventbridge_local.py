@@ -31,8 +31,6 @@ VISIBILITY_TIMEOUT_S = 2
 
 
 def load_bridge(path: Path = BRIDGE_APP) -> ModuleType:
-    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "RealtimeStreaming")
-    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "realtime-streaming")
     name = f"rtstream_eventbridge_bridge_{uuid.uuid4().hex[:6]}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader

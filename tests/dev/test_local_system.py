@@ -29,9 +29,12 @@ async def ping(system) -> dict:
 async def test_defaults_children_state_and_restarts_on_the_same_ports(tmp_path, monkeypatch):
     monkeypatch.setenv("RTSTREAM_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("RTSTREAM_JWT_SECRET", raising=False)
+    environ_before = dict(os.environ)
     system = LocalSystem(settings_overrides={"RTSTREAM_HISTORY_MAXLEN": "50"}, gateway_options={"idle_timeout": 30})
     await system.start()
     try:
+        # no component writes the process environment: handlers get theirs from the emulator
+        assert dict(os.environ) == environ_before
         assert system.aws.kind == "moto" and system.redis.kind == "redis-server"
         assert redis.Redis.from_url(system.redis_url).ping()
         assert (await ping(system))["type"] == "pong"
@@ -88,6 +91,7 @@ async def test_defaults_children_state_and_restarts_on_the_same_ports(tmp_path, 
         await system.stop()
     assert read_state() == {}
     assert system.redis._proc is None
+    assert dict(os.environ) == environ_before
 
 
 async def test_taken_port_is_refused_before_anything_starts(tmp_path, monkeypatch):
