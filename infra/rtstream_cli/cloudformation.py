@@ -85,7 +85,8 @@ class Intrinsics:
 
     ``resources`` maps a logical id to its physical id (``Ref``) and
     ``"LogicalId.Attribute"`` to an attribute (``Fn::GetAtt``); parameters take
-    their template defaults unless ``parameters`` gives a value; pseudo
+    their template defaults unless ``parameters`` gives a value (list-typed ones
+    resolve to lists); pseudo
     parameters are local constants unless ``pseudo`` overrides them. Anything
     else raises :class:`Unresolved`.
     """
@@ -95,7 +96,14 @@ class Intrinsics:
                  pseudo: Mapping[str, str] | None = None, stack_name: str = "rtstream-local"):
         self.template: Mapping[str, Any] = template or {}
         self.resources = dict(resources or {})
-        self.parameters = {**parameter_defaults(self.template), **{k: scalar(v) for k, v in (parameters or {}).items()}}
+        self.parameters: dict[str, Any] = {
+            **parameter_defaults(self.template),
+            **{k: v if isinstance(v, list) else scalar(v) for k, v in (parameters or {}).items()}}
+        for name, spec in (self.template.get("Parameters") or {}).items():
+            kind = str(spec.get("Type", "")) if isinstance(spec, dict) else ""
+            value = self.parameters.get(name)
+            if isinstance(value, str) and (kind == "CommaDelimitedList" or kind.startswith("List<")):
+                self.parameters[name] = value.split(",")  # Ref to a list parameter is a list
         self.pseudo = {**pseudo_parameters(region=region, stack_name=stack_name), **dict(pseudo or {})}
 
     def ref(self, name: str) -> Any:
