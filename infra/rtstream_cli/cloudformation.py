@@ -201,8 +201,9 @@ def referenced_ids(value: Any) -> set[str]:
                 found.add(arg[0] if isinstance(arg, list) else str(arg).split(".", 1)[0])
             elif key == "Fn::Sub":
                 text = arg if isinstance(arg, str) else arg[0]
+                local = set(arg[1]) if isinstance(arg, list) and len(arg) > 1 and isinstance(arg[1], dict) else set()
                 found.update(m.group(1).split(".", 1)[0] for m in _SUB_VARIABLE.finditer(text)
-                             if not m.group(1).startswith("!"))
+                             if not m.group(1).startswith("!") and m.group(1) not in local)
                 if isinstance(arg, list) and len(arg) > 1:
                     found.update(referenced_ids(arg[1]))
             else:
