@@ -485,16 +485,12 @@ class LocalSystem:
         interval = self._housekeeping_seconds()
         if interval <= 0:
             return
-        from rtstream.adapters.dynamodb import DynamoDBRegistry
         from rtstream.adapters.lambda_runtime import LambdaRuntime
-        from rtstream.hygiene import Housekeeping, run_periodically
+        from rtstream.hygiene import run_periodically
 
-        runtime = LambdaRuntime(env=self.handler_env)  # Redis ports as the Lambda builds them
-        # the registry through this system's AWS client: LambdaRuntime's boto3 reads
-        # the endpoint from os.environ, which is not this system's to set
-        registry = DynamoDBRegistry(self.aws.client("dynamodb"), connections_table=self.settings.connections_table,
-                                    subscriptions_table=self.settings.subscriptions_table)
-        housekeeping = Housekeeping(registry=registry, presence=runtime.presence(), event_log=runtime.event_log())
+        # built exactly as the housekeeping Lambda builds it, from the functions' environment
+        runtime = LambdaRuntime(env=self.handler_env)
+        housekeeping = runtime.housekeeping()
         self._housekeeping_runtime = runtime
         self._housekeeping_run = _TrackedRun(housekeeping)
 
