@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import time
 import uuid
 from typing import Any

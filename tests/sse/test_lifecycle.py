@@ -14,7 +14,6 @@ import pytest
 
 from rtstream.adapters.dynamodb import DynamoDBRegistry
 from rtstream.models import Connection, Principal
-from rtstream.settings import Settings
 
 from .conftest import publish
 from .support import free_port, start_server

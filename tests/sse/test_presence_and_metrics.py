@@ -9,7 +9,6 @@ import re
 import time
 
 import httpx
-import pytest
 
 from rtstream.inmemory.limits import InMemoryPresence
 from rtstream.settings import Settings
