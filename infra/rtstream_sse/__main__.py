@@ -32,7 +32,7 @@ log = logging.getLogger("rtstream_sse")
 class GracefulServer(uvicorn.Server):
     """uvicorn, with the SSE drain between "stop accepting" and "wait for connections"."""
 
-    def __init__(self, config: uvicorn.Config, app: SSEApplication, grace_seconds: float):
+    def __init__(self, config: uvicorn.Config, app: Any, grace_seconds: float):
         super().__init__(config)
         self.rt_app = app
         self.grace_seconds = grace_seconds
@@ -82,9 +82,18 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
 
 
 def main() -> None:
+    configure_logging()
+    serve(build_app())
+
+
+def configure_logging() -> None:
     logging.basicConfig(level=os.environ.get("RTSTREAM_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def serve(app: Any) -> None:
+    """Run ``app`` (the SSE app, or an ASGI app wrapping it with an ``rt`` of its
+    own: `rtstream dev`'s) with uvicorn until SIGTERM / SIGINT, then drain."""
     config = SSEConfig.from_env()
-    app = build_app()
     try:
         import uvloop  # noqa: F401
 

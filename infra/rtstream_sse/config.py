@@ -7,8 +7,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from .federate import parse_targets
-
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
@@ -54,19 +52,11 @@ class SSEConfig:
     # Seconds to wait for clients to take the shutdown hint before the server stops
     shutdown_grace_seconds: float = 5.0  # RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS
     allowed_origins: tuple[str, ...] = ()  # RTSTREAM_ALLOWED_ORIGINS (comma separated; "*" = any)
-    public_ws_url: str = ""  # RTSTREAM_PUBLIC_WS_URL (dashboard config)
-    public_sse_url: str = ""  # RTSTREAM_PUBLIC_SSE_URL (dashboard config; default: this request's /events)
-    dashboard_dev_token: bool = False  # RTSTREAM_DASHBOARD_DEV_TOKEN=1: hand the dashboard a dev token
-    dev_entity: str = "demo-entity"  # RTSTREAM_DEV_ENTITY
-    dev_user: str = "demo-user"
     # CloudWatch EMF line with this task's active connections every N s on stdout
     # (awslogs turns it into a metric; the autoscaling policy tracks it). 0 = off.
     emf_interval_seconds: float = 0.0  # RTSTREAM_EMF_INTERVAL_S
     emf_namespace: str = "RealtimeStreaming"  # POWERTOOLS_METRICS_NAMESPACE
     emf_service: str = "rtstream-sse"  # RTSTREAM_SERVICE_NAME (the metric's ServiceName dimension)
-    # Other local Prometheus endpoints whose metrics /metrics appends, each labelled
-    # component=<name> (`rtstream dev`: the fan-out worker, housekeeping).
-    metrics_federate: tuple[tuple[str, str], ...] = ()  # RTSTREAM_METRICS_FEDERATE=name=http://h:p/metrics,...
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SSEConfig":
@@ -85,14 +75,9 @@ class SSEConfig:
             health_grace_seconds=_float(env, "RTSTREAM_SSE_HEALTH_GRACE_SECONDS", d.health_grace_seconds),
             shutdown_grace_seconds=_float(env, "RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds),
             allowed_origins=origins,
-            public_ws_url=env.get("RTSTREAM_PUBLIC_WS_URL", d.public_ws_url),
-            public_sse_url=env.get("RTSTREAM_PUBLIC_SSE_URL", d.public_sse_url),
-            dashboard_dev_token=env.get("RTSTREAM_DASHBOARD_DEV_TOKEN", "") == "1",
-            dev_entity=env.get("RTSTREAM_DEV_ENTITY", d.dev_entity) or d.dev_entity,
             emf_interval_seconds=_float(env, "RTSTREAM_EMF_INTERVAL_S", d.emf_interval_seconds),
             emf_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", d.emf_namespace) or d.emf_namespace,
             emf_service=env.get("RTSTREAM_SERVICE_NAME", d.emf_service) or d.emf_service,
-            metrics_federate=parse_targets(env.get("RTSTREAM_METRICS_FEDERATE", "")),
         )
 
     def replace(self, **changes) -> "SSEConfig":
