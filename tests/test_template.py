@@ -293,6 +293,25 @@ def test_functions_runtime_layer_and_environment(template):
     assert template["Parameters"]["JwtSecret"]["NoEcho"] is True
 
 
+def test_message_routes_share_one_handler_module_with_a_function_each(template):
+    """One module answers every message route; each route keeps its own function
+    (its own IAM policy and Lambda metrics)."""
+    routes = ("Subscribe", "Unsubscribe", "Ping", "Presence", "Default")
+    props = {r: template["Resources"][f"{r}Function"]["Properties"] for r in routes}
+    assert {p["CodeUri"] for p in props.values()} == {"functions/messages/"}
+    assert all("Handler" not in p for p in props.values()) and template["Globals"]["Function"]["Handler"] == "app.handler"
+    assert (ROOT / "functions" / "messages" / "app.py").is_file()
+
+    def actions(p):
+        listed = [s["Action"] for s in p["Policies"][0]["Statement"]]
+        return {a for action in listed for a in ([action] if isinstance(action, str) else action)}
+
+    assert any(a.startswith("dynamodb:") for a in actions(props["Subscribe"]))
+    assert not any(a.startswith("dynamodb:") for a in actions(props["Ping"]) | actions(props["Default"]))
+    old = {"default", "ping", "presence", "subscribe", "unsubscribe"}
+    assert not old & {p.name for p in (ROOT / "functions").iterdir()}
+
+
 def test_eventbridge_bridge_rule(template):
     fn = template["Resources"]["EventBridgeBridgeFunction"]["Properties"]
     assert fn["CodeUri"] == "functions/eventbridge_bridge/"

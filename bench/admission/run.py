@@ -155,7 +155,7 @@ class LambdaContext:
 
 
 def load_handler(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "functions" / name / "app.py")
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "functions" / ("messages" if name in ("subscribe", "unsubscribe", "ping", "presence", "default") else name) / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return lambda event: module.handler(event, LambdaContext(name))
