@@ -66,10 +66,13 @@ def management_endpoint_of(event: Mapping[str, Any], settings: Settings) -> str:
 class LambdaRuntime:
     """Settings now; clients, ports and the service on first use (then cached)."""
 
-    def __init__(self, env: Mapping[str, str] | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None, *, settings: Settings | None = None):
+        """``settings``: given by a host that has them already (``rtstream dev``
+        runs the bridge on its own Redis); otherwise read from ``env``."""
         self.env = dict(os.environ if env is None else env)
-        self.settings = Settings.from_env(self.env)
-        self.redis_url = self.env.get("REDIS_URL", "")
+        self.settings = Settings.from_env(self.env) if settings is None else settings
+        # REDIS_URL unset in the environment: no Redis ports (settings.redis_url has a default)
+        self.redis_url = self.env.get("REDIS_URL", "") if settings is None else settings.redis_url
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
 
