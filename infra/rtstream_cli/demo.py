@@ -192,7 +192,7 @@ class BackgroundDemo:
         import redis
 
         from rtstream.errors import RealtimeError
-        from rtstream.publishing import publish
+        from rtstream.adapters.publishing import publish
 
         client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=5)
 
@@ -243,7 +243,7 @@ def run(args) -> int:
     import redis
 
     from rtstream.errors import RealtimeError
-    from rtstream.publishing import publish
+    from rtstream.adapters.publishing import publish
     from rtstream.settings import Settings
 
     from .state import NoSuchInstance, Target

@@ -15,7 +15,7 @@ import pytest
 from rtstream import keys
 from rtstream.adapters.lambda_runtime import LambdaRuntime
 from rtstream.errors import BackendUnavailable
-from rtstream.publishing import publish
+from rtstream.adapters.publishing import publish
 from rtstream.settings import Settings
 from rtstream_cli import eventbridge_local
 from rtstream_cli.eventbridge_local import _Context, load_bridge

@@ -56,7 +56,7 @@ def test_light_install_publishes_connects_and_mints_tokens(light_venv, redis_url
     py = light_venv / "bin" / "python"
     code = (
         "import redis, rtstream_client\n"
-        "from rtstream.publishing import publish\n"
+        "from rtstream.adapters.publishing import publish\n"
         "from rtstream_client import RealtimeClient\n"
         f"print(publish('acme', 'transactions.new', {{'transactionId': 't1', 'amount': 1.5, 'merchant': 'Cafe'}}, client=redis.Redis.from_url({redis_url!r})))\n"
     )

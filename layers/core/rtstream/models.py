@@ -185,3 +185,15 @@ class Event:
 
     def wire_json(self) -> str:
         return json.dumps(self.to_wire(), separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A validated event to publish (:func:`rtstream.publishing.validate`)."""
+
+    entity_id: str
+    topic: str
+    data: dict[str, Any]
+    source: str
+    # a repeat of the same key for the entity within the window is one event
+    idempotency_key: str | None = None

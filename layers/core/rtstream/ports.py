@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from .models import Connection, Event, Subscription
+from .models import Connection, Event, Publication, Subscription
 
 
 @runtime_checkable
@@ -133,6 +133,14 @@ class EventLog(Protocol):
     def notify_changed(self, entity_id: str, topics: Sequence[str], connection_id: str) -> None:
         """Queue a ``changed`` entry: subscriptions of ``entity_id`` to ``topics`` changed."""
         ...
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """Publishes one validated event (the Redis event log, or EventBridge whose
+    bridge Lambda makes the same Redis publication); returns its id."""
+
+    def put(self, publication: Publication) -> str: ...
 
 
 @runtime_checkable
