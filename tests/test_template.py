@@ -203,7 +203,10 @@ def test_every_route_has_integration_handler_permission_and_response(template):
         module, _, attr = function.get("Handler", globals_["Handler"]).partition(".")
         source = code / f"{module}.py"
         assert source.is_file(), f"{key}: {source} missing"
-        defined = {n.name for n in ast.parse(source.read_text()).body if isinstance(n, ast.FunctionDef)}
+        body = ast.parse(source.read_text()).body
+        # `def handler` or `handler = build_handler(...)` at module level
+        defined = {n.name for n in body if isinstance(n, ast.FunctionDef)}
+        defined |= {t.id for n in body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
         assert attr in defined, f"{source} defines no {attr}()"
         perms = [p["Properties"] for p in permissions.values() if ref(p["Properties"]["FunctionName"]) == function_id]
         assert perms, f"{function_id} has no Lambda permission"

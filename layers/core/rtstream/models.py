@@ -6,7 +6,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, Union
+
+# A JSON value as json.loads returns it: event payloads are JSON objects.
+JsonValue: TypeAlias = Union[None, bool, int, float, str, list["JsonValue"], dict[str, "JsonValue"]]
+JsonObject: TypeAlias = dict[str, JsonValue]
 
 Role = Literal["user", "agent", "admin"]
 ROLES: tuple[str, ...] = ("user", "agent", "admin")

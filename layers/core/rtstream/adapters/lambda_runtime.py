@@ -22,11 +22,19 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..errors import Unauthorized
 from ..models import ROLES, Principal, is_identifier
 from ..settings import Settings
+
+if TYPE_CHECKING:  # imported on first use below: a cold start pays only for what it touches
+    from ..auth import TokenVerifier
+    from ..hygiene import Housekeeping
+    from ..ports import ConnectionRegistry, EventLog, PresenceStore, Pusher, RateLimiter
+    from ..service import RealtimeService
+
+T = TypeVar("T")
 
 # Powertools Logger correlation id: the API Gateway connection id.
 CONNECTION_ID_PATH = "requestContext.connectionId"
@@ -76,12 +84,12 @@ class LambdaRuntime:
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
 
-    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+    def _once(self, name: str, build: Callable[[], T]) -> T:
         if name not in self._cache:
             with self._lock:
                 if name not in self._cache:
                     self._cache[name] = build()
-        return self._cache[name]
+        return cast(T, self._cache[name])
 
     # ---- vendor clients ----------------------------------------------------------
 
@@ -109,8 +117,8 @@ class LambdaRuntime:
 
     # ---- ports -----------------------------------------------------------------------
 
-    def registry(self) -> Any:
-        def build() -> Any:
+    def registry(self) -> ConnectionRegistry:
+        def build() -> ConnectionRegistry:
             from .dynamodb import DynamoDBRegistry
 
             from ..service import TTL_SLACK_SECONDS
@@ -124,8 +132,8 @@ class LambdaRuntime:
 
         return self._once("registry", build)
 
-    def event_log(self) -> Any:
-        def build() -> Any:
+    def event_log(self) -> EventLog | None:
+        def build() -> EventLog | None:
             client = self.redis()
             if client is None:
                 return None
@@ -135,8 +143,8 @@ class LambdaRuntime:
 
         return self._once("event_log", build)
 
-    def rate_limiter(self) -> Any:
-        def build() -> Any:
+    def rate_limiter(self) -> RateLimiter | None:
+        def build() -> RateLimiter | None:
             client = self.redis()
             if client is None:
                 return None
@@ -146,8 +154,8 @@ class LambdaRuntime:
 
         return self._once("rate_limiter", build)
 
-    def presence(self) -> Any:
-        def build() -> Any:
+    def presence(self) -> PresenceStore | None:
+        def build() -> PresenceStore | None:
             client = self.redis()
             if client is None:
                 return None
@@ -157,8 +165,8 @@ class LambdaRuntime:
 
         return self._once("presence", build)
 
-    def service(self) -> Any:
-        def build() -> Any:
+    def service(self) -> RealtimeService:
+        def build() -> RealtimeService:
             from ..service import RealtimeService
 
             return RealtimeService(
@@ -171,16 +179,16 @@ class LambdaRuntime:
 
         return self._once("service", build)
 
-    def housekeeping(self) -> Any:
-        def build() -> Any:
+    def housekeeping(self) -> Housekeeping:
+        def build() -> Housekeeping:
             from ..hygiene import Housekeeping
 
             return Housekeeping(registry=self.registry(), presence=self.presence(), event_log=self.event_log())
 
         return self._once("housekeeping", build)
 
-    def pusher(self, endpoint: str) -> Any:
-        def build() -> Any:
+    def pusher(self, endpoint: str) -> Pusher:
+        def build() -> Pusher:
             from .management_api import ApiGatewayPusher
 
             return ApiGatewayPusher(self.boto3_client("apigatewaymanagementapi", endpoint_url=endpoint))
@@ -212,8 +220,8 @@ class LambdaRuntime:
 
         return self._once("jwt_secret", build)
 
-    def verifier(self) -> Any:
-        def build() -> Any:
+    def verifier(self) -> TokenVerifier:
+        def build() -> TokenVerifier:
             from ..auth import TokenVerifier
 
             settings = self.settings if self.settings.jwks_url else self.settings.replace(jwt_secret=self.jwt_secret())
