@@ -14,8 +14,6 @@ into a route response; extra frames and closing a flooder go through
 ``@connections``.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 from collections.abc import Callable
