@@ -55,30 +55,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# ---- DynamoDB calls, counted where every boto3 client makes them ------------------------------
+# ---- DynamoDB calls, counted on each client the benchmark and the handlers use ------------------------------
 
 CALLS: Counter = Counter()
 ITEMS_READ: Counter = Counter()
 
 
-def count_dynamodb_calls() -> None:
-    import botocore.client
+def count_dynamodb_calls(client) -> None:
+    """Count ``client``'s successful DynamoDB calls and the items they read, through
+    botocore's own after-call hook (the call itself is untouched)."""
 
-    real = botocore.client.BaseClient._make_api_call
+    def counted(http_response, parsed, model, **_):
+        if http_response.status_code >= 300:  # a refused call reads nothing (as before: raised, uncounted)
+            return
+        operation_name, out = model.name, parsed
+        CALLS[operation_name] += 1
+        if operation_name in ("Query", "Scan"):
+            ITEMS_READ[operation_name] += int(out.get("ScannedCount", out.get("Count", 0)))
+        elif operation_name == "GetItem":
+            ITEMS_READ[operation_name] += 1 if "Item" in out else 0
+        elif operation_name == "BatchGetItem":
+            ITEMS_READ[operation_name] += sum(len(v) for v in out.get("Responses", {}).values())
 
-    def counted(self, operation_name, api_params):
-        out = real(self, operation_name, api_params)
-        if self.meta.service_model.service_name == "dynamodb":
-            CALLS[operation_name] += 1
-            if operation_name in ("Query", "Scan"):
-                ITEMS_READ[operation_name] += int(out.get("ScannedCount", out.get("Count", 0)))
-            elif operation_name == "GetItem":
-                ITEMS_READ[operation_name] += 1 if "Item" in out else 0
-            elif operation_name == "BatchGetItem":
-                ITEMS_READ[operation_name] += sum(len(v) for v in out.get("Responses", {}).values())
-        return out
-
-    botocore.client.BaseClient._make_api_call = counted
+    client.meta.events.register("after-call.dynamodb", counted)
 
 
 def snapshot() -> tuple[Counter, Counter]:
@@ -117,6 +116,7 @@ class Env:
         import boto3
 
         self.client = boto3.client("dynamodb", endpoint_url=self.endpoint, region_name="us-east-1")
+        count_dynamodb_calls(self.client)
 
     def tables(self) -> dict[str, str]:
         from rtstream_cli.template import create_tables
@@ -158,6 +158,7 @@ def load_handler(name: str):
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "functions" / ("messages" if name in ("subscribe", "unsubscribe", "ping", "presence", "default") else name) / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    count_dynamodb_calls(module.runtime.boto3_client("dynamodb"))  # the client the handler's registry uses
     return lambda event: module.handler(event, LambdaContext(name))
 
 
@@ -430,7 +431,6 @@ def main() -> None:
     ap.add_argument("--stale-share", type=float, default=0.01)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    count_dynamodb_calls()
     env = Env(args)
     results: dict = {"bench": "admission", "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     with open("/proc/loadavg") as f:

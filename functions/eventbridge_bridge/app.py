@@ -71,4 +71,5 @@ def build_handler(runtime: rt.LambdaRuntime) -> LambdaHandler:
     return handler
 
 
-handler = build_handler(rt.LambdaRuntime())
+runtime = rt.LambdaRuntime()  # one per container (cold start); its clients on first use
+handler = build_handler(runtime)
