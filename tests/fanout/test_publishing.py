@@ -8,9 +8,9 @@ import boto3
 import pytest
 
 from rtstream import keys
+from rtstream.adapters.publishing import publish
 from rtstream.errors import InvalidMessage, InvalidPayload, MessageTooLarge, UnknownTopic
 from rtstream.fanout import decode_entry
-from rtstream.adapters.publishing import publish
 from rtstream.publishing import parse_raw
 from rtstream.settings import Settings
 

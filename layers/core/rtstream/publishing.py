@@ -22,7 +22,7 @@ from .models import Publication, is_identifier
 from .ports import EventLog, Publisher
 from .topics import require_publishable, validate_payload
 
-__all__ = ["Publication", "EventLogPublisher", "publish", "validate", "parse_raw", "parse_eventbridge", "eventbridge_detail"]
+__all__ = ["EventLogPublisher", "Publication", "eventbridge_detail", "parse_eventbridge", "parse_raw", "publish", "validate"]
 
 SOURCE = re.compile(r"^[A-Za-z0-9_.:@/-]{1,64}$")
 # Idempotency keys: what publishers use as such (UUIDs, EventBridge ids, order
