@@ -249,44 +249,50 @@ def part_admission(env: Env, args) -> dict:
 
 
 def part_concurrency(env: Env, args) -> dict:
+    import boto3
+
+    from rtstream.adapters.dynamodb import DynamoDBRegistry
     from rtstream.errors import TooManyConnections
     from rtstream.models import Principal
     from rtstream.service import RealtimeService
     from rtstream.settings import Settings
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import serialize_moto_dynamodb_writes
+    from helpers import SerialMotoServer
 
-    serialize_moto_dynamodb_writes()  # DynamoDB writes an item atomically with its condition; moto does not
+    # DynamoDB writes an item atomically with its condition; moto's threaded server does not
     out = {}
-    for case in ("user", "entity"):
-        tables = env.tables()
-        settings = Settings(jwt_secret=SECRET, max_connections_per_user=10, max_connections_per_entity=10 if case == "entity" else 1000)
-        service = RealtimeService(registry=env.registry(tables), settings=settings)
-        barrier = threading.Barrier(50)
-        admitted, refused, errors = [], [], []
+    with SerialMotoServer() as serial:
+        serial_client = boto3.client("dynamodb", endpoint_url=serial.endpoint, region_name="us-east-1")
+        for case in ("user", "entity"):
+            tables = env.tables()
+            settings = Settings(jwt_secret=SECRET, max_connections_per_user=10, max_connections_per_entity=10 if case == "entity" else 1000)
+            registry = DynamoDBRegistry(serial_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"])
+            service = RealtimeService(registry=registry, settings=settings)
+            barrier = threading.Barrier(50)
+            admitted, refused, errors = [], [], []
 
-        def one(i):
-            principal = Principal("alice" if case == "user" else f"user-{i}", "acme")
-            barrier.wait()
-            try:
-                service.connect(principal, f"c{i:02d}AAAA=")
-                admitted.append(i)
-            except TooManyConnections:
-                refused.append(i)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(repr(exc))
+            def one(i):
+                principal = Principal("alice" if case == "user" else f"user-{i}", "acme")
+                barrier.wait()
+                try:
+                    service.connect(principal, f"c{i:02d}AAAA=")
+                    admitted.append(i)
+                except TooManyConnections:
+                    refused.append(i)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(repr(exc))
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        wall = time.perf_counter() - t0
-        records = env.client.scan(TableName=tables["ConnectionsTable"], Select="COUNT", FilterExpression="attribute_exists(entityId)")["Count"]
-        out[case] = {"simultaneous": 50, "limit": 10, "admitted": len(admitted), "refused": len(refused), "errors": errors[:3],
-                     "records": records, "wall_s": round(wall, 2), "exact": len(admitted) == 10 == records and not errors}
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            wall = time.perf_counter() - t0
+            records = env.client.scan(TableName=tables["ConnectionsTable"], Select="COUNT", FilterExpression="attribute_exists(entityId)")["Count"]
+            out[case] = {"simultaneous": 50, "limit": 10, "admitted": len(admitted), "refused": len(refused), "errors": errors[:3],
+                         "records": records, "wall_s": round(wall, 2), "exact": len(admitted) == 10 == records and not errors}
     return out
 
 

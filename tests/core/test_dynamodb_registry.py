@@ -223,9 +223,15 @@ from rtstream.inmemory import ManualClock  # noqa: E402
 
 def admit_concurrently(registry, connections, *, max_per_user, max_per_entity):
     """Admit every connection from its own thread, all released at once; (admitted ids, refused count)."""
-    from helpers import serialize_moto_dynamodb_writes
+    from helpers import SerialMotoServer
 
-    serialize_moto_dynamodb_writes()  # DynamoDB's per-item atomicity, which moto lacks
+    with SerialMotoServer() as serial:  # DynamoDB's per-item atomicity, which moto's threaded server lacks
+        client = boto3.client("dynamodb", endpoint_url=serial.endpoint, region_name="us-east-1")
+        on_serial = DynamoDBRegistry(client, connections_table=registry.connections_table, subscriptions_table=registry.subscriptions_table)
+        return _admit_concurrently(on_serial, connections, max_per_user=max_per_user, max_per_entity=max_per_entity)
+
+
+def _admit_concurrently(registry, connections, *, max_per_user, max_per_entity):
     barrier = threading.Barrier(len(connections))
     admitted, refused, errors = [], [], []
 
