@@ -8,7 +8,7 @@ Parts (all against DynamoDB in an in-process moto server with the tables of
 template.yaml, and a private redis-server for presence and the event log):
 
 - ``admission``: connect+subscribe through the real Lambda handlers
-  (``functions/connect``, ``functions/subscribe``, captured API Gateway events)
+  (``functions/connect``, ``functions/messages`` as `subscribe`, captured API Gateway events)
   into an empty entity, then into an entity that already holds
   ``--fill`` connections; DynamoDB calls per operation (counted at botocore) and
   wall time, and the ratio full/empty (target <= 1.5).
@@ -28,6 +28,7 @@ transfers to AWS (it is what DynamoDB bills and what its latency follows).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import importlib.util
@@ -192,9 +193,7 @@ def part_admission(env: Env, args) -> dict:
         calls_connect: Counter = Counter()
         calls_subscribe: Counter = Counter()
         t_connect = t_subscribe = 0.0
-        real_stdout = sys.stdout
-        sys.stdout = devnull  # Powertools prints EMF per invocation
-        try:
+        with contextlib.redirect_stdout(devnull):  # Powertools prints EMF per invocation
             for i in range(args.k):
                 cid = f"{tag}{i:05d}AAAA="
                 user = f"{tag}-user-{i}"
@@ -214,8 +213,6 @@ def part_admission(env: Env, args) -> dict:
                 assert reply["statusCode"] == 200, reply
                 t_connect += t1 - t0
                 t_subscribe += t3 - t2
-        finally:
-            sys.stdout = real_stdout
         return {
             "entity": entity,
             "connects": args.k,
@@ -407,7 +404,7 @@ def markdown(results: dict, args) -> list[str]:
                          f"{json.dumps(r['dynamodb_calls_per_connect'])} | {json.dumps(r['dynamodb_calls_per_subscribe'])} |")
         lines += ["", f"Ratio full/empty (connect+subscribe wall time): **{a['ratio_full_over_empty']}** (target <= 1.5); same DynamoDB calls: "
                       f"{a['same_dynamodb_calls']}; target {'met' if a['target_met'] else 'NOT met'}. {args.k} connects each, handler path "
-                      f"(functions/connect + functions/subscribe, Powertools, Redis presence) against moto in process.", ""]
+                      f"(functions/connect + functions/messages as subscribe, Powertools, Redis presence) against moto in process.", ""]
     c = results.get("concurrency")
     if c:
         lines += ["| 50 simultaneous connects (threads, RealtimeService.connect, moto) | limit | admitted | refused | records | exact |", "|---|---|---|---|---|---|"]
