@@ -22,7 +22,7 @@ from rtstream.adapters import lambda_runtime as rt
 from rtstream.adapters.redis_client import async_client, clustered, is_cluster, sync_client
 from rtstream.auth import issue_dev_token
 from rtstream.models import Principal
-from rtstream.publishing import publish
+from rtstream.adapters.publishing import publish
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -32,7 +32,10 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 async def test_dashboard_port_metrics_include_worker_and_housekeeping(tmp_path, monkeypatch):
     monkeypatch.setenv("RTSTREAM_STATE_DIR", str(tmp_path))
     log_dir = tmp_path / "not" / "yet" / "there"  # LocalSystem creates it
-    system = LocalSystem(log_dir=log_dir, housekeeping_interval=0.5, write_state_file=False, with_eventbridge=False)
+    # a region of its own: moto's backends are per process, so an earlier test's
+    # connections (whose $disconnect never ran) would count in the same tables
+    system = LocalSystem(log_dir=log_dir, housekeeping_interval=0.5, write_state_file=False, with_eventbridge=False,
+                         region="ap-southeast-2")
     assert log_dir.is_dir()
     await system.start()
     try:

@@ -344,7 +344,7 @@ def _route(resources: dict, route_key: str) -> dict:
 
 
 def _integration_of(resources: dict, route_key: str) -> str:
-    from rtstream_cli.localstack.adapt import _referenced_ids
+    from rtstream_cli.cloudformation import referenced_ids as _referenced_ids
 
     [integration_id] = [i for i in _referenced_ids(_route(resources, route_key)["Properties"]["Target"])
                         if resources.get(i, {}).get("Type") == "AWS::ApiGatewayV2::Integration"]
@@ -359,7 +359,7 @@ def point_subscribe_at_missing_function(resources: dict) -> None:
 
 def drop_ping_permission(resources: dict) -> None:
     """Remove the AWS::Lambda::Permission that lets API Gateway invoke the ping route's function."""
-    from rtstream_cli.localstack.adapt import _referenced_ids
+    from rtstream_cli.cloudformation import referenced_ids as _referenced_ids
 
     integration = resources[_integration_of(resources, "ping")]["Properties"]["IntegrationUri"]
     [function_id] = [i for i in _referenced_ids(integration) if resources.get(i, {}).get("Type") == "AWS::Serverless::Function"]
