@@ -182,7 +182,7 @@ class LocalSystem:
         self._housekeeping_task: asyncio.Task | None = None
         self._housekeeping_run: _TrackedRun | None = None
         self._housekeeping_runtime: Any = None
-        self._report_server: asyncio.AbstractServer | None = None
+        self._report_server: Any = None  # rtstream.adapters.prometheus.MetricsEndpoint
         self.worker_metrics_port = 0
 
         from .localaws import LocalAws
@@ -467,7 +467,7 @@ class LocalSystem:
         """The children's part of one ``/metrics``: the worker serves its own on a
         free port, the housekeeping report is served here; the SSE server (the
         dashboard port) fetches both into its ``/metrics``."""
-        from rtstream_fanout.metrics import serve_prometheus
+        from rtstream.adapters.prometheus import component_registry, serve_prometheus
 
         from .localredis import free_port
 
@@ -478,12 +478,19 @@ class LocalSystem:
             env.update({"RTSTREAM_WORKER_METRICS_PORT": str(self.worker_metrics_port), "RTSTREAM_WORKER_METRICS_HOST": "127.0.0.1"})
             targets.append(f"worker=http://127.0.0.1:{self.worker_metrics_port}/metrics")
         if self._housekeeping_seconds() > 0:
-            self._report_server = await serve_prometheus(_LatestReport(self), 0, "127.0.0.1")
+            self._report_server = await serve_prometheus(component_registry(self._housekeeping_families), 0, "127.0.0.1")
             port = self._report_server.sockets[0].getsockname()[1]
             targets.append(f"housekeeping=http://127.0.0.1:{port}/metrics")
         if targets:
             env["RTSTREAM_METRICS_FEDERATE"] = ",".join(targets)
         return env
+
+    def _housekeeping_families(self):
+        """The latest housekeeping report's metrics (none before the first run)."""
+        from rtstream.adapters.prometheus import housekeeping_families
+
+        report = self.housekeeping_report
+        return housekeeping_families(report) if report is not None else ()
 
     def _housekeeping_seconds(self) -> float:
         if self.housekeeping_interval is not None:
@@ -647,17 +654,6 @@ class _TrackedRun:
             return self.housekeeping.run()
         finally:
             self.idle.set()
-
-
-class _LatestReport:
-    """The latest housekeeping report as Prometheus text (for ``serve_prometheus``)."""
-
-    def __init__(self, system: LocalSystem):
-        self.system = system
-
-    def prometheus(self) -> str:
-        report = self.system.housekeeping_report
-        return report.prometheus() if report is not None else ""
 
 
 async def _http_ok(host: str, port: int, path: str) -> bool:

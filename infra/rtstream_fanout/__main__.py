@@ -92,7 +92,7 @@ async def amain(env: dict[str, str] | None = None) -> int:
     server = None
     port = env.get("RTSTREAM_WORKER_METRICS_PORT")
     if port:
-        server = await serve_prometheus(metrics, int(port), env.get("RTSTREAM_WORKER_METRICS_HOST") or "127.0.0.1", health=worker.health)
+        server = await serve_prometheus(metrics.registry, int(port), env.get("RTSTREAM_WORKER_METRICS_HOST") or "127.0.0.1", health=worker.health)
     emf_task = None
     emf_interval = float(env.get("RTSTREAM_EMF_INTERVAL_S") or 60)
     if emf_interval > 0:

@@ -36,17 +36,23 @@ def test_stack_wiring():
     assert env["RTSTREAM_EMF_INTERVAL_S"] != "0" and env["RTSTREAM_SSE_PORT"] == "8080"
 
 
-def test_emf_line_names_the_scaled_metric():
+def test_emf_line_names_the_scaled_metric(capsys, monkeypatch):
     import json
 
     from rtstream_sse.config import SSEConfig
-    from rtstream_sse.metrics import emf_line
+    from rtstream_sse.metrics import emit_emf
 
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "realtime-streaming")  # must not add a `service` dimension
     config = SSEConfig.from_env({"RTSTREAM_EMF_INTERVAL_S": "60", "RTSTREAM_SERVICE_NAME": "stack-sse"})
-    record = json.loads(emf_line(config.emf_namespace, config.emf_service, active_connections=7, deliveries=3, now_ms=1))
+    import time
+
+    now_ms = int(time.time() * 1000)
+    emit_emf(config.emf_namespace, config.emf_service, active_connections=7, deliveries=3, now_ms=now_ms)
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     directive = record["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "RealtimeStreaming" and record["_aws"]["Timestamp"] == now_ms
     assert directive["Dimensions"] == [["ServiceName"]] and record["ServiceName"] == "stack-sse"
-    assert record["realtime_streaming.active_connections"] == 7
+    assert record["realtime_streaming.active_connections"] == [7]
 
 
 def test_dockerfile_runs_the_server_module():
