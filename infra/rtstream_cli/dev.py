@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from rtstream.settings import Settings
 from rtstream_gateway import urls
 
 from .state import (  # noqa: F401  (dev_secret_path: re-exported)
@@ -64,7 +65,7 @@ class PortInUse(RuntimeError):
 
 def resolve_jwt_secret(explicit: str | None = None) -> str:
     """--jwt-secret, else RTSTREAM_JWT_SECRET, else the running dev system's, else the machine's dev secret."""
-    return explicit or os.environ.get("RTSTREAM_JWT_SECRET") or read_state().get("jwt_secret") or dev_jwt_secret()
+    return explicit or Settings.from_env().jwt_secret or read_state().get("jwt_secret") or dev_jwt_secret()
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
@@ -159,8 +160,9 @@ class LocalSystem:
         self.ws_port = ws_port
         self.sse_port = sse_port
         self.template_path = Path(template_path)
-        self.region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-        self.jwt_secret = jwt_secret or os.environ.get("RTSTREAM_JWT_SECRET") or dev_jwt_secret()
+        process = Settings.from_env()  # this process's environment (the children's is built in start())
+        self.region = region or process.runtime.aws_region or "us-east-1"
+        self.jwt_secret = jwt_secret or process.jwt_secret or dev_jwt_secret()
         self.settings_overrides = dict(settings_overrides or {})
         self.with_worker = with_worker
         self.with_sse = with_sse
@@ -175,7 +177,7 @@ class LocalSystem:
         self.state_dir = Path(state_dir) if state_dir else None
         self.state_path: Path | None = None
         # the dashboard's dev-token entity (the `rtstream dev` demo feed publishes there)
-        self.dev_entity = os.environ.get("RTSTREAM_DEV_ENTITY") or DEV_ENTITY
+        self.dev_entity = process.runtime.dev_entity  # RTSTREAM_DEV_ENTITY, default DEV_ENTITY
         # seconds between housekeeping runs; None = min(60, presence TTL), 0 = never
         self.housekeeping_interval = housekeeping_interval
         self.housekeeping_report: Any = None  # the latest rtstream.hygiene.HousekeepingReport
@@ -283,7 +285,7 @@ class LocalSystem:
                 "REDIS_URL": self.redis.url,
                 # one worker here: a short lease lets a restarted worker take its
                 # partitions back within seconds of a crash (the default, 10 s, is for ECS)
-                "RTSTREAM_FANOUT_LEASE_MS": os.environ.get("RTSTREAM_FANOUT_LEASE_MS") or DEV_FANOUT_LEASE_MS,
+                "RTSTREAM_FANOUT_LEASE_MS": str(Settings.from_env().worker.lease_ms or DEV_FANOUT_LEASE_MS),
                 **self._gateway_settings(),
                 **self.settings_overrides,
             }
@@ -681,9 +683,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"WebSocket + management API port (default {DEFAULT_WS_PORT}; 0 = any free port)")
     parser.add_argument("--sse-port", type=int, default=DEFAULT_SSE_PORT,
                         help=f"SSE + dashboard port (default {DEFAULT_SSE_PORT}; 0 = any free port)")
-    parser.add_argument("--aws-endpoint", default=os.environ.get("AWS_ENDPOINT_URL") or None,
+    process = Settings.from_env()
+    parser.add_argument("--aws-endpoint", default=process.runtime.aws_endpoint_url or None,
                         help="LocalStack-compatible endpoint (default AWS_ENDPOINT_URL; else an in-process moto server)")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or None,
+    parser.add_argument("--redis-url", default=process.redis_url if process.runtime.uses_redis else None,
                         help="Redis to use (default REDIS_URL; else a private redis-server, else fakeredis)")
     parser.add_argument("--jwt-secret", default=None,
                         help="HS256 signing key (default RTSTREAM_JWT_SECRET, else this machine's dev key)")

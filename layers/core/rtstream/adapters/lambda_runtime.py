@@ -69,7 +69,7 @@ class LambdaRuntime:
     def __init__(self, env: Mapping[str, str] | None = None):
         self.env = dict(os.environ if env is None else env)
         self.settings = Settings.from_env(self.env)
-        self.redis_url = self.env.get("REDIS_URL", "")
+        self.redis_url = self.settings.redis_url if self.settings.runtime.uses_redis else ""
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
 
@@ -193,7 +193,7 @@ class LambdaRuntime:
         def build() -> str:
             if self.settings.jwt_secret:
                 return self.settings.jwt_secret
-            name = self.env.get(JWT_SECRET_PARAM_ENV, "")
+            name = self.settings.jwt_secret_param  # RTSTREAM_JWT_SECRET_PARAM
             if not name:
                 return ""
             from .dynamodb import translate_error  # the same botocore -> coded error mapping
