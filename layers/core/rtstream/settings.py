@@ -10,7 +10,8 @@ Nothing else reads ``os.environ``."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass, field, fields
 
 
@@ -20,30 +21,25 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     return default if raw is None or raw == "" else raw
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
+def _number(env: Mapping[str, str], name: str, default, minimum, parse: Callable[[str], Any], kind: str):
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from exc
+    if minimum is not None and not value >= minimum:  # (NaN is refused too)
+        raise ValueError(f"{name} must be >= {minimum}, got {raw!r}")
     return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
+    return int(_number(env, name, default, minimum, int, "an integer"))
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, minimum: float | None = None) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-    if minimum is not None and not value >= minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {raw!r}")
-    return value
+    return float(_number(env, name, default, minimum, float, "a number"))
 
 
 def env_choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
