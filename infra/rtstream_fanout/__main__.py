@@ -112,11 +112,13 @@ async def amain(env: dict[str, str] | None = None) -> int:
 
 def _flush_emf(metrics: WorkerMetrics, namespace: str) -> None:
     try:
-        from aws_lambda_powertools import Metrics
+        from aws_lambda_powertools.metrics import EphemeralMetrics
 
         from rtstream import metrics as names
 
-        emf = Metrics(namespace=namespace, service=names.SERVICE_WORKER)
+        # Ephemeral: `Metrics` shares one metric set per process, so a flush here would
+        # also write (with this dimension) what in-process Lambda handlers added (`rtstream dev`)
+        emf = EphemeralMetrics(namespace=namespace, service=names.SERVICE_WORKER)
         metrics.flush_emf(emf)
     except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
         log.warning("EMF flush failed: %s", exc)
