@@ -467,13 +467,13 @@ def test_ssm_secret_adapter_reads_decrypts_and_reports_a_missing_parameter_with_
         monkeypatch.setenv(k, v)
     name = f"/rtstream/test/sse-{os.urandom(4).hex()}"
     boto3.client("ssm").put_parameter(Name=name, Value="s" * 40, Type="SecureString")
-    env = {"RTSTREAM_JWT_SECRET_PARAM": name}
-    assert settings_with_jwt_secret(Settings(), env).jwt_secret == "s" * 40
+    settings = Settings.from_env({"RTSTREAM_JWT_SECRET_PARAM": name})
+    assert settings_with_jwt_secret(settings).jwt_secret == "s" * 40
     # a literal secret or a JWKS URL wins; nothing is read
-    assert settings_with_jwt_secret(Settings(jwt_secret="literal"), env).jwt_secret == "literal"
-    assert settings_with_jwt_secret(Settings(jwks_url="https://idp/jwks"), env).jwt_secret == ""
+    assert settings_with_jwt_secret(settings.replace(jwt_secret="literal")).jwt_secret == "literal"
+    assert settings_with_jwt_secret(settings.replace(jwks_url="https://idp/jwks")).jwt_secret == ""
     with pytest.raises(BackendUnavailable) as missing:
-        settings_with_jwt_secret(Settings(), {"RTSTREAM_JWT_SECRET_PARAM": name + "-missing"})
+        settings_with_jwt_secret(Settings(jwt_secret_param=name + "-missing"))
     assert missing.value.code == "unavailable" and name + "-missing" in missing.value.message
 
 
