@@ -27,9 +27,10 @@ import os
 import signal
 import sys
 
+from rtstream.adapters.prometheus import serve_prometheus
 from rtstream.settings import Settings
 
-from .metrics import WorkerMetrics, serve_prometheus
+from .metrics import WorkerMetrics
 from .poster import ManagementPoster
 from .worker import FanoutWorker
 

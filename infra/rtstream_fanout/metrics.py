@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
 
 from rtstream import metrics as names
 from rtstream.adapters.prometheus import LatencyHistogram, component_registry, counter, exposition, gauge
-from rtstream.adapters.prometheus import serve_prometheus as serve_prometheus  # the worker's endpoint
 
 log = logging.getLogger("rtstream_fanout")
 
@@ -60,7 +62,7 @@ class WorkerMetrics:
             if j < EMF_SAMPLES:
                 self._reservoir[j] = ms
 
-    def _families(self):
+    def _families(self) -> Iterator[Metric]:
         p = names.prometheus_name
         for key, (name, help_text) in COUNTERS.items():
             yield counter(p(name), help_text, self.counts[key])

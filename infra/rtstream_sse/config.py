@@ -20,11 +20,11 @@ class SSEConfig(SSESettings):
     metrics_federate: tuple[tuple[str, str], ...] = ()  # type: ignore[assignment]  # RTSTREAM_METRICS_FEDERATE, parsed
 
     @classmethod
-    def from_settings(cls, sse: SSESettings) -> "SSEConfig":
+    def from_settings(cls, sse: SSESettings) -> SSEConfig:
         values = {f.name: getattr(sse, f.name) for f in fields(SSESettings)}
         values["metrics_federate"] = parse_targets(sse.metrics_federate)
         return cls(**values)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "SSEConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SSEConfig:
         return cls.from_settings(SSESettings.from_env(os.environ if env is None else env))

@@ -9,9 +9,10 @@ plain counters, turned into metric families when scraped.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from rtstream import metrics as names
 from rtstream.adapters.prometheus import LatencyHistogram, component_registry, counter, exposition, gauge, labelled
@@ -48,7 +49,7 @@ class SSEMetrics:
         self.active_connections, self.redis_connected = active_connections, redis_connected
         return exposition(self.registry)
 
-    def _families(self):
+    def _families(self) -> Iterator[Metric]:
         sse = ("sse",)
         yield labelled(GaugeMetricFamily(P(names.ACTIVE_CONNECTIONS), "Open SSE streams in this process.", labels=["transport"]),
                        [(sse, self.active_connections)])

@@ -371,7 +371,7 @@ async def test_healthz_reports_redis_and_partition_progress(rig):
     owned partition holds work without progress (here: a registry that hangs)."""
     import threading
 
-    from rtstream_fanout.metrics import serve_prometheus
+    from rtstream.adapters.prometheus import serve_prometheus
 
     release = threading.Event()
 

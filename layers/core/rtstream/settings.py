@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Self, TypeVar
 from dataclasses import dataclass, field, fields
 
 
@@ -21,7 +21,10 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     return default if raw is None or raw == "" else raw
 
 
-def _number(env: Mapping[str, str], name: str, default, minimum, parse: Callable[[str], Any], kind: str):
+Number = TypeVar("Number", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: Number, minimum: Number | None, parse: Callable[[str], Number], kind: str) -> Number:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -35,11 +38,11 @@ def _number(env: Mapping[str, str], name: str, default, minimum, parse: Callable
 
 
 def env_int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
-    return int(_number(env, name, default, minimum, int, "an integer"))
+    return _number(env, name, default, minimum, int, "an integer")
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, minimum: float | None = None) -> float:
-    return float(_number(env, name, default, minimum, float, "a number"))
+    return _number(env, name, default, minimum, float, "a number")
 
 
 def env_choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -51,8 +54,12 @@ def env_choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[s
     return raw
 
 
-def _replace(obj, **changes):
-    values = {f.name: getattr(obj, f.name) for f in fields(obj)}
+Frozen = TypeVar("Frozen")
+
+
+def _replace(obj: Frozen, **changes: Any) -> Frozen:
+    """A copy of a frozen settings dataclass with ``changes`` (of its own type: a subclass stays one)."""
+    values = {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
     values.update(changes)
     return type(obj)(**values)
 
@@ -75,7 +82,7 @@ class RuntimeSettings:
     uses_registry: bool = False  # CONNECTIONS_TABLE set
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "RuntimeSettings":
+    def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:
         d = cls()
         return cls(
             log_level=env_str(env, "RTSTREAM_LOG_LEVEL", d.log_level).upper(),
@@ -105,7 +112,7 @@ class WorkerSettings:
     emf_interval_seconds: float = 60.0  # RTSTREAM_EMF_INTERVAL_S (0 = off)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "WorkerSettings":
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
         d = cls()
         return cls(
             worker_id=env_str(env, "RTSTREAM_WORKER_ID", d.worker_id),
@@ -156,7 +163,7 @@ class SSESettings:
     forwarded_allow_ips: str = "127.0.0.1"  # FORWARDED_ALLOW_IPS (proxies trusted for X-Forwarded-*)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "SSESettings":
+    def from_env(cls, env: Mapping[str, str]) -> SSESettings:
         d = cls()
         return cls(
             host=env_str(env, "RTSTREAM_SSE_HOST", d.host),
@@ -182,7 +189,7 @@ class SSESettings:
             forwarded_allow_ips=env_str(env, "FORWARDED_ALLOW_IPS", d.forwarded_allow_ips),
         )
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> Self:
         return _replace(self, **changes)
 
 
@@ -231,7 +238,7 @@ class Settings:
         return {"auto": None, "on": True, "off": False}[self.fanout_pipelining]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         d = cls()
         return cls(
@@ -265,5 +272,5 @@ class Settings:
             sse=SSESettings.from_env(env),
         )
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return _replace(self, **changes)

@@ -16,7 +16,7 @@ import json
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 from wsgiref.simple_server import make_server
 
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
@@ -37,7 +37,7 @@ Families = Callable[[], Iterable[Metric]]
 class LatencyHistogram:
     """Cumulative latency buckets, cheap to observe; exposed as a histogram family."""
 
-    __slots__ = ("bounds", "counts", "total", "count")
+    __slots__ = ("bounds", "count", "counts", "total")
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_MS):
         self.bounds = bounds
@@ -68,7 +68,10 @@ def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def labelled(family: CounterMetricFamily | GaugeMetricFamily, samples: Iterable[tuple[tuple[str, ...], float]]):
+LabelledFamily = TypeVar("LabelledFamily", CounterMetricFamily, GaugeMetricFamily)
+
+
+def labelled(family: LabelledFamily, samples: Iterable[tuple[tuple[str, ...], float]]) -> LabelledFamily:
     """``family`` (built with ``labels=``) with one sample per (label values, value)."""
     for values, value in samples:
         family.add_metric(list(values), value)
@@ -128,7 +131,7 @@ class MetricsEndpoint:
 
 
 async def serve_prometheus(registry: CollectorRegistry, port: int, host: str = "127.0.0.1",
-                           health: Callable[[], tuple[bool, dict]] | None = None) -> MetricsEndpoint:
+                           health: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> MetricsEndpoint:
     """``GET /metrics`` (``prometheus_client``'s WSGI app) and ``GET /healthz`` on a
     server thread. ``health()`` returns ``(healthy, body)`` and runs on the calling
     event loop (it reads the loop's state): 200 or 503 with the body as JSON;
@@ -136,13 +139,13 @@ async def serve_prometheus(registry: CollectorRegistry, port: int, host: str = "
     loop = asyncio.get_running_loop()
     metrics_app = make_wsgi_app(registry)
 
-    async def _health() -> tuple[bool, dict]:
+    async def _health() -> tuple[bool, dict[str, Any]]:
         return health() if health is not None else (True, {"status": "ok"})
 
-    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         if path.startswith("/metrics"):
-            return metrics_app(environ, start_response)
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path.startswith("/healthz"):
             try:
                 healthy, report = asyncio.run_coroutine_threadsafe(_health(), loop).result(HEALTH_TIMEOUT_SECONDS)
