@@ -285,7 +285,7 @@ class LocalSystem:
                 "REDIS_URL": self.redis.url,
                 # one worker here: a short lease lets a restarted worker take its
                 # partitions back within seconds of a crash (the default, 10 s, is for ECS)
-                "RTSTREAM_FANOUT_LEASE_MS": str(Settings.from_env().worker.lease_ms or DEV_FANOUT_LEASE_MS),
+                "RTSTREAM_FANOUT_LEASE_MS": str(Settings.from_env(own=("worker",)).worker.lease_ms or DEV_FANOUT_LEASE_MS),
                 **self._gateway_settings(),
                 **self.settings_overrides,
             }

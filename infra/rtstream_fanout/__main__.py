@@ -63,7 +63,7 @@ def build_registry(settings: Settings):
 
 
 async def amain(env: dict[str, str] | None = None) -> int:
-    settings = Settings.from_env(dict(os.environ if env is None else env))
+    settings = Settings.from_env(dict(os.environ if env is None else env), own=("worker",))
     own = settings.worker
     endpoint = settings.management_endpoint
     if not endpoint:

@@ -58,7 +58,7 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
     from rtstream.adapters.ssm_secret import settings_with_jwt_secret
 
     # RTSTREAM_JWT_SECRET_PARAM (an SSM SecureString) when no literal secret / JWKS URL is set
-    settings = settings_with_jwt_secret(Settings.from_env(env))
+    settings = settings_with_jwt_secret(Settings.from_env(env, own=("sse",)))
     config = SSEConfig.from_settings(settings.sse)
     import redis
 
@@ -83,7 +83,7 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
 
 def main() -> None:
     env = dict(os.environ)
-    settings = Settings.from_env(env)
+    settings = Settings.from_env(env, own=("sse",))
     logging.basicConfig(level=settings.runtime.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     config = SSEConfig.from_settings(settings.sse)
     app = build_app(env)

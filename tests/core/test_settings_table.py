@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rtstream.settings import Settings
+from rtstream.settings import PROCESS_KINDS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ class RecordingEnv(dict):
 
 def names_read_by_settings() -> set[str]:
     env = RecordingEnv()
-    Settings.from_env(env)
+    Settings.from_env(env, own=PROCESS_KINDS)
     return env.read
 
 
@@ -69,29 +69,29 @@ def test_readme_table_lists_exactly_what_settings_reads():
 
 def test_every_documented_variable_reaches_a_setting():
     """Each variable changes what from_env returns (it is not read and dropped)."""
-    baseline = Settings.from_env({})
+    baseline = Settings.from_env({}, own=PROCESS_KINDS)
     samples = {"RTSTREAM_FANOUT_PIPELINING": "off", "RTSTREAM_MANAGEMENT_SIGN": "1", "RTSTREAM_DASHBOARD_DEV_TOKEN": "1",
                "RTSTREAM_METRICS_FEDERATE": "w=http://127.0.0.1:9/metrics", "RTSTREAM_LOG_LEVEL": "DEBUG"}
     for name in readme_table_names():
         value = samples.get(name, "7")
-        assert Settings.from_env({name: value}) != baseline, name
+        assert Settings.from_env({name: value}, own=PROCESS_KINDS) != baseline, name
 
 
 @pytest.mark.parametrize("name,value", [("RTSTREAM_WORKER_STALL_S", "soon"), ("RTSTREAM_MANAGEMENT_POOL", "0"),
                                         ("RTSTREAM_MANAGEMENT_SIGN", "maybe"), ("RTSTREAM_SSE_PORT", "-1")])
 def test_a_bad_value_is_refused_naming_the_variable(name, value):
     with pytest.raises(ValueError, match=name):
-        Settings.from_env({name: value})
+        Settings.from_env({name: value}, own=PROCESS_KINDS)
 
 
 def test_sub_settings_come_from_the_same_mapping():
     settings = Settings.from_env({"RTSTREAM_EMF_INTERVAL_S": "5", "RTSTREAM_WORKER_METRICS_PORT": "9102", "AWS_DEFAULT_REGION": "eu-west-1",
-                                  "REDIS_URL": "redis://r:1/0", "RTSTREAM_SSE_HEALTH_GRACE_SECONDS": "2.5"})
+                                  "REDIS_URL": "redis://r:1/0", "RTSTREAM_SSE_HEALTH_GRACE_SECONDS": "2.5"}, own=PROCESS_KINDS)
     assert settings.worker.emf_interval_seconds == 5 and settings.sse.emf_interval_seconds == 5
     assert settings.worker.metrics_port == 9102 and settings.runtime.aws_region == "eu-west-1"
     assert settings.runtime.uses_redis and not settings.runtime.uses_registry and settings.redis_url == "redis://r:1/0"
     assert settings.sse.health_grace_seconds == 2.5
-    defaults = Settings.from_env({})
+    defaults = Settings.from_env({}, own=PROCESS_KINDS)
     assert defaults.worker.emf_interval_seconds == 60 and defaults.sse.emf_interval_seconds == 0  # per component defaults
     assert not defaults.runtime.uses_redis
 
@@ -118,3 +118,14 @@ def test_runtimes_read_the_environment_only_to_hand_it_to_settings():
                 if "os.environ if env is None else env" not in line and "dict(os.environ)" not in line:
                     offenders.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
     assert offenders == []
+
+
+def test_a_process_validates_only_its_own_kind():
+    """A bad SSE variable stops the SSE server, not the worker or the CLI that starts it."""
+    bad_sse = {"RTSTREAM_SSE_READ_BLOCK_MS": "soon", "RTSTREAM_WORKER_STALL_S": "4"}
+    assert Settings.from_env(bad_sse, own=("worker",)).worker.stall_seconds == 4
+    assert Settings.from_env(bad_sse).sse.read_block_ms == 5000  # shared + runtime only: defaults elsewhere
+    with pytest.raises(ValueError, match="RTSTREAM_SSE_READ_BLOCK_MS"):
+        Settings.from_env(bad_sse, own=("sse",))
+    with pytest.raises(ValueError, match="process kinds"):
+        Settings.from_env({}, own=("lambda",))

@@ -3,14 +3,15 @@ container start) and passed down explicitly.
 
 :meth:`Settings.from_env` reads every variable any component uses (the README's
 Configuration table lists them; a test keeps the two equal): the shared limits
-and names here, and each process kind's own in :class:`RuntimeSettings`,
-:class:`WorkerSettings` and :class:`SSESettings`, built from the same mapping.
+and names here, every process's in :class:`RuntimeSettings`, and the worker's
+and the SSE server's own in :class:`WorkerSettings` and :class:`SSESettings`
+(``own=("worker",)`` / ``own=("sse",)``), built from the same mapping.
 Nothing else reads ``os.environ``."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Self, TypeVar
 from dataclasses import dataclass, field, fields
 
@@ -193,6 +194,9 @@ class SSESettings:
         return _replace(self, **changes)
 
 
+PROCESS_KINDS = ("worker", "sse")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     # --- tokens (see rtstream.auth)
@@ -238,8 +242,15 @@ class Settings:
         return {"auto": None, "on": True, "off": False}[self.fanout_pipelining]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, own: Collection[str] = ()) -> Settings:
+        """The shared and runtime variables, plus the own variables of the process
+        kinds named in ``own`` (``"worker"``, ``"sse"``; :data:`PROCESS_KINDS` = all):
+        a process validates what it uses, so a bad SSE variable stops the SSE
+        server, not the CLI that starts it. The others keep their defaults."""
         env = os.environ if env is None else env
+        unknown = set(own) - set(PROCESS_KINDS)
+        if unknown:
+            raise ValueError(f"unknown process kinds {sorted(unknown)}; known: {', '.join(PROCESS_KINDS)}")
         d = cls()
         return cls(
             jwt_secret=env.get("RTSTREAM_JWT_SECRET", d.jwt_secret),
@@ -268,8 +279,8 @@ class Settings:
             fanout_pipelining=env_choice(env, "RTSTREAM_FANOUT_PIPELINING", d.fanout_pipelining, ("auto", "on", "off")),
             idempotency_window_seconds=env_int(env, "RTSTREAM_IDEMPOTENCY_WINDOW_SECONDS", d.idempotency_window_seconds),
             runtime=RuntimeSettings.from_env(env),
-            worker=WorkerSettings.from_env(env),
-            sse=SSESettings.from_env(env),
+            worker=WorkerSettings.from_env(env) if "worker" in own else d.worker,
+            sse=SSESettings.from_env(env) if "sse" in own else d.sse,
         )
 
     def replace(self, **changes: Any) -> Settings:
