@@ -40,7 +40,8 @@ def _camel(topic: str) -> str:
 
 def asyncapi() -> dict[str, Any]:
     ws_client = {
-        "subscribe": ("Subscribe to a topic of the token's entity, with optional filters and `since` (replay after that id).",),
+        "subscribe": ("Subscribe to a topic of the token's entity, with optional filters and either `since` (replay after that id) "
+                      "or `rewind` (the last N matching events first, 1-100).",),
         "unsubscribe": ("Stop a subscription.",),
         "ping": ("Keep-alive; answered with `pong`.",),
         "presence": ("Who of the entity is online; answered with a `presence` reply.",),
@@ -49,7 +50,8 @@ def asyncapi() -> dict[str, Any]:
     for frame_type in protocol.CLIENT_FRAME_TYPES:
         messages[f"client{frame_type.capitalize()}"] = _message(frame_type, f"client {frame_type}", ws_client[frame_type][0], f"client-{frame_type}")
     server = {
-        "serverSubscribed": ("subscribed", "The subscription is active; replayed events (after `since`) follow, then live ones.", "server-subscribed"),
+        "serverSubscribed": ("subscribed", "The subscription is active; replayed events (after `since`) or rewound ones (the last N, "
+                             "oldest first; `cursor` = the newest id the rewind considered) follow, then live ones.", "server-subscribed"),
         "serverUnsubscribed": ("unsubscribed", "The subscription is gone.", "server-unsubscribed"),
         "serverPong": ("pong", "Answer to ping.", "server-pong"),
         "serverPresence": ("presence", "The entity's online users.", "server-presence"),

@@ -129,3 +129,78 @@ def serialize_moto_dynamodb_writes() -> None:
         if hasattr(DynamoDBBackend, name):
             setattr(DynamoDBBackend, name, locked(getattr(DynamoDBBackend, name)))
     DynamoDBBackend._rtstream_serialized = True
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster-bus twin (port + 10000) is free too."""
+    import socket
+
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class LocalRedisCluster:
+    """Three ``redis-server --cluster-enabled yes`` masters on loopback ports, joined
+    by ``redis-cli --cluster create`` (no replicas, no persistence); stopped by PID."""
+
+    def __init__(self, masters: int = 3):
+        import shutil
+        import tempfile
+
+        self.binary = shutil.which("redis-server")
+        self.cli = shutil.which("redis-cli")
+        self.ports = [_cluster_port() for _ in range(masters)]
+        self.dir = tempfile.mkdtemp(prefix="rtstream-test-cluster-")
+        self.procs: list = []
+
+    @property
+    def url(self) -> str:
+        """Any node's URL: the system detects the cluster and finds the others."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        import os
+        import subprocess
+        import time
+
+        for port in self.ports:
+            node_dir = os.path.join(self.dir, str(port))
+            os.makedirs(node_dir)
+            self.procs.append(subprocess.Popen(
+                [self.binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", node_dir, "--save", "", "--appendonly", "no",
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            wait_for_port("127.0.0.1", port)
+        subprocess.run([self.cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = [subprocess.run([self.cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True, timeout=5).stdout for p in self.ports]
+            if all("cluster_state:ok" in s for s in states):
+                return
+            time.sleep(0.1)
+        raise TimeoutError("the local cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        import shutil
+
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except Exception:  # noqa: BLE001 - then by force, still by PID
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -91,6 +91,9 @@ async def ws_session(c: Client, url: str, token: str, lifetime: float | None, st
                 c.errors.append(frame.get("code", "?"))
 
 
+CONTROL_EVENTS = {"cursor", "error", "presence"}
+
+
 async def sse_session(c: Client, http: httpx.AsyncClient, url: str, token: str, lifetime: float | None, stop: asyncio.Event) -> None:
     t0 = time.monotonic()
     headers = {"authorization": f"Bearer {token}", "Last-Event-ID": c.last}
@@ -105,16 +108,24 @@ async def sse_session(c: Client, http: httpx.AsyncClient, url: str, token: str, 
         first = False
         buf = b""
         chunks = response.aiter_raw()
+        pending: asyncio.Future | None = None  # a read in progress survives a timeout (cancelling it would end the stream)
         while True:
             timeout = 0.5 if end is None else max(0.0, end - time.monotonic())
             if end is not None and timeout <= 0:
+                if pending is not None:
+                    pending.cancel()
                 return
-            try:
-                chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
-            except asyncio.TimeoutError:
+            if pending is None:
+                pending = asyncio.ensure_future(chunks.__anext__())
+            done, _ = await asyncio.wait([pending], timeout=timeout)
+            if not done:
                 if end is None and stop.is_set():
+                    pending.cancel()
                     return
                 continue
+            read, pending = pending, None
+            try:
+                chunk = read.result()
             except (StopAsyncIteration, httpx.HTTPError):
                 return
             if not first:
@@ -123,15 +134,18 @@ async def sse_session(c: Client, http: httpx.AsyncClient, url: str, token: str, 
             buf += chunk
             while b"\n\n" in buf:
                 block, buf = buf.split(b"\n\n", 1)
-                data = [ln[5:].strip() for ln in block.split(b"\n") if ln.startswith(b"data:")]
-                if not data:
+                # SSE per the contract: id: the event id, event: the topic, data: the payload
+                lines = block.split(b"\n")
+                data = [ln[5:].strip() for ln in lines if ln.startswith(b"data:")]
+                ids = [ln[3:].strip().decode() for ln in lines if ln.startswith(b"id:")]
+                names = [ln[6:].strip().decode() for ln in lines if ln.startswith(b"event:")]
+                if not data or not ids or not names or names[-1] in CONTROL_EVENTS:
                     continue
                 try:
-                    frame = json.loads(b"\n".join(data))
+                    payload = json.loads(b"\n".join(data))
                 except ValueError:
                     continue
-                if isinstance(frame, dict) and frame.get("type") == "event":
-                    c.got(frame)
+                c.got({"id": ids[-1], "topic": names[-1], "data": payload})
 
 
 async def churner(c: Client, kind: str, args, token: str, publishing_done: asyncio.Event, stop: asyncio.Event, http) -> None:

@@ -1,6 +1,6 @@
 """bench/churn: resume under reconnect churn (issue 11), against the local system.
 
-    flock /tmp/rtstream-bench.lock .venv/bin/python bench/churn/run.py [--peer-python /tmp/peers-venv-fanout/bin/python]
+    flock /tmp/rtstream-bench.lock .venv/bin/python bench/churn/run.py [--peer-python PY]
 
 What runs, all on this machine: ``LocalSystem`` (gateway emulator with the real
 Lambda handlers, moto, a private redis-server), the fan-out worker child and the
@@ -36,7 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
-PEERS = Path("/work/shared/peers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peers import PEERS_DIR as PEERS, peer_python  # noqa: E402  (bench/peers.py)
 SECRET = "bench-churn-secret-0123456789abcdef0123456789"
 
 
@@ -96,7 +97,7 @@ async def run_ours(args) -> list[dict]:
 
 def run_peer(args) -> dict | None:
     """floor_ws from ../shared/peers (copied: the shared tree is read-only), own Redis, 16 clients at 80/s."""
-    python = args.peer_python
+    python = args.peer_python or peer_python()
     if not python or not Path(python).exists() or not (PEERS / "floor_ws.py").exists():
         print(f"[peer] skipped: no peer venv at {python!r} (see {PEERS}/README.md)", flush=True)
         return None
@@ -191,7 +192,7 @@ def append_results(results: list[dict], peer: dict | None) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=10)
-    ap.add_argument("--peer-python", default="/tmp/peers-venv-fanout/bin/python")
+    ap.add_argument("--peer-python", default=None, help="default: PEERS_PYTHON, else a venv of ../shared/peers/requirements.txt")
     ap.add_argument("--only", nargs="*", help="scenario names to run (default all)")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = ap.parse_args()

@@ -2,7 +2,7 @@
 
 Run (under the shared benchmark lock):
 
-    flock /tmp/rtstream-bench.lock .venv/bin/python bench/fanout/run.py [--n 1000] [--peer-python /tmp/peers-venv/bin/python]
+    flock /tmp/rtstream-bench.lock .venv/bin/python bench/fanout/run.py [--n 1000] [--peer-python PY]
 
 What runs, all on this machine:
 - ``LocalSystem`` (gateway emulator with the real Lambda handlers in this
@@ -42,7 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
-PEERS = Path("/work/shared/peers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peers import PEERS_DIR as PEERS, peer_python  # noqa: E402  (bench/peers.py)
 SECRET = "bench-fanout-secret-0123456789abcdef0123456789"
 ENTITY = "bench-entity"
 
@@ -291,7 +292,7 @@ async def run_ours(args) -> dict:
 
 def run_peer(args) -> dict | None:
     """floor_ws from ../shared/peers, in a writable copy, with its own Redis."""
-    python = args.peer_python
+    python = args.peer_python or peer_python()
     if not python or not Path(python).exists() or not (PEERS / "floor_ws.py").exists():
         print(f"[peer] skipped: no peer venv at {python!r} (see {PEERS}/README.md)", flush=True)
         return None
@@ -393,7 +394,7 @@ def main() -> int:
                     help="steady phases, events/s each (comma-separated); the peer runs at the first")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--burst", type=int, default=200)
-    ap.add_argument("--peer-python", default="/tmp/peers-venv/bin/python")
+    ap.add_argument("--peer-python", default=None, help="default: PEERS_PYTHON, else a venv of ../shared/peers/requirements.txt")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Lean SSE load client for bench/sse (after /work/shared/peers/leanclient.py).
+"""Lean SSE load client for bench/sse (after ../shared/peers/leanclient.py).
 
 One process holds N ``GET /events`` streams on loopback (raw asyncio protocols,
 chunked decoding, no HTTP client objects) and records, for every event, receive
@@ -18,7 +18,7 @@ import resource
 import sys
 import time
 
-sys.path.insert(0, os.environ.get("PEERS_DIR", "/work/shared/peers"))
+sys.path.insert(0, os.environ.get("PEERS_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "peers"))
 from leanclient import Recorder  # noqa: E402  (the peers' recorder: same statistics)
 
 mono = time.monotonic_ns

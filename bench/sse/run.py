@@ -4,7 +4,7 @@ connection of the SSE server, with the peer ``floor_sse`` in the same run.
     flock /tmp/rtstream-bench.lock .venv/bin/python bench/sse/run.py            # 1000@20/s and 5000@5/s
     .venv/bin/python bench/sse/run.py --scenarios 1000x20 --no-peer --duration 5
 
-Method = the peers' harness (/work/shared/peers/harness.py), reused as is:
+Method = the peers' harness (../shared/peers/harness.py), reused as is:
 server subprocess; one lean client process holding N streams (all of one
 entity, topics=*); warmup 5 events at 10/s; steady phase at the given rate for
 --duration s; a burst; CPU % per phase from /proc. Events are published the
@@ -31,7 +31,8 @@ from pathlib import Path
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-PEERS = Path(os.environ.get("PEERS_DIR", "/work/shared/peers"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peers import PEERS_DIR as PEERS, peer_python  # noqa: E402  (bench/peers.py)
 sys.path.insert(0, str(PEERS))
 import harness  # noqa: E402  (Child, Sampler, percentiles, rss_kib, wait_delivered, child_request)
 
@@ -41,7 +42,7 @@ from rtstream.settings import Settings  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef-0123456789abcdef"
 ENTITY = "bench-entity"
-PEER_VENV_PY = os.environ.get("PEERS_PYTHON", "/tmp/peers-venv/bin/python")
+PEER_VENV_PY = peer_python()
 
 
 def free_port() -> int:

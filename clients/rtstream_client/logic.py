@@ -307,10 +307,9 @@ class SseDecoder:
 
 def frame_from_sse(message: SseMessage) -> dict[str, Any] | None:
     """The frame an SSE message carries. The wire format is ``id:`` the event
-    id, ``event:`` the topic, ``data:`` the payload; the older format carried the
-    whole WebSocket envelope in ``data:`` (recognised by its type, topic and id
-    matching the SSE fields) and is still accepted. ``cursor`` and
-    ``error``/``replay_gap`` are control frames. None: ignore it."""
+    id, ``event:`` the topic, ``data:`` the payload only (a payload is never
+    unwrapped, whatever fields it has). ``cursor`` and ``error``/``replay_gap``
+    are control frames. None: ignore it."""
     event_name, event_id = message.event, message.id or None
     if message.data == "" and event_name in ("", "message") and event_id:
         return {"type": "cursor", "id": event_id}
@@ -325,16 +324,6 @@ def frame_from_sse(message: SseMessage) -> dict[str, Any] | None:
     if event_name in ("error", "replay_gap"):
         body = dict(payload) if is_object else {}
         return {"type": "error", **body, "code": body.get("code") or "replay_gap"}
-    # TRANSITION (old SSE format): data was the WebSocket envelope. Remove once
-    # every server sends the payload only.
-    if (
-        is_object
-        and payload.get("type") == "event"
-        and "data" in payload
-        and (payload.get("topic") == event_name or event_name == "message")
-        and (not event_id or payload.get("id") in (event_id, None))
-    ):
-        return {**payload, "id": payload.get("id") or event_id}
     if is_object and payload.get("type") == "error" and event_name == "message":
         return payload
     return {"type": "event", "topic": event_name, "id": event_id, "data": payload}

@@ -1,5 +1,5 @@
 """`subscribe` route: an entity-scoped subscription (entity from the token only),
-optionally replaying history after `since` (the fan-out then sends `subscribed`).
+optionally replaying history after `since` or the last N events (`rewind`); the fan-out then sends `subscribed`.
 
 Thin: the core service decides; this translates the API Gateway event and the reply.
 """

@@ -191,10 +191,11 @@ class BackgroundDemo:
     def _run(self) -> None:
         import redis
 
+        from rtstream.adapters.redis_client import sync_client
         from rtstream.errors import RealtimeError
         from rtstream.publishing import publish
 
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=5)
+        client = sync_client(self.redis_url, socket_connect_timeout=3, socket_timeout=5)
 
         def publish_one(entity_id: str, topic: str, data: dict[str, Any], source: str) -> str:
             return publish(entity_id, topic, data, source=source, client=client, settings=self.settings)
@@ -242,6 +243,7 @@ def run(args) -> int:
 
     import redis
 
+    from rtstream.adapters.redis_client import sync_client
     from rtstream.errors import RealtimeError
     from rtstream.publishing import publish
     from rtstream.settings import Settings
@@ -260,7 +262,7 @@ def run(args) -> int:
         print("rtstream demo: no running `rtstream dev` found and no --redis-url / REDIS_URL given", file=sys.stderr)
         return 2
     settings = Settings.from_env().replace(redis_url=redis_url)
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3)
+    client = sync_client(redis_url, socket_connect_timeout=3)
 
     def publish_one(entity_id: str, topic: str, data: dict[str, Any], source: str) -> str:
         return publish(entity_id, topic, data, source=source, client=client, settings=settings)

@@ -37,8 +37,9 @@ import redis
 import redis.asyncio as aioredis
 
 from rtstream import keys
-from rtstream.backoff import backoff_delay
+from rtstream.adapters.redis_client import async_client, detect, node_client_async
 from rtstream.adapters.redis_eventlog import AsyncRedisEventLog
+from rtstream.backoff import backoff_delay
 from rtstream.errors import BackendUnavailable, InvalidMessage, RealtimeError
 from rtstream.fanout_engine import EngineLimits, FanoutEngine, strict_id_key
 from rtstream.models import Event
@@ -121,6 +122,9 @@ class RedisHistory:
                 raise InvalidMessage(f"history refused the replay: {exc.__cause__}") from exc
             raise
 
+    async def recent(self, entity_id: str, count: int, before: str | None = None) -> list[Event]:
+        return await self.log.recent(entity_id, count, before)
+
     async def last_id(self, entity_id: str) -> str:
         try:
             last = await self.client.xrevrange(keys.history(entity_id, self.settings).name, count=1)
@@ -176,7 +180,7 @@ class FanoutWorker:
         self.lease_margin_s = min(2.0, self.lease_ms / 3000)
         self.batch = batch
         self.block_ms = block_ms
-        self.limits = limits or EngineLimits(max_post_attempts=max_post_attempts)
+        self.limits = limits or EngineLimits(max_post_attempts=max_post_attempts, rewind_max_scan=settings.history_maxlen)
         self.stall_s = stall_s
         self.ingest_enabled = ingest
         self.leases: dict[int, Lease] = {}
@@ -196,8 +200,14 @@ class FanoutWorker:
     # ---- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        # standalone or cluster client: ask the node first (until it answers or we stop)
+        failures = 0
+        while await detect(self.redis_url) is None and not self._stopping.is_set():
+            failures += 1
+            self.metrics.add("redis_reconnects")
+            await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
         # socket_timeout above the XREADGROUP block time; connects fail fast
-        self.redis = aioredis.Redis.from_url(
+        self.redis = async_client(
             self.redis_url, socket_connect_timeout=3, socket_timeout=max(10.0, self.block_ms / 1000 + 5), health_check_interval=15
         )
         self.log = AsyncRedisEventLog(self.redis, self.settings)
@@ -506,8 +516,8 @@ class FanoutWorker:
             "worker": self.worker_id,
             "partitions": sorted(self.leases),
             "ingest": self._ingest_task is not None and not self._ingest_task.done(),
-            "inFlight": self.engine.in_flight,
-            "replays": self.engine.replays_running,
+            "inFlight": self.engine.in_flight if self.engine is not None else 0,  # None: start() still asks Redis
+            "replays": self.engine.replays_running if self.engine is not None else 0,
             "reasons": reasons,
         }
         return not reasons, body
@@ -519,7 +529,10 @@ class FanoutWorker:
         assert self.redis is not None
         failures = 0
         while not self._stopping.is_set() and self._ingest_owned():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            # a plain connection to the URL's node: a cluster client has no classic
+            # pub/sub, and a cluster's PUBLISH reaches every node's subscribers
+            node = node_client_async(self.redis_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=15)
+            pubsub = node.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(keys.RAW_CHANNEL_PATTERN)
                 failures = 0
@@ -539,6 +552,7 @@ class FanoutWorker:
             finally:
                 try:
                     await pubsub.aclose()
+                    await node.aclose()
                 except Exception:  # noqa: BLE001 - the connection may already be gone
                     pass
 

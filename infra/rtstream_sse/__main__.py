@@ -60,12 +60,12 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
     # RTSTREAM_JWT_SECRET_PARAM (an SSM SecureString) when no literal secret / JWKS URL is set
     settings = settings_with_jwt_secret(Settings.from_env(env, own=("sse",)))
     config = SSEConfig.from_settings(settings.sse)
-    import redis
 
+    from rtstream.adapters.redis_client import sync_client
     from rtstream.adapters.redis_eventlog import RedisEventLog
     from rtstream.adapters.redis_limits import RedisPresence
 
-    sync_redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    sync_redis = sync_client(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     presence = RedisPresence(sync_redis, settings)
     registry = None
     if settings.runtime.uses_registry:

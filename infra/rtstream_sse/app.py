@@ -32,7 +32,7 @@ from starlette.routing import Route
 from rtstream import keys, protocol
 from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
 from rtstream.errors import BackendUnavailable, Forbidden, MethodNotAllowed, NotFound, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
-from rtstream.history import ZERO_CURSOR, RewindScan, id_key
+from rtstream.history import MAX_REWIND, ZERO_CURSOR, RewindScan, id_key
 from rtstream.models import Event, Principal
 from rtstream.service import presence_refusal
 from rtstream.settings import Settings
@@ -327,12 +327,31 @@ class ServerState:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
+    async def _history_when_redis_answers(self) -> None:
+        """Redis did not answer at start: once it does, rebuild the history client
+        for what it is (a cluster needs a cluster client)."""
+        from rtstream.adapters.redis_client import detect
+
+        while await detect(self.redis_url, attempts=8) is None:
+            pass
+        stale, self.history = self.history, History(self.redis_factory(retry=True), self.settings)
+        if stale is not None:
+            with contextlib.suppress(Exception):
+                await stale.aclose()
+
     async def start(self) -> None:
+        from rtstream.adapters.redis_client import detect
+
+        # standalone or cluster: asked off the event loop; a node that does not
+        # answer yet gets a standalone history client, replaced once it answers
+        known = await detect(self.redis_url)
         self.history = History(self.redis_factory(retry=True), self.settings)
         self._tasks = [
             asyncio.create_task(self.reader.run(), name="sse-redis-reader"),
             asyncio.create_task(self._ticks(), name="sse-heartbeat"),
         ]
+        if known is None:
+            self._tasks.append(asyncio.create_task(self._history_when_redis_answers(), name="sse-redis-mode"))
         if self.presence is not None:
             self._tasks.append(asyncio.create_task(self._presence_beats(), name="sse-presence"))
         if self.presence_queue is not None:
@@ -461,11 +480,12 @@ def create_app(
         # presence=None: the SSE server applies its streams' presence in batches (PresenceQueue)
         service = RealtimeService(registry=registry, settings=settings, event_log=event_log, presence=None)
     if redis_factory is None:
-        import redis.asyncio
         from redis.asyncio.retry import Retry
         from redis.backoff import EqualJitterBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        from rtstream.adapters.redis_client import async_client
 
         socket_timeout = config.read_block_ms / 1000 + 10  # longer than an XREAD BLOCK
 
@@ -477,7 +497,7 @@ def create_app(
                 extra = {"retry": Retry(EqualJitterBackoff(cap=1.0, base=0.05), 3), "retry_on_error": [RedisConnectionError, RedisTimeoutError]}
             else:
                 extra = {"retry": Retry(EqualJitterBackoff(), 0)}
-            return redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True, **extra)
+            return async_client(redis_url, socket_connect_timeout=5, socket_timeout=socket_timeout, socket_keepalive=True, **extra)
 
     state = ServerState(settings, config, redis_url=redis_url, verifier=verifier, service=service, presence=presence,
                         redis_factory=redis_factory, event_log=event_log)
@@ -526,7 +546,8 @@ def create_app(
 
     async def dashboard_config(request: Request) -> Response:
         sse_url = config.public_sse_url or str(request.url_for("events_url"))
-        body: dict[str, Any] = {"wsUrl": config.public_ws_url or None, "sseUrl": sse_url, "token": None, "entityId": None, "userId": None}
+        # rewind: a freshly opened dashboard starts with the entity's latest events
+        body: dict[str, Any] = {"wsUrl": config.public_ws_url or None, "sseUrl": sse_url, "token": None, "entityId": None, "userId": None, "rewind": MAX_REWIND}
         if config.dashboard_dev_token and settings.jwt_secret:
             # Dev only (rtstream dev sets RTSTREAM_DASHBOARD_DEV_TOKEN=1): never otherwise.
             body["token"] = issue_dev_token(settings.jwt_secret, user_id=config.dev_user, entity_id=config.dev_entity, role="user", ttl_seconds=3600)

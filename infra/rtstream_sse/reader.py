@@ -5,6 +5,11 @@ WebSocket fan-out and are skipped.
 
 On any Redis error it reconnects with capped, jittered backoff and resumes
 from the last ids it read, so nothing published meanwhile is missed.
+
+Redis Cluster: one XREAD may only name streams of one hash slot, and each
+partition stream has its own (``keys.slot_tag``), so against a cluster client
+the reader runs one blocking XREAD per slot, concurrently; the first failure
+stops them all and the reconnect resumes each from its last id.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from typing import Any
 
 from rtstream import keys
+from rtstream.adapters.redis_client import clustered
 from rtstream.backoff import backoff_delay
 from rtstream.fanout import decode_entry
 from rtstream.models import Event
@@ -71,9 +77,10 @@ class PartitionReader:
     async def run(self) -> None:
         attempt = 0
         while not self._stopping:
-            client = self.client_factory()
-            self._client = client
+            client = None
             try:
+                # made per attempt: a cluster is recognised once its node answers
+                client = self._client = self.client_factory()
                 if self.last_ids is None:
                     self.last_ids = await self._start_ids(client)
                 else:
@@ -83,11 +90,7 @@ class PartitionReader:
                 self.connected = True
                 self._progressed()
                 attempt = 0
-                while not self._stopping:
-                    reply = await client.xread(self.last_ids, count=self.count, block=self.block_ms)
-                    self._progressed()
-                    if reply:
-                        self.handle(reply)
+                await self._read(client)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # redis errors, OSError, timeouts: reconnect
@@ -105,9 +108,31 @@ class PartitionReader:
             finally:
                 self.connected = False
                 try:
-                    await client.aclose()
+                    if client is not None:
+                        await client.aclose()
                 except Exception:
                     pass
+
+    async def _read(self, client: Any) -> None:
+        if not clustered(client):
+            await self._read_streams(client, self.streams)
+            return
+        from redis.crc import key_slot
+
+        by_slot: dict[int, list[bytes]] = {}
+        for name in self.streams:
+            by_slot.setdefault(key_slot(name), []).append(name)
+        async with asyncio.TaskGroup() as readers:
+            for names in by_slot.values():
+                readers.create_task(self._read_streams(client, names))
+
+    async def _read_streams(self, client: Any, names: list[bytes]) -> None:
+        assert self.last_ids is not None
+        while not self._stopping:
+            reply = await client.xread({name: self.last_ids[name] for name in names}, count=self.count, block=self.block_ms)
+            self._progressed()
+            if reply:
+                self.handle(reply)
 
     def _progressed(self) -> None:
         self.progress_at = time.monotonic()

@@ -129,3 +129,70 @@ def test_dashboard_gets_events_when_the_push_path_stalls(local_system, browser, 
     wait_until(browser, "document.querySelectorAll('#tx-list tr[data-tx]').length >= 4", message="row after the worker is back")
     time.sleep(0.3)
     assert tx_ids(browser) == ["t4", "t3", "t2", "t1"]
+
+
+def publish_a_morning(system, entity) -> int:
+    """Events of every topic, published before any page is open; returns how many."""
+    for n, (amount, merchant, category) in enumerate(
+        [(-4.8, "Blue Bottle Coffee", "Coffee"), (-62.35, "Whole Foods Market", "Groceries"), (2450.0, "Acme Corp Payroll", "Income"),
+         (-18.9, "Lyft", "Transport"), (-129.99, "REI Co-op", "Outdoor")],
+        start=1,
+    ):
+        system.publish(entity, "transactions.new", {"transactionId": f"t{n}", "amount": amount, "merchant": merchant, "category": category})
+    system.publish(entity, "balance.updated", {"accountId": "acc-checking", "newBalance": 3120.4, "change": -4.8})
+    system.publish(entity, "balance.updated", {"accountId": "acc-savings", "newBalance": 15200.0, "change": 200.0})
+    system.publish(entity, "balance.updated", {"accountId": "acc-checking", "newBalance": 3233.96, "change": 113.56})
+    system.publish(entity, "agent.action.completed", {"agentId": "categorizer", "action": "categorize_transaction", "result": {"message": "REI Co-op → Outdoor"}})
+    system.publish(entity, "agent.action.completed", {"agentId": "budget-coach", "action": "check_budget", "result": {"message": "Groceries at 64% of the monthly budget"}})
+    system.publish(entity, "sync.completed", {"source": "plaid", "recordsUpdated": 12})
+    system.publish(entity, "sync.completed", {"source": "stripe", "recordsUpdated": 3})
+    return 12
+
+
+def assert_fresh_page_shows_the_morning(browser, total: int) -> None:
+    # nothing is published after the page opened: all of this comes from the rewind
+    wait_until(browser, f"document.querySelector('#event-count').textContent === '{total}'", message="rewound events")
+    assert tx_ids(browser) == ["t5", "t4", "t3", "t2", "t1"]  # newest first
+    assert browser.execute_script("return document.querySelector('[data-account=acc-checking] .amount').textContent") == "3,233.96"
+    assert len(browser.find_elements("css selector", "[data-account]")) == 2
+    assert {e.get_attribute("data-source") for e in browser.find_elements("css selector", "#syncs [data-source]")} == {"plaid", "stripe"}
+    agents = browser.find_element("id", "agent-list").text
+    assert "check_budget" in agents and "categorize_transaction" in agents
+    assert browser.find_elements("css selector", ".empty") == []  # no "waiting" placeholder left
+    assert browser.find_element("id", "replayed-count").text == "0"  # a fresh start, not a resume
+    time.sleep(0.3)
+    assert browser.find_element("id", "event-count").text == str(total)  # and nothing twice
+
+
+def test_a_freshly_opened_dashboard_shows_the_latest_events_at_once(local_system, browser, screenshot):
+    entity = fresh_entity("fresh")
+    total = publish_a_morning(local_system, entity)
+    open_dashboard(browser, local_system, entity)
+    assert browser.execute_script("return document.querySelector('#conn').dataset.transport") == "ws"
+    assert_fresh_page_shows_the_morning(browser, total)
+    screenshot()  # docs/dashboard-fresh.png is this picture
+    # live events follow the rewound ones
+    local_system.transaction(entity, 6, amount=-3.5, merchant="Corner Bakery")
+    wait_until(browser, "document.querySelectorAll('#tx-list tr[data-tx]').length === 6", message="live row after the rewind")
+    assert tx_ids(browser) == ["t6", "t5", "t4", "t3", "t2", "t1"]
+
+
+def test_a_freshly_opened_dashboard_on_sse_fallback_shows_the_latest_events_at_once(local_system, browser, screenshot):
+    entity = fresh_entity("fresh")
+    total = publish_a_morning(local_system, entity)
+    local_system.stop_gateway()  # the WebSocket port now refuses connections
+    try:
+        open_dashboard(browser, local_system, entity)
+        assert browser.execute_script("return document.querySelector('#conn').dataset.transport") == "sse"
+        assert_fresh_page_shows_the_morning(browser, total)
+        screenshot()
+    finally:
+        local_system.start_gateway()
+
+
+def test_rewind_0_opens_an_empty_dashboard(local_system, browser):
+    entity = fresh_entity("fresh")
+    publish_a_morning(local_system, entity)
+    open_dashboard(browser, local_system, entity, rewind=0)
+    time.sleep(0.5)
+    assert tx_ids(browser) == [] and browser.find_element("id", "event-count").text == "0"

@@ -87,6 +87,23 @@ async def test_since_replays_exactly_the_events_after_the_cursor(local_system):
         await client.close()
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_rewind_starts_with_the_last_n_events_then_live_ones(local_system, transport):
+    entity = fresh_entity()
+    ids = await publish(local_system, entity, 1, 6)
+    client = await open_client(local_system, entity, transport=transport, rewind=4)
+    try:
+        items = await collect(client, 4, timeout=10)
+        assert [i.id for i in items] == ids[2:] and tx_numbers(items) == ["t3", "t4", "t5", "t6"]
+        live = await publish(local_system, entity, 7, 7)
+        assert [i.id for i in await collect(client, 1, timeout=10)] == live
+        with pytest.raises(TimeoutError):  # nothing twice
+            await client.next(timeout=0.5)
+        assert client.last_event_id == live[0]
+    finally:
+        await client.close()
+
+
 async def test_falls_back_to_sse_when_the_websocket_is_unreachable(local_system):
     entity = fresh_entity()
     dead_ws = f"ws://127.0.0.1:{free_port()}/dev"  # nothing listens: connection refused

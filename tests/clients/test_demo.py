@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from rtstream import keys
 from rtstream.models import parse_event_id
 from rtstream.publishing import publish
 from rtstream.settings import Settings
@@ -41,7 +42,7 @@ def test_run_demo_publishes_exactly_count_events_into_history(redis_client, redi
     n = run_demo("demo-e1", publish_one, rate=1000, count=25, rng=random.Random(1), on_published=lambda i, t, d: ids.append(i))
     assert n == 25 and len(ids) == 25
     assert [parse_event_id(i) for i in ids] == sorted(parse_event_id(i) for i in ids)
-    assert redis_client.xlen("rt:history:demo-e1") == 25
+    assert redis_client.xlen(keys.history("demo-e1", settings).name) == 25
 
 
 def test_run_demo_is_bounded_by_duration():
@@ -66,7 +67,7 @@ def test_cli_demo_publishes_and_reports_errors(redis_client, redis_url, capsys, 
     assert main(["demo", "--redis-url", redis_url, "--entity", "cli-e", "--count", "6", "--rate", "500", "--seed", "3"]) == 0
     out = capsys.readouterr()
     assert len(out.out.strip().splitlines()) == 6
-    assert redis_client.xlen("rt:history:cli-e") == 6
+    assert redis_client.xlen(keys.history("cli-e", Settings()).name) == 6
     assert main(["demo", "--redis-url", redis_url, "--entity", "bad entity!", "--count", "1"]) == 2
     assert "entity id" in capsys.readouterr().err
     monkeypatch.delenv("REDIS_URL", raising=False)
@@ -87,4 +88,4 @@ def test_background_demo_feeds_until_stopped(redis_client, redis_url):
     assert stopped_at >= 10
     time.sleep(0.1)
     assert demo.published == stopped_at  # nothing after stop
-    assert redis_client.xlen("rt:history:bg-e") == stopped_at
+    assert redis_client.xlen(keys.history("bg-e", Settings()).name) == stopped_at

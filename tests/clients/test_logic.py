@@ -116,12 +116,13 @@ def test_sse_query_and_url_token():
 
 def test_sse_decoder_follows_the_event_stream_rules():
     d = SseDecoder()
-    lines = ["retry: 2000", "", ": heartbeat", "", "id: 5-0", "event: transactions.new", 'data: {"type":"event",', 'data: "topic":"transactions.new","id":"5-0","data":{"amount":1}}', ""]
+    lines = ["retry: 2000", "", ": heartbeat", "", "id: 5-0", "event: transactions.new", 'data: {"transactionId":"t1",', 'data: "amount":1}', ""]
     messages = [m for m in (d.feed(line) for line in lines) if m]
     assert len(messages) == 1
     assert d.retry_ms == 2000
     frame = frame_from_sse(messages[0])
-    assert frame["id"] == "5-0" and frame["data"] == {"amount": 1}
+    # data lines joined with "\n": the payload, with the SSE id and event name
+    assert frame == {"type": "event", "topic": "transactions.new", "id": "5-0", "data": {"transactionId": "t1", "amount": 1}}
     # a bare payload is wrapped with the SSE id and event name
     bare = frame_from_sse(type(messages[0])(event="balance.updated", data='{"change":2}', id="6-0"))
     assert bare == {"type": "event", "topic": "balance.updated", "id": "6-0", "data": {"change": 2}}

@@ -183,6 +183,22 @@ async def test_websocket_frames_from_the_running_system_match_the_schemas(system
         assert_valid(f"server-{frame['type']}", frame)
 
 
+async def test_websocket_rewind_frames_from_the_running_system_match_the_schemas(system):
+    entity = fresh_entity("contract-rewind")
+    ids = [await asyncio.to_thread(system.publish, entity, topic, data) for topic, data in PAYLOADS.items()]
+    sent = {"type": "subscribe", "topic": "*", "rewind": 2}
+    assert_valid("client-subscribe", sent)
+    for bad in ({**sent, "rewind": 0}, {**sent, "rewind": 101}, {**sent, "rewind": "2"}, {**sent, "since": ids[0]}):
+        assert not validator("client-subscribe").is_valid(bad), bad
+    async with websockets.connect(f"{system.ws_url}?token={system.token(entity, 'rewinder')}", open_timeout=10, ping_interval=None) as ws:
+        await ws.send(json.dumps(sent))
+        captured = await _recv(ws, 3)
+    assert captured[0] == {"type": "subscribed", "topic": "*", "cursor": ids[-1]}
+    assert [f["id"] for f in captured[1:]] == ids[-2:]
+    for frame in captured:
+        assert_valid(f"server-{frame['type']}", frame)
+
+
 def _sse_frames(text: str) -> list[dict]:
     frames = []
     for block in text.split("\n\n"):

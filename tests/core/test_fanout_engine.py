@@ -54,18 +54,21 @@ class Rig:
         self.replay_cursor = 0
         self.acked: list[str] = []
 
-    def subscribe(self, conn, entity, topic="*", since=None, filters=Filters()):
+    def subscribe(self, conn, entity, topic="*", since=None, filters=Filters(), rewind=None):
         self.pusher.open(conn)
-        sub = Subscription(conn, entity, topic, "u", filters, pending_replay=f"m-{conn}" if since is not None else None)
+        sub = Subscription(conn, entity, topic, "u", filters, pending_replay=f"m-{conn}" if since is not None or rewind else None)
         self.registry.put_subscription(sub)
-        if since is not None:
+        if rewind:
+            self.log.request_replay(sub, "", rewind=rewind)
+        elif since is not None:
             self.log.request_replay(sub, since)
         else:
             self.log.notify_changed(entity, [topic], conn)
 
-    def publish(self, entity, i, topic="transactions.new"):
+    def publish(self, entity, i, topic="transactions.new", amount=None):
         self.clock.advance(0.001)
-        return self.log.append(entity, topic, tx(i), "sdk").id
+        data = tx(i) if amount is None else {**tx(i), "amount": amount}
+        return self.log.append(entity, topic, data, "sdk").id
 
     async def feed_events(self):
         for entry_id, fields in self.log.partition_entries(0, self.event_cursor):
@@ -313,7 +316,7 @@ async def test_unsubscribe_ends_a_finished_replays_promise():
 
 async def test_dead_letter_stream_key_and_entry_format():
     assert keys.dead_letter_stream().name == "rt:dead-letters" and keys.DEAD_LETTER_MAXLEN > 0
-    assert keys.replay_stream(3).name == "rt:replay:3" and keys.ingest_lease().ttl_seconds
+    assert keys.replay_stream(3).name == "rt:replay:{p3}" and keys.ingest_lease().ttl_seconds
     req = streams.ReplayRequest("m", "c", "e1", "*", Filters(), "1-0\n", "")
     rig = Rig()
     await rig.engine.replay("5-0", streams.encode_replay(req))
@@ -362,3 +365,162 @@ async def test_a_batch_whose_lookup_keeps_failing_dead_letters_each_entry():
     await rig.engine.wait_idle()
     assert sorted(letter.entry_id for letter in rig.dead.letters) == sorted(i for i, f in rig.log.partition_entries(0) if f.get("entity") == "e1" and f.get("kind") == "event")
     assert len(rig.dead.letters) == len(ids) and rig.pusher.received("c") == []
+
+
+# ---- rewind: the last N matching events, then live, on the replay lane ---------------
+
+
+def _rewind_expected(everything: list[tuple[str, bool]], cursor: str, n: int) -> list[str]:
+    """What a rewind of ``n`` must deliver: the last ``n`` matching ids up to the
+    scan's cursor, then every matching id after it, once, in order."""
+    ids = [i for i, _ in everything]
+    upto = ids.index(cursor) + 1 if cursor != "0-0" else 0
+    matching_before = [i for i, m in everything[:upto] if m]
+    return matching_before[-n:] + [i for i, m in everything[upto:] if m]
+
+
+async def test_rewind_sends_subscribed_the_last_n_matching_oldest_first_then_live():
+    rig = Rig()
+    published = [(rig.publish("e1", i, amount=i % 3 * 50), i % 3 * 50 >= 50) for i in range(30)]
+    rig.subscribe("c", "e1", rewind=4, filters=Filters(min_amount=50))
+    rig.subscribe("all", "e1", rewind=100)
+    rig.feed_replays()
+    await rig.engine.wait_idle()
+    frames = rig.pusher.frames("c")
+    newest = published[-1][0]
+    assert frames[0] == {"type": "subscribed", "topic": "*", "cursor": newest}
+    assert rig.ids("c") == [i for i, m in published if m][-4:]
+    assert rig.ids("all") == [i for i, _ in published]  # fewer than N retained: all of them
+    # the events the lane sees late were rewound already: not sent again
+    await rig.feed_events()
+    await rig.engine.wait_idle()
+    assert rig.ids("c") == [i for i, m in published if m][-4:]
+    live = [rig.publish("e1", 100, amount=10), rig.publish("e1", 101, amount=60)]
+    await rig.feed_events()
+    await rig.engine.wait_idle()
+    assert rig.ids("c") == [i for i, m in published if m][-4:] + [live[1]]
+    assert rig.ids("all")[-2:] == live
+    assert rig.registry.subscribers("e1", "*")[0].pending_replay is None  # activated
+    assert rig.dead.letters == []
+
+
+async def test_rewind_of_an_entity_without_history_starts_live_at_0_0():
+    rig = Rig()
+    rig.subscribe("c", "e1", rewind=10)
+    rig.feed_replays()
+    await rig.engine.wait_idle()
+    assert rig.pusher.frames("c") == [{"type": "subscribed", "topic": "*", "cursor": "0-0"}]
+    first = rig.publish("e1", 1)
+    await rig.feed_events()
+    await rig.engine.wait_idle()
+    assert rig.ids("c") == [first]
+
+
+async def test_rewind_with_a_selective_filter_reads_further_pages():
+    rig = Rig()
+    published = [(rig.publish("e1", i, amount=500 if i % 150 == 7 else 1), i % 150 == 7) for i in range(600)]
+    rig.subscribe("c", "e1", rewind=3, filters=Filters(min_amount=100))
+    rig.feed_replays()
+    await rig.engine.wait_idle()
+    assert rig.ids("c") == [i for i, m in published if m][-3:]
+    assert rig.history.reads >= 3  # newest first, page by page, until 3 matched
+
+
+async def test_rewind_scan_is_bounded_by_rewind_max_scan():
+    rig = Rig(limits=EngineLimits(rewind_max_scan=200))
+    match = rig.publish("e1", 0, amount=900)
+    for i in range(1, 400):
+        rig.publish("e1", i, amount=1)
+    rig.subscribe("c", "e1", rewind=1, filters=Filters(min_amount=100))
+    rig.feed_replays()
+    await rig.engine.wait_idle()
+    assert match not in rig.ids("c") and rig.ids("c") == [] and rig.history.reads == 1
+
+
+async def test_rewind_seam_is_exact_while_events_arrive_before_during_and_after_the_scan():
+    """Several rewinding connections; live events published while their scans wait
+    for history (buffered, then considered by the scan), while their posts are
+    held (buffered past the cursor), and after: each gets the last N matching
+    events up to the cursor, then every later matching one, once, in order."""
+    rig = Rig()
+    rig.subscribe("steady", "e1")
+    everything: list[tuple[str, int]] = []
+
+    def publish(n: int) -> None:
+        for _ in range(n):
+            amount = (len(everything) * 37) % 100
+            everything.append((rig.publish("e1", len(everything), amount=amount), amount))
+
+    publish(40)
+    await rig.feed_events()
+    await rig.engine.wait_idle()
+    plans = {"r0": (5, Filters()), "r1": (100, Filters()), "r2": (3, Filters(min_amount=60)), "r3": (1, Filters())}
+    gates = {}
+    for conn, (n, filters) in plans.items():
+        rig.subscribe(conn, "e1", rewind=n, filters=filters)
+        gates[conn] = rig.poster.hold(conn)
+    rig.history.gate = asyncio.Event()  # the scans wait for history
+    rig.feed_replays()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    publish(6)  # sessions registered, scans not yet read: buffered, and <= the cursor
+    await rig.feed_events()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    cursor_expected = everything[-1][0]
+    rig.history.gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)  # the scans read history (their posts are held)
+    for round_ in range(4):
+        publish(3)  # scanned already: buffered past the cursor
+        await rig.feed_events()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        if round_ == 1:
+            gates["r0"].set()
+            gates["r2"].set()
+    for gate in gates.values():
+        gate.set()
+    publish(4)
+    await rig.feed_events()
+    await rig.engine.wait_idle()
+    publish(2)  # after activation: the registry path
+    await rig.feed_events()
+    await rig.engine.wait_idle()
+    assert rig.ids("steady") == [i for i, _ in everything]
+    for conn, (n, filters) in plans.items():
+        first = rig.pusher.frames(conn)[0]
+        assert first["type"] == "subscribed" and first["cursor"] == cursor_expected, conn
+        marked = [(i, filters.empty or amount >= filters.min_amount) for i, amount in everything]
+        got = rig.ids(conn)
+        assert got == _rewind_expected(marked, cursor_expected, n), conn
+        assert len(got) == len(set(got))
+    assert rig.dead.letters == []
+
+
+@pytest.mark.parametrize("rewind", ["0", "101", "abc", "-1", "5 "])
+async def test_a_rewind_request_out_of_range_is_dead_lettered_and_answered_with_an_error(rewind):
+    rig = Rig()
+    rig.publish("e1", 1)
+    rig.pusher.open("c")
+    sub = Subscription("c", "e1", "*", "u", Filters(), pending_replay="m-c")
+    rig.registry.put_subscription(sub)
+    req = streams.ReplayRequest("m-c", "c", "e1", "*", Filters(), "", "", rewind=rewind)
+    await rig.engine.replay("5-0", streams.encode_replay(req))
+    frames = rig.pusher.frames("c")
+    assert [f["code"] for f in frames] == ["invalid_message"]
+    assert rig.registry.connection_subscriptions("c") == []
+    [letter] = rig.dead.letters
+    assert letter.lane == "replay" and letter.fields["rewind"] == rewind
+
+
+async def test_rewind_to_a_gone_connection_stops_at_the_first_410():
+    rig = Rig()
+    for i in range(20):
+        rig.publish("e1", i)
+    rig.subscribe("gone", "e1", rewind=20)
+    rig.pusher.close("gone")
+    rig.feed_replays()
+    await rig.engine.wait_idle()
+    assert rig.poster.attempts["gone"] == 1
+    assert rig.metrics.counts["replays_abandoned"] == 1 and rig.engine.sessions == {}

@@ -57,6 +57,13 @@ def test_null_optional_fields_mean_absent():
     assert parse({"type": "subscribe", "topic": "*", "filters": None, "since": None}) == Subscribe("*")
 
 
+@pytest.mark.parametrize("n", [1, 7, 100])
+def test_subscribe_with_rewind(n):
+    frame = parse({"type": "subscribe", "topic": "balance.updated", "filters": {"minAmount": 1}, "rewind": n})
+    assert frame == Subscribe("balance.updated", Filters(min_amount=1.0), None, n)
+    assert parse({"type": "subscribe", "topic": "*", "rewind": None}) == Subscribe("*")
+
+
 def test_min_amount_zero_and_float_accepted():
     assert parse({"type": "subscribe", "topic": "*", "filters": {"minAmount": 0}}).filters.min_amount == 0.0
     assert parse({"type": "subscribe", "topic": "*", "filters": {"minAmount": 2.5}}).filters.min_amount == 2.5
@@ -115,6 +122,17 @@ INVALID = {
     "since malformed": {"type": "subscribe", "topic": "*", "since": "yesterday"},
     "since injection": {"type": "subscribe", "topic": "*", "since": "0-0 + inf"},
     "since missing seq": {"type": "subscribe", "topic": "*", "since": "1764090000000"},
+    "rewind zero": {"type": "subscribe", "topic": "*", "rewind": 0},
+    "rewind 101": {"type": "subscribe", "topic": "*", "rewind": 101},
+    "rewind negative": {"type": "subscribe", "topic": "*", "rewind": -1},
+    "rewind float": {"type": "subscribe", "topic": "*", "rewind": 5.5},
+    "rewind integral float": {"type": "subscribe", "topic": "*", "rewind": 5.0},
+    "rewind bool": {"type": "subscribe", "topic": "*", "rewind": True},
+    "rewind string": {"type": "subscribe", "topic": "*", "rewind": "5"},
+    "rewind list": {"type": "subscribe", "topic": "*", "rewind": [5]},
+    "rewind huge": '{"type":"subscribe","topic":"*","rewind":1e999}',
+    "rewind with since": {"type": "subscribe", "topic": "*", "rewind": 5, "since": "1764090000000-0"},
+    "rewind on unsubscribe": {"type": "unsubscribe", "topic": "*", "rewind": 5},
     "duplicate keys": '{"type":"subscribe","topic":"*","topic":"presence"}',
     "duplicate type": '{"type":"ping","type":"subscribe","topic":"*"}',
     "invalid utf-8": b'{"type":"ping","x":"\xff"}',

@@ -186,6 +186,27 @@ def test_subscribe_with_since_queues_replay_and_defers_subscribed(service, regis
     assert req.filters == Filters(sources=("test",))
 
 
+def test_subscribe_with_rewind_queues_a_rewind_on_the_replay_lane(service, registry, event_log):
+    service.connect(ALICE, "c1")
+    last = event_log.append("entity-a", "balance.updated", {"accountId": "a", "balance": 1, "currency": "EUR"}, "test")
+    reply = service.handle("c1", ALICE, json.dumps({"type": "subscribe", "topic": "balance.updated", "rewind": 20}))
+    assert reply.frames == [] and reply.resumed is False  # a fresh start, not a resume
+    (sub,) = registry.subscribers("entity-a", "balance.updated")
+    assert sub.pending_replay  # live events wait for the rewind (the seam)
+    req = streams.decode(event_log.replay_entries(keys.partition_of("entity-a", event_log.settings))[-1][1])
+    assert isinstance(req, streams.ReplayRequest)
+    assert (req.marker, req.connection_id, req.topic, req.since, req.rewind, req.until) == (sub.pending_replay, "c1", "balance.updated", "", "20", last.id)
+
+
+@pytest.mark.parametrize("extra", [{"rewind": 0}, {"rewind": 101}, {"rewind": "5"}, {"rewind": True}, {"rewind": 2, "since": "1-0"}])
+def test_bad_rewind_is_refused_and_subscribes_nothing(service, registry, event_log, extra):
+    service.connect(ALICE, "c1")
+    reply = send(service, "c1", ALICE, {"type": "subscribe", "topic": "*", **extra})
+    assert [f["code"] for f in reply] == ["invalid_message"]
+    assert registry.connection_subscriptions("c1") == []
+    assert event_log.replay_entries(keys.partition_of("entity-a", event_log.settings)) == []
+
+
 def test_since_without_event_log_is_an_error(registry, settings):
     svc = RealtimeService(registry=registry, settings=settings)
     svc.connect(ALICE, "c1")
@@ -199,12 +220,15 @@ def test_failed_replay_request_leaves_no_pending_subscription(registry, settings
     from rtstream.errors import BackendUnavailable
 
     class BrokenLog(InMemoryEventLog):
-        def request_replay(self, subscription, since):
+        def request_replay(self, subscription, since, rewind=0):
             raise BackendUnavailable("redis down")
 
     svc = RealtimeService(registry=registry, settings=settings, event_log=BrokenLog(settings, clock=clock), clock=clock)
     svc.connect(ALICE, "c1")
     reply = send(svc, "c1", ALICE, {"type": "subscribe", "topic": "*", "since": "1-0"})
+    assert reply[0]["code"] == "unavailable"
+    assert registry.connection_subscriptions("c1") == []
+    reply = send(svc, "c1", ALICE, {"type": "subscribe", "topic": "*", "rewind": 5})
     assert reply[0]["code"] == "unavailable"
     assert registry.connection_subscriptions("c1") == []
 

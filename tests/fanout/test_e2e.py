@@ -275,6 +275,73 @@ async def test_replay_after_a_disconnect_delivers_exactly_the_missed_events(syst
         await back.close()
 
 
+async def test_rewinding_subscribes_under_concurrent_publishing_get_the_last_n_then_every_later_event_once(system, worker, rclient):
+    """Several WebSocket subscribes with ``rewind`` while a backend keeps
+    publishing: each gets ``subscribed`` (its cursor), the last N matching events
+    up to that cursor, oldest first, then every later matching event exactly
+    once, in order."""
+    published: list[tuple[str, int]] = []
+
+    def pub(amount):
+        published.append((publish("ent-w", "transactions.new", tx(amount), client=rclient, settings=system.settings), amount))
+
+    for i in range(15):
+        pub(i * 10)
+    plans = [(3, {}), (10, {}), (100, {}), (2, {"minAmount": 60}), (100, {"minAmount": 60})]
+    cs = await clients(system, *["ent-w"] * len(plans))
+    stop = asyncio.Event()
+
+    async def keep_publishing():  # live events race the rewinds: the seam must hold
+        n = 0
+        while not stop.is_set() and n < 40:
+            await asyncio.to_thread(pub, (n * 37) % 100)
+            n += 1
+            await asyncio.sleep(0.005)
+
+    racing = asyncio.create_task(keep_publishing())
+    try:
+        await asyncio.sleep(0.05)
+        for c, (n, filters) in zip(cs, plans):
+            await c.send({"type": "subscribe", "topic": "*", "rewind": n, **({"filters": filters} if filters else {})})
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await racing
+        pub(99)  # after every rewind finished: the registry path
+        for c, (n, filters) in zip(cs, plans):
+            wanted = [i for i, amount in published if amount >= filters.get("minAmount", 0)]
+            await wait_for(lambda c=c, last=wanted[-1]: last in c.event_ids(), timeout=15, what="rewind + live")
+        await asyncio.sleep(0.2)  # a duplicate would arrive by now
+        ids = [i for i, _ in published]
+        for c, (n, filters) in zip(cs, plans):
+            first = c.frames[0]
+            assert first["type"] == "subscribed" and first["topic"] == "*" and first["cursor"] in ids, first
+            upto = ids.index(first["cursor"]) + 1
+            keep = lambda amount: amount >= filters.get("minAmount", 0)  # noqa: E731
+            expected = [i for i, a in published[:upto] if keep(a)][-n:] + [i for i, a in published[upto:] if keep(a)]
+            assert c.event_ids() == expected, (n, filters)
+            assert [f["type"] for f in c.frames].count("error") == 0
+        # the subscribes were spread over the publishing: the cursors differ
+        assert len({c.frames[0]["cursor"] for c in cs}) > 1
+    finally:
+        stop.set()
+        for c in cs:
+            await c.close()
+
+
+async def test_rewind_out_of_range_or_with_since_is_invalid_message_and_the_connection_stays_usable(system, worker, rclient):
+    [c] = await clients(system, "ent-w2")
+    try:
+        for bad in ({"rewind": 0}, {"rewind": 101}, {"rewind": 2.5}, {"rewind": True}, {"rewind": "5"}, {"rewind": 5, "since": "1-0"}):
+            n = len(c.frames)
+            await c.send({"type": "subscribe", "topic": "*", **bad})
+            await wait_for(lambda: len(c.frames) > n, what="error frame")
+            assert c.frames[n]["type"] == "error" and c.frames[n]["code"] == "invalid_message", (bad, c.frames[n])
+        await c.subscribe("*")
+    finally:
+        await c.close()
+
+
 async def test_replay_gap_when_since_is_older_than_history(system, worker, rclient):
     [c] = await clients(system, "ent-g")
     try:

@@ -99,7 +99,7 @@ def test_presence_reply_holds_only_the_users_a_step_touches(redis_client):
     presence = RedisPresence(redis_client, Settings())
     presence.touch("big", [(f"u{i}", f"c{i}", "sse") for i in range(2000)])
     assert len(presence.online("big")) == 2000
-    script_reply = presence._script(keys=["rt:presence:big", "rt:presence-by-user:big"], args=["beat", "u7|c7b|websocket", 660_000, 840_000])
+    script_reply = presence._script(keys=[keys.presence("big", Settings()).name, keys.presence_by_user("big", Settings()).name], args=["beat", "u7|c7b|websocket", 660_000, 840_000])
     before, after = script_reply
     assert sorted(before) == [b"u7|c7|sse"]
     assert sorted(after) == sorted([b"u7|c7|sse", b"u7|c7b|websocket"])

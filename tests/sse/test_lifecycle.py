@@ -153,6 +153,7 @@ async def test_dashboard_routes_without_dev_token(sse_server):
         assert (await http.get(sse_server.url + "/static/..%2Fapp.py")).status_code == 404
         config = (await http.get(sse_server.url + "/dashboard/config")).json()
     assert config["token"] is None and config["sseUrl"] == sse_server.url + "/events"
+    assert config["rewind"] == 100  # a fresh dashboard opens with the latest events
 
 
 async def test_dashboard_config_dev_token(redis_url, sse_secret, sse_logs):

@@ -328,10 +328,9 @@ export function sseQuery(topics, filters, rewind = null) {
 
 /**
  * The protocol frame one SSE message carries. The wire format is `id:` the
- * event id, `event:` the topic, `data:` the payload; the older format carried
- * the whole WebSocket envelope in `data:` (recognised by its type, topic and id
- * matching the SSE fields) and is still accepted. `cursor`, `error` and
- * `replay_gap` are control frames.
+ * event id, `event:` the topic, `data:` the payload only (a payload is never
+ * unwrapped, whatever fields it has). `cursor`, `error` and `replay_gap` are
+ * control frames.
  * @param {string} eventName SSE `event:` ("message" when absent)
  * @param {string} data SSE `data:`
  * @param {string | null | undefined} lastId SSE `id:` of this message
@@ -350,11 +349,6 @@ export function frameFromSse(eventName, data, lastId) {
   }
   if (eventName === "error" || eventName === "replay_gap") {
     return { type: "error", ...(isObject ? payload : {}), code: (isObject && payload.code) || "replay_gap" };
-  }
-  // TRANSITION (old SSE format): data was the WebSocket envelope. Remove once
-  // every server sends the payload only.
-  if (isObject && payload.type === "event" && "data" in payload && (payload.topic === eventName || eventName === "message") && (!id || payload.id === id || payload.id == null)) {
-    return { ...payload, id: payload.id ?? id };
   }
   if (isObject && payload.type === "error" && eventName === "message") return payload;
   return { type: "event", topic: eventName, id, data: payload };

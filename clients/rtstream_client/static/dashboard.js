@@ -4,6 +4,7 @@ import { RealtimeClient, tokenClaims } from "/static/rtstream.js";
 
 const MAX_TRANSACTIONS = 50;
 const MAX_AGENT_ACTIONS = 20;
+const MAX_REWIND = 100; // the protocol's bound on subscribe `rewind`
 const money = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const $ = (id) => document.getElementById(id);
 
@@ -86,8 +87,11 @@ async function main() {
   };
 
   const transport = ["ws", "sse"].includes(params.get("transport")) ? params.get("transport") : "auto";
-  // ?rewind=N (or the server's config) opens with the last N events, so a fresh page is not empty
-  const rewind = Math.min(100, Math.max(0, Math.floor(Number(params.get("rewind") ?? config.rewind ?? 0)))) || null;
+  // A fresh page opens with the last N events (the server's config, else the
+  // protocol's maximum), so it shows the latest balances, transactions, agent
+  // actions and syncs at once; ?rewind=N overrides, ?rewind=0 opens empty. A
+  // reconnect resumes from the cursor instead.
+  const rewind = Math.min(MAX_REWIND, Math.max(0, Math.floor(Number(params.get("rewind") ?? config.rewind ?? MAX_REWIND)))) || null;
   const client = new RealtimeClient({
     wsUrl: config.wsUrl || null,
     sseUrl: config.sseUrl || new URL("/events", location.href).toString(),

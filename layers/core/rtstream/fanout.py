@@ -50,13 +50,17 @@ def keeps(filters: Filters, event: Event) -> bool:
     return filters.empty or filters.matches(event.topic, event.source, event.data)
 
 
-def subscribed_frame(topic: str) -> bytes:
-    return json.dumps({"type": "subscribed", "topic": topic}, separators=(",", ":")).encode()
+def subscribed_frame(topic: str, cursor: str = "") -> bytes:
+    frame = {"type": "subscribed", "topic": topic}
+    if cursor:
+        frame["cursor"] = cursor
+    return json.dumps(frame, separators=(",", ":")).encode()
 
 
-def replay_frames(request: streams.ReplayRequest, replayed: Sequence[Event] | ReplayGap) -> list[bytes]:
-    """What a ``replay`` entry sends to its connection, in order."""
-    frames = [subscribed_frame(request.topic)]
+def replay_frames(request: streams.ReplayRequest, replayed: Sequence[Event] | ReplayGap, cursor: str = "") -> list[bytes]:
+    """What a ``replay`` entry sends to its connection, in order. ``cursor`` (a
+    rewind's): the newest id its scan considered, carried by ``subscribed``."""
+    frames = [subscribed_frame(request.topic, cursor)]
     if isinstance(replayed, ReplayGap):
         frames.append(json.dumps(replayed.to_frame(), separators=(",", ":")).encode())
         return frames

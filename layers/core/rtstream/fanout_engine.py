@@ -34,7 +34,11 @@ Replay lane and the seam
        lane appends matching live events to the session's buffer;
     3. the replay reads history ``(since, now]``, posts ``subscribed`` (alone: a
        410 abandons the replay at once), then the events; the watermark ``W`` is
-       the last replayed id;
+       the last replayed id. A *rewind* request (``rewind=N``, no ``since``)
+       reads the last N matching events instead with the core's
+       :class:`~rtstream.history.RewindScan` (newest first, in pages); ``W`` is
+       the scan's ``cursor``, the newest id when it began: every event up to it
+       was considered by the scan, so later ones are exactly what is left;
     4. buffered events with id > W are posted in order (W follows), until the
        buffer is empty; then, with no await in between, the session is *done*;
     5. from then on the lane posts events with id > W to the connection and drops
@@ -59,6 +63,7 @@ from . import streams
 from .backoff import backoff_delay
 from .errors import BackendUnavailable, ConnectionGone, InvalidMessage, RealtimeError, ReplayGap, Throttled
 from .fanout import MarkerSet, SubscriberCache, decode_entry, keeps, lookup_topics, replay_frames, topic_covers
+from .history import ZERO_CURSOR, RewindScan, require_rewind
 from .models import Event, Subscription
 from .ports import AsyncPoster, ConnectionRegistry, DeadLetter, DeadLetterSink, FanoutMetrics, HistoryReader
 from .topics import PRESENCE
@@ -124,6 +129,7 @@ class EngineLimits:
     session_ttl_s: float = 30.0  # a done session is retired after this at the latest
     buffer_cap: int = 5_000  # live events buffered per running replay; beyond: re-read history
     max_batch: int = 64  # consecutive events of one entity handled as one batch
+    rewind_max_scan: int = 1_000  # history read by one rewind at most (the worker: history_maxlen)
 
 
 RUNNING = "running"
@@ -568,7 +574,11 @@ class FanoutEngine:
             await self._dead_letter("not a replay request", entry_id, fields, "replay")
             return
         try:
-            since = strict_id_key(req.since)
+            if req.rewind:
+                require_rewind(req.rewind)  # the wire's text: digits only, 1..MAX_REWIND
+                since = (0, 0)
+            else:
+                since = strict_id_key(req.since)
         except InvalidMessage as exc:
             await self._refuse_replay(req, entry_id, fields, exc)
             return
@@ -591,12 +601,19 @@ class FanoutEngine:
 
     async def _answer(self, session: ReplaySession, entry_id: str, fields: dict) -> None:
         req = session.request
-        try:
-            replayed: list[Event] | ReplayGap = await self._read(lambda: self.history.replay(req.entity_id, req.since, None), entry_id, fields)
-        except ReplayGap as gap:
-            replayed = gap
-            self.metrics.add("replay_gaps")
-        frames = replay_frames(req, replayed)
+        if req.rewind:
+            scan = await self._rewind(req, entry_id, fields)
+            # every id <= cursor was considered by the scan: live delivery starts after it
+            session.watermark = _key(scan.cursor)
+            frames = replay_frames(req, scan.events, cursor=scan.cursor or ZERO_CURSOR)
+            replayed: list[Event] | ReplayGap = []
+        else:
+            try:
+                replayed = await self._read(lambda: self.history.replay(req.entity_id, req.since, None), entry_id, fields)
+            except ReplayGap as gap:
+                replayed = gap
+                self.metrics.add("replay_gaps")
+            frames = replay_frames(req, replayed)
         if isinstance(replayed, ReplayGap):
             # the client must resynchronise; live delivery starts after the newest
             # id at subscribe time (``until``, read atomically with the request)
@@ -638,6 +655,19 @@ class FanoutEngine:
             await self._read(lambda: asyncio.to_thread(self.registry.clear_pending_replay, req.connection_id, req.entity_id, req.topic, req.marker), entry_id, fields)
         except _DeadLettered:
             pass  # delivered already; the in-process marker keeps it active here
+
+    async def _rewind(self, req: streams.ReplayRequest, entry_id: str, fields: dict) -> RewindScan:
+        """The last ``req.rewind`` events the subscription keeps (the core's rule,
+        driven page by page over ``HistoryReader.recent``)."""
+
+        def wants(event: Event) -> bool:
+            return event.entity_id == req.entity_id and topic_covers(req.topic, event.topic) and keeps(req.filters, event)
+
+        scan = RewindScan(require_rewind(req.rewind), wants, max_scan=self.limits.rewind_max_scan)
+        while scan.more:
+            before = scan.before
+            scan.feed(await self._read(lambda: self.history.recent(req.entity_id, scan.page_size, before=before), entry_id, fields))
+        return scan
 
     async def _read(self, attempt: Callable[[], Awaitable[Any]], entry_id: str, fields: dict) -> Any:
         """A backend step of a replay: transient failures retried within the

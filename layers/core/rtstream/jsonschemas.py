@@ -105,7 +105,7 @@ _CLIENT_REQUIRED = {"subscribe": ["topic"], "unsubscribe": ["topic"]}
 
 def client_frame_schema(frame_type: str) -> dict[str, Any]:
     allowed = sorted(protocol._FIELDS[frame_type])
-    return {
+    schema = {
         "$schema": DRAFT,
         "title": f"client {frame_type}",
         "type": "object",
@@ -113,6 +113,9 @@ def client_frame_schema(frame_type: str) -> dict[str, Any]:
         "required": ["type", *_CLIENT_REQUIRED.get(frame_type, [])],
         "additionalProperties": False,
     }
+    if {"since", "rewind"} <= set(allowed):
+        schema["not"] = {"required": ["since", "rewind"]}  # a resume replays from its cursor: never both
+    return schema
 
 
 def _server(title: str, frame_type: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:

@@ -3,6 +3,14 @@
 One function per key (the channels_redis ``_group_key`` rule): when a name or a
 lifetime changes, it changes in one place. Values are plain data; the Redis
 adapters apply them.
+
+Redis Cluster: every key of one entity, and its partition's fan-out and replay
+streams, carry the same hash tag, :func:`slot_tag` (``{p3}``: the entity's
+partition), so they live in one hash slot and every script touches one slot.
+Other keys (rate buckets, leases, counters) are single-key. Changing
+``RTSTREAM_FANOUT_PARTITIONS`` remaps entities to other tags, i.e. other key
+names: history, presence and idempotency keys written before are not found
+under the new names (see docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -39,20 +47,7 @@ def parse_raw_channel(channel: str) -> tuple[str, str] | None:
     return topic, entity_id
 
 
-# ---- history and fan-out streams ----------------------------------------------
-
-
-def history(entity_id: str, settings: Settings) -> RedisKey:
-    """Per-entity stream of events; ids are the replay cursor. Length is capped at
-    ``history_maxlen``; the key expires ``history_ttl_seconds`` after the last event."""
-    return RedisKey(f"{PREFIX}:history:{entity_id}", settings.history_ttl_seconds)
-
-
-def history_horizon(entity_id: str, settings: Settings) -> RedisKey:
-    """Highest id no longer in the entity's history (trimmed, or lost with an
-    expired stream); replays from older cursors are gaps. Lives and expires
-    with the history stream."""
-    return RedisKey(f"{PREFIX}:history-horizon:{entity_id}", settings.history_ttl_seconds)
+# ---- hash slots (Redis Cluster) -----------------------------------------------
 
 
 def partition_of(entity_id: str, settings: Settings) -> int:
@@ -60,9 +55,36 @@ def partition_of(entity_id: str, settings: Settings) -> int:
     return zlib.crc32(entity_id.encode()) % max(1, settings.fanout_partitions)
 
 
+def slot_tag(partition: int) -> str:
+    """The hash tag of a partition: only the text between the first ``{`` and
+    ``}`` of a name picks its cluster slot, so every name carrying ``{p3}``
+    shares one slot (the append script writes history AND partition stream)."""
+    return f"{{p{partition}}}"
+
+
+def _entity_tag(entity_id: str, settings: Settings) -> str:
+    return slot_tag(partition_of(entity_id, settings))
+
+
+# ---- history and fan-out streams ----------------------------------------------
+
+
+def history(entity_id: str, settings: Settings) -> RedisKey:
+    """Per-entity stream of events; ids are the replay cursor. Length is capped at
+    ``history_maxlen``; the key expires ``history_ttl_seconds`` after the last event."""
+    return RedisKey(f"{PREFIX}:history:{_entity_tag(entity_id, settings)}:{entity_id}", settings.history_ttl_seconds)
+
+
+def history_horizon(entity_id: str, settings: Settings) -> RedisKey:
+    """Highest id no longer in the entity's history (trimmed, or lost with an
+    expired stream); replays from older cursors are gaps. Lives and expires
+    with the history stream."""
+    return RedisKey(f"{PREFIX}:history-horizon:{_entity_tag(entity_id, settings)}:{entity_id}", settings.history_ttl_seconds)
+
+
 def fanout_stream(partition: int) -> RedisKey:
     """Work stream read by the fan-out workers (consumer group); capped by MAXLEN."""
-    return RedisKey(f"{PREFIX}:fanout:{partition}", None)
+    return RedisKey(f"{PREFIX}:fanout:{slot_tag(partition)}", None)
 
 
 FANOUT_GROUP = "fanout"
@@ -71,7 +93,7 @@ FANOUT_GROUP = "fanout"
 def replay_stream(partition: int) -> RedisKey:
     """Replay requests (subscribe with ``since``) of one partition: a lane of their
     own, read by the partition's owner, so a resume never waits behind live work."""
-    return RedisKey(f"{PREFIX}:replay:{partition}", None)
+    return RedisKey(f"{PREFIX}:replay:{slot_tag(partition)}", None)
 
 
 def dead_letter_stream() -> RedisKey:
@@ -97,7 +119,7 @@ def idempotency(entity_id: str, key: str, settings: Settings) -> RedisKey:
     """The id of the event a publisher published with idempotency ``key`` for
     this entity; a repeat within the window returns it instead of appending.
     (Entity ids carry no ':', so the name is unambiguous.)"""
-    return RedisKey(f"{PREFIX}:idempotency:{entity_id}:{key}", max(1, settings.idempotency_window_seconds))
+    return RedisKey(f"{PREFIX}:idempotency:{_entity_tag(entity_id, settings)}:{entity_id}:{key}", max(1, settings.idempotency_window_seconds))
 
 
 # ---- limits and presence ------------------------------------------------------
@@ -115,25 +137,29 @@ def rate_violations(connection_id: str) -> RedisKey:
 
 def presence(entity_id: str, settings: Settings) -> RedisKey:
     """Sorted set of an entity's live connections scored by last heartbeat."""
-    return RedisKey(f"{PREFIX}:presence:{entity_id}", settings.presence_ttl_seconds)
+    return RedisKey(f"{PREFIX}:presence:{_entity_tag(entity_id, settings)}:{entity_id}", settings.presence_ttl_seconds)
 
 
 def presence_by_user(entity_id: str, settings: Settings) -> RedisKey:
     """The same members as :func:`presence`, all scored 0, so one user's members
     are a ZRANGEBYLEX away: a heartbeat costs O(log N), not O(N) (it read the
     whole set, 0.8 ms per SSE connect in an entity of 5,000). Same lifetime."""
-    return RedisKey(f"{PREFIX}:presence-by-user:{entity_id}", settings.presence_ttl_seconds)
+    return RedisKey(f"{PREFIX}:presence-by-user:{_entity_tag(entity_id, settings)}:{entity_id}", settings.presence_ttl_seconds)
 
 
 PRESENCE_SCAN_PATTERN = f"{PREFIX}:presence:*"
 
 
 def presence_entity(key_name: str | bytes) -> str | None:
-    """Entity id of a :func:`presence` key (the housekeeping sweep scans them)."""
+    """Entity id of a :func:`presence` key, ``rt:presence:{p3}:acme`` -> ``acme``
+    (the housekeeping sweep scans them)."""
     if isinstance(key_name, bytes):
         key_name = key_name.decode()
-    head = f"{PREFIX}:presence:"
-    return key_name[len(head) :] if key_name.startswith(head) and len(key_name) > len(head) else None
+    head = f"{PREFIX}:presence:{{p"
+    if not key_name.startswith(head):
+        return None
+    _, sep, entity_id = key_name[len(head) :].partition("}:")
+    return entity_id if sep and entity_id else None
 
 
 def metrics_counter(name: str) -> RedisKey:

@@ -124,10 +124,11 @@ class EventLog(Protocol):
         (:class:`rtstream.history.RewindScan`). Expired history reads as empty."""
         ...
 
-    def request_replay(self, subscription: Subscription, since: str) -> str:
+    def request_replay(self, subscription: Subscription, since: str, rewind: int = 0) -> str:
         """Queue a ``replay`` entry for ``subscription`` (whose ``pending_replay``
-        is the marker) in its entity's fan-out stream, with ``until`` = the
-        entity's last history id read atomically; returns the stream entry id."""
+        is the marker) on its partition's replay lane, with ``until`` = the
+        entity's last history id read atomically; returns the stream entry id.
+        ``rewind`` > 0 (``since`` ""): the last ``rewind`` matching events instead."""
         ...
 
     def notify_changed(self, entity_id: str, topics: Sequence[str], connection_id: str) -> None:
@@ -212,6 +213,10 @@ class HistoryReader(Protocol):
 
     async def last_id(self, entity_id: str) -> str:
         """The entity's newest history id ("" when none)."""
+        ...
+
+    async def recent(self, entity_id: str, count: int, before: str | None = None) -> list[Event]:
+        """One rewind page, as :meth:`EventLog.recent` (newest first, id < ``before``)."""
         ...
 
 

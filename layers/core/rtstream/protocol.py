@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidMessage, MessageTooLarge, UnknownTopic
+from .history import MAX_REWIND, require_rewind
 from .models import Filters, is_event_id
 from .topics import EVENT_TOPICS, SUBSCRIBABLE_TOPICS
 
@@ -30,6 +31,8 @@ class Subscribe:
     topic: str
     filters: Filters = field(default_factory=Filters)
     since: str | None = None
+    # the last N matching events first (1..history.MAX_REWIND); never with ``since``
+    rewind: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ PRIVILEGED_TYPES: tuple[str, ...] = ("publish", "broadcast", "disconnect")
 
 # type -> allowed fields (besides "type")
 _FIELDS: dict[str, frozenset[str]] = {
-    "subscribe": frozenset({"topic", "filters", "since"}),
+    "subscribe": frozenset({"topic", "filters", "since", "rewind"}),
     "unsubscribe": frozenset({"topic"}),
     "ping": frozenset(),
     "presence": frozenset(),
@@ -192,6 +195,15 @@ def _since(value: Any) -> str | None:
     return value
 
 
+def _rewind(value: Any) -> int | None:
+    if value is None:
+        return None
+    # a JSON number only: the query-string form ("5") is the SSE's, not a frame's
+    if isinstance(value, str):
+        raise InvalidMessage(f"field 'rewind' must be an integer from 1 to {MAX_REWIND}, got a string")
+    return require_rewind(value)
+
+
 def parse_client_frame(raw: str | bytes, *, max_bytes: int) -> ClientFrame:
     """Parse one client frame strictly; raise a coded error for anything else."""
     frame = _loads(raw, max_bytes)
@@ -211,7 +223,10 @@ def parse_client_frame(raw: str | bytes, *, max_bytes: int) -> ClientFrame:
     if unknown:
         raise InvalidMessage(f"unknown field(s) for {frame_type}: {', '.join(repr(u[:64]) for u in unknown)}")
     if frame_type == "subscribe":
-        return Subscribe(topic=_topic(frame), filters=parse_filters(frame.get("filters")), since=_since(frame.get("since")))
+        since, rewind = _since(frame.get("since")), _rewind(frame.get("rewind"))
+        if since is not None and rewind is not None:
+            raise InvalidMessage("'rewind' and 'since' exclude each other: a resume replays from its cursor")
+        return Subscribe(topic=_topic(frame), filters=parse_filters(frame.get("filters")), since=since, rewind=rewind)
     if frame_type == "unsubscribe":
         return Unsubscribe(topic=_topic(frame))
     if frame_type == "ping":

@@ -218,8 +218,10 @@ class RealtimeService:
         """Reply frames, and whether this first subscribe of the connection resumes
         (None when it is not the first)."""
         entity_id = principal.entity_id  # never from the frame
-        if frame.since is not None and self.event_log is None:
-            raise InvalidMessage("'since' replay is not available on this endpoint")
+        if (frame.since is not None or frame.rewind is not None) and self.event_log is None:
+            raise InvalidMessage("'since' replay and 'rewind' are not available on this endpoint")
+        # both are answered by the fan-out's replay lane (pending until then)
+        via_replay = frame.since is not None or frame.rewind is not None
         existing = self.registry.connection_subscriptions(connection_id)
         others = {s.topic for s in existing if s.topic != frame.topic}
         if len(others) >= self.settings.max_subscriptions:
@@ -230,25 +232,29 @@ class RealtimeService:
             topic=frame.topic,
             user_id=principal.user_id,
             filters=frame.filters,
-            pending_replay=uuid.uuid4().hex if frame.since is not None else None,
+            pending_replay=uuid.uuid4().hex if via_replay else None,
             expires_at=self._expires_at(connection_id),
         )
         # Read before the subscription exists: every event delivered live is newer,
         # so a client may resume from here even if it receives nothing first.
-        cursor = self._cursor(entity_id) if frame.since is None else ""
+        cursor = self._cursor(entity_id) if not via_replay else ""
         self.registry.put_subscription(subscription)
-        if frame.since is None:
+        if not via_replay:
             self._notify_changed(entity_id, [frame.topic], connection_id)
             return [protocol.subscribed(frame.topic, cursor)], self._first_subscribe(connection_id, existing, resumed=False)
         assert self.event_log is not None
         try:
-            # The fan-out answers `subscribed`, the replay, then live events (DESIGN.md "Replay seam").
-            self.event_log.request_replay(subscription, frame.since)
+            # The fan-out answers `subscribed`, the replay (or rewind), then live events (DESIGN.md "Replay seam").
+            if frame.rewind is not None:
+                self.event_log.request_replay(subscription, "", rewind=frame.rewind)
+            else:
+                assert frame.since is not None
+                self.event_log.request_replay(subscription, frame.since)
         except RealtimeError:
             # A pending subscription nobody will activate would silently drop events.
             self.registry.remove_subscription(connection_id, entity_id, frame.topic)
             raise
-        return [], self._first_subscribe(connection_id, existing, resumed=True)
+        return [], self._first_subscribe(connection_id, existing, resumed=frame.since is not None)
 
     def _first_subscribe(self, connection_id: str, existing: list[Subscription], *, resumed: bool) -> bool | None:
         """``resumed`` if this is the connection's first subscribe, else None. The

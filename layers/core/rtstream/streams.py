@@ -5,6 +5,8 @@ A partition stream carries, in publish order for each entity:
 - ``kind=event``: an event, already recorded in the entity's history;
 - ``kind=replay``: a subscribe with ``since``: the fan-out answers ``subscribed``,
   replays history ``(since, until]`` (filtered), then activates the subscription;
+  with ``rewind`` (and no ``since``) it sends the last N matching events instead
+  (:class:`rtstream.history.RewindScan`); queued on the replay lane;
 - ``kind=changed``: subscriptions of an entity changed (subscribe without
   ``since``, unsubscribe, disconnect); readers that cache subscribers drop them.
 
@@ -36,6 +38,9 @@ class ReplayRequest:
     since: str
     # last history id of the entity when the request was queued ("" if none)
     until: str
+    # "N": a rewind of the last N matching events (``since`` is then ""); text as
+    # on the wire, checked by the engine with ``history.require_rewind``
+    rewind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,7 @@ def encode_event(event: Event) -> dict[str, str]:
 
 
 def encode_replay(req: ReplayRequest) -> dict[str, str]:
-    return {
+    fields = {
         "kind": KIND_REPLAY,
         "marker": req.marker,
         "conn": req.connection_id,
@@ -69,6 +74,9 @@ def encode_replay(req: ReplayRequest) -> dict[str, str]:
         "since": req.since,
         "until": req.until,
     }
+    if req.rewind:
+        fields["rewind"] = req.rewind
+    return fields
 
 
 def encode_changed(change: SubscriptionsChanged) -> dict[str, str]:
@@ -109,6 +117,7 @@ def decode(fields: dict[Any, Any]) -> Event | ReplayRequest | SubscriptionsChang
             filters=Filters.from_dict(json.loads(_s(fields, "filters") or "{}")),
             since=_s(fields, "since"),
             until=_s(fields, "until"),
+            rewind=_s(fields, "rewind"),
         )
     if kind == KIND_CHANGED:
         topics = _s(fields, "topics")

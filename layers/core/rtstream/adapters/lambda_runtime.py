@@ -96,9 +96,9 @@ class LambdaRuntime:
 
     def redis(self) -> Any:
         def build() -> Any:
-            import redis
+            from .redis_client import sync_client
 
-            return redis.Redis.from_url(
+            return sync_client(
                 self.redis_url, socket_connect_timeout=_REDIS_TIMEOUT_S, socket_timeout=_REDIS_TIMEOUT_S, health_check_interval=30
             )
 

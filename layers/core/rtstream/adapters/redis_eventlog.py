@@ -100,7 +100,7 @@ def replay_call(settings: Settings, entity_id: str, since: str, until: str | Non
     return [keys.history(entity_id, settings).name, keys.history_horizon(entity_id, settings).name], [since, until if until else "+"]
 
 
-def request_replay_call(settings: Settings, subscription: Subscription, since: str) -> ScriptCall:
+def request_replay_call(settings: Settings, subscription: Subscription, since: str, rewind: int = 0) -> ScriptCall:
     req = streams.ReplayRequest(
         marker=subscription.pending_replay or "",
         connection_id=subscription.connection_id,
@@ -109,6 +109,7 @@ def request_replay_call(settings: Settings, subscription: Subscription, since: s
         filters=subscription.filters,
         since=since,
         until="",
+        rewind=str(rewind) if rewind else "",
     )
     fields = streams.encode_replay(req)
     del fields["until"]  # read by the script, atomically with the XADD
@@ -163,7 +164,9 @@ class RedisEventLog:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> "RedisEventLog":
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10), settings)
+        from .redis_client import sync_client
+
+        return cls(sync_client(url, socket_connect_timeout=5, socket_timeout=10), settings)
 
     def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
         return self._append_call(entity_id, topic, data, source, record_history=record_history).event
@@ -171,14 +174,15 @@ class RedisEventLog:
     def append_many(self, items: Sequence[tuple[str, str, dict[str, Any], str, bool]]) -> list[Event]:
         """Appends ``(entity, topic, data, source, record_history)`` in order, in
         one pipelined round trip (each still its own atomic script)."""
-        pipe = self.client.pipeline(transaction=False)
-        events = []
+        from .redis_client import run_scripts
+
+        calls, events = [], []
         for entity_id, topic, data, source, record_history in items:
             (k, a), event = append_call(self.settings, entity_id, topic, data, source, _now_ms(), record_history=record_history)
-            self._append(keys=k, args=a, client=pipe)
+            calls.append((self._append, k, a))
             events.append(event)
         try:
-            replies = pipe.execute()
+            replies = run_scripts(self.client, calls)
         except redis.RedisError as exc:
             raise BackendUnavailable(f"redis append failed: {exc}") from exc
         return [_finish_append(reply, event).event for reply, event in zip(replies, events)]
@@ -218,8 +222,8 @@ class RedisEventLog:
         except redis.RedisError as exc:
             raise BackendUnavailable(f"redis history read failed: {exc}") from exc
 
-    def request_replay(self, subscription: Subscription, since: str) -> str:
-        k, a = request_replay_call(self.settings, subscription, since)
+    def request_replay(self, subscription: Subscription, since: str, rewind: int = 0) -> str:
+        k, a = request_replay_call(self.settings, subscription, since, rewind)
         try:
             return _text(self._request_replay(keys=k, args=a))
         except redis.RedisError as exc:

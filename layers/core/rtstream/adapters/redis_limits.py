@@ -188,14 +188,16 @@ class RedisPresence:
         """Heartbeats and leaves ``(op 'beat'|'leave', entity, user, connection,
         transport)`` in order, in ONE pipelined round trip; the presence changes
         of each. For a server applying its streams' joins in batches."""
-        pipe = self._client.pipeline(transaction=False)
+        from .redis_client import run_scripts
+
+        calls = []
         for op, entity_id, user_id, connection_id, transport in steps:
             key = keys.presence(entity_id, self._settings)
             ttl_ms = key.ttl_seconds * 1000
-            self._script(keys=[key.name, keys.presence_by_user(entity_id, self._settings).name],
-                         args=[op, encode_member(user_id, connection_id, transport), ttl_ms, ttl_ms + PRESENCE_SWEEP_SLACK_MS], client=pipe)
+            calls.append((self._script, [key.name, keys.presence_by_user(entity_id, self._settings).name],
+                          [op, encode_member(user_id, connection_id, transport), ttl_ms, ttl_ms + PRESENCE_SWEEP_SLACK_MS]))
         try:
-            replies = pipe.execute()
+            replies = run_scripts(self._client, calls)
         except Exception as exc:
             raise _translate(exc) from exc
         decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731

@@ -138,7 +138,7 @@ class InMemoryEventLog:
                 out.append(event_from_entry(entity_id, format_id(key), fields))
             return out
 
-    def request_replay(self, subscription: Subscription, since: str) -> str:
+    def request_replay(self, subscription: Subscription, since: str, rewind: int = 0) -> str:
         with self._lock:
             now = self.clock.now_ms()
             req = streams.ReplayRequest(
@@ -149,6 +149,7 @@ class InMemoryEventLog:
                 filters=subscription.filters,
                 since=since,
                 until=self.last_id(subscription.entity_id),
+                rewind=str(rewind) if rewind else "",
             )
             partition = keys.partition_of(subscription.entity_id, self.settings)
             # own id sequence per partition, like a separate Redis stream

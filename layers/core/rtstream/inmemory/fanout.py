@@ -46,6 +46,14 @@ class InMemoryHistory:
     async def last_id(self, entity_id: str) -> str:
         return self.log.last_id(entity_id)
 
+    async def recent(self, entity_id: str, count: int, before: str | None = None) -> list[Event]:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.reads += 1
+        if self.failures:
+            raise self.failures.popleft()
+        return self.log.recent(entity_id, count, before)
+
 
 class InMemoryAsyncPoster:
     def __init__(self, pusher: InMemoryPusher | None = None) -> None:
