@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rtstream_cli.template import load_template, resources_of_type
+from rtstream_cli.cloudformation import load_template, resources_of_type
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"

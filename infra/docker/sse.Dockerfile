@@ -20,13 +20,10 @@ RUN pip install --no-cache-dir \
       "prometheus-client>=0.20,<1"
 
 WORKDIR /app
-# The core package (with its .lua scripts), the server, and the dashboard's static files.
+# The core package (with its .lua scripts) and the server. The dashboard is not
+# here: `rtstream dev` serves it (rtstream_cli.dev_sse), production never does.
 COPY layers/core/rtstream /app/rtstream
 COPY infra/rtstream_sse /app/rtstream_sse
-COPY clients/rtstream_client /app/rtstream_client
-# static/rtstream*.js are symlinks to the npm package's files (one source); COPY keeps
-# them as links, so the package's src goes where they point (/app/js/src).
-COPY clients/js/src /app/js/src
 
 RUN useradd --system --uid 10001 --no-create-home sse
 USER 10001

@@ -2,9 +2,10 @@
 
 :class:`LocalSystem` composes AWS (in-process moto, or a LocalStack-compatible
 endpoint), Redis, the gateway emulator running the template's handlers, and the
-container entry points as child processes (`python -m rtstream_fanout`,
-`python -m rtstream_sse`) configured only through their environment. Tests use
-it as-is.
+container entry points as child processes (`python -m rtstream_fanout`, and
+`python -m rtstream_cli.dev_sse`: the production SSE app wrapped with the
+dashboard, its dev token and federated /metrics) configured only through their
+environment. Tests use it as-is.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import importlib
-import importlib.util
-import inspect
 import math
 import os
 import shutil
@@ -28,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtstream.settings import Settings
 from rtstream_gateway import urls
@@ -36,7 +34,10 @@ from rtstream_gateway import urls
 from .state import (  # noqa: F401  (dev_secret_path: re-exported)
     StateInUse, clear_state, dev_jwt_secret, dev_secret_path, instance_state_path, read_state, read_state_file, write_state,
 )
-from .template import TEMPLATE_PATH
+from .cloudformation import TEMPLATE_PATH
+
+if TYPE_CHECKING:
+    from .eventbridge_local import EventBridgeDrain
 
 DEFAULT_WS_PORT = 3001
 DEFAULT_SSE_PORT = 3002
@@ -79,13 +80,6 @@ def check_port_free(host: str, port: int, what: str) -> None:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 raise PortInUse(host, port, what) from None
             raise
-
-
-def _module_available(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 class _Child:
@@ -196,7 +190,7 @@ class LocalSystem:
         self.stage = ""
         self.worker: _Child | None = None
         self.sse: _Child | None = None
-        self.eventbridge: Any = None
+        self.eventbridge: "EventBridgeDrain | None" = None
         self.settings = None
         self.child_env: dict[str, str] = {}
         self.handler_env: dict[str, str] = {}
@@ -313,10 +307,10 @@ class LocalSystem:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            if self.with_eventbridge and _module_available("rtstream_cli.eventbridge_local"):
-                module = importlib.import_module("rtstream_cli.eventbridge_local")
-                handle = module.start(self)
-                self.eventbridge = await handle if inspect.isawaitable(handle) else handle
+            if self.with_eventbridge:
+                from . import eventbridge_local
+
+                self.eventbridge = await eventbridge_local.start(self)
             if self.worker is not None and not self.worker.running:
                 raise RuntimeError(f"the fan-out worker exited at start:\n{self.worker.log_tail()}")
             if self.worker is not None:
@@ -337,7 +331,7 @@ class LocalSystem:
         await asyncio.to_thread(self._create_tables)
 
     async def _start_children(self) -> None:
-        if self.with_worker and _module_available("rtstream_fanout"):
+        if self.with_worker:
             self.worker = _Child("worker", [sys.executable, "-m", "rtstream_fanout"], self.child_env,
                                  self.log_dir / "worker.log")
             await self.worker.start()
@@ -369,14 +363,8 @@ class LocalSystem:
     async def stop(self) -> None:
         await self._stop_housekeeping()
         if self.eventbridge is not None:
-            handle, self.eventbridge = self.eventbridge, None
-            for name in ("stop", "aclose", "close"):
-                method = getattr(handle, name, None)
-                if callable(method):
-                    result = method()
-                    if inspect.isawaitable(result):
-                        await result
-                    break
+            drain, self.eventbridge = self.eventbridge, None
+            await drain.stop()
         await self.stop_sse()
         if self.worker is not None:
             await self.worker.stop()
@@ -415,9 +403,8 @@ class LocalSystem:
             self.sse = None
 
     async def start_sse(self) -> None:
-        if not _module_available("rtstream_sse"):
-            return
-        self.sse = _Child("sse", [sys.executable, "-m", "rtstream_sse"], self.child_env, self.log_dir / "sse.log")
+        # the production SSE app wrapped with the dashboard, dev token and federated /metrics
+        self.sse = _Child("sse", [sys.executable, "-m", "rtstream_cli.dev_sse"], self.child_env, self.log_dir / "sse.log")
         await self.sse.start()
         await self._wait_sse_ready()
         if self.started:  # brought back by a test: supervised like the first one
@@ -507,16 +494,12 @@ class LocalSystem:
         interval = self._housekeeping_seconds()
         if interval <= 0:
             return
-        from rtstream.adapters.dynamodb import DynamoDBRegistry
         from rtstream.adapters.lambda_runtime import LambdaRuntime
-        from rtstream.hygiene import Housekeeping, run_periodically
+        from rtstream.hygiene import run_periodically
 
-        runtime = LambdaRuntime(env=self.handler_env)  # Redis ports as the Lambda builds them
-        # the registry through this system's AWS client: LambdaRuntime's boto3 reads
-        # the endpoint from os.environ, which is not this system's to set
-        registry = DynamoDBRegistry(self.aws.client("dynamodb"), connections_table=self.settings.connections_table,
-                                    subscriptions_table=self.settings.subscriptions_table)
-        housekeeping = Housekeeping(registry=registry, presence=runtime.presence(), event_log=runtime.event_log())
+        # built exactly as the housekeeping Lambda builds it, from the functions' environment
+        runtime = LambdaRuntime(env=self.handler_env)
+        housekeeping = runtime.housekeeping()
         self._housekeeping_runtime = runtime
         self._housekeeping_run = _TrackedRun(housekeeping)
 
@@ -551,7 +534,8 @@ class LocalSystem:
                 for opt, env in names.items() if opt in self.gateway_options}
 
     def _create_tables(self) -> None:
-        from .template import create_tables, load_template
+        from .cloudformation import load_template
+        from .template import create_tables
 
         create_tables(self.aws.client("dynamodb"),
                       {"ConnectionsTable": self.settings.connections_table,

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .template import PROJECT_ROOT, load_template
+from .cloudformation import PROJECT_ROOT, Intrinsics, load_template
 
 log = logging.getLogger("rtstream_cli.eventbridge")
 
@@ -31,8 +31,6 @@ VISIBILITY_TIMEOUT_S = 2
 
 
 def load_bridge(path: Path = BRIDGE_APP) -> ModuleType:
-    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "RealtimeStreaming")
-    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "realtime-streaming")
     name = f"rtstream_eventbridge_bridge_{uuid.uuid4().hex[:6]}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
@@ -44,20 +42,9 @@ def load_bridge(path: Path = BRIDGE_APP) -> ModuleType:
 def rule_pattern(event_source: str = "rtstream") -> dict[str, Any]:
     """The bridge rule's pattern from template.yaml, parameters at their defaults."""
     template = load_template()
-    params = {k: v.get("Default") for k, v in (template.get("Parameters") or {}).items()}
     fn = template["Resources"]["EventBridgeBridgeFunction"]["Properties"]
     rule = next(e["Properties"] for e in fn["Events"].values() if e["Type"] == "EventBridgeRule")
-
-    def resolve(value: Any) -> Any:
-        if isinstance(value, dict) and "Ref" in value:
-            return event_source if value["Ref"] == "EventSource" else params.get(value["Ref"])
-        if isinstance(value, list):
-            return [resolve(v) for v in value]
-        if isinstance(value, dict):
-            return {k: resolve(v) for k, v in value.items()}
-        return value
-
-    return resolve(rule["Pattern"])
+    return Intrinsics(template, parameters={"EventSource": event_source}).resolve(rule["Pattern"])
 
 
 class _Context:

@@ -1,6 +1,7 @@
 """AWS services for the local system: an in-process moto server on a free
 loopback port, or any LocalStack-compatible endpoint (LocalStack, MiniStack, a
-moto server) reached through `localstack-client`.
+moto server): every client is bound to that endpoint explicitly, and the
+process environment is neither read for it nor changed.
 
 Credentials are always fake ones: a local endpoint never needs real keys, and
 real keys are never sent to one.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 from urllib.parse import urlparse
 
@@ -32,7 +32,6 @@ class LocalAws:
         self.kind = "external" if endpoint else "moto"
         self._moto = None
         self._port = 0
-        self._session: Any = None
 
     def plan(self) -> str:
         """The endpoint, known before the server runs (a free port is chosen for moto)."""
@@ -46,7 +45,6 @@ class LocalAws:
             parsed = urlparse(self.endpoint)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise ValueError(f"--aws-endpoint must be an http(s) URL, got {self.endpoint!r}")
-            self._session = _localstack_session(self.endpoint, self.region)
             return self.endpoint
         self.plan()
         # importing moto takes a while: off the event loop, so the rest of the system boots meanwhile
@@ -55,10 +53,9 @@ class LocalAws:
         return self.endpoint
 
     def client(self, service: str) -> Any:
-        if self._session is not None:
-            return self._session.client(service)
         import boto3
 
+        # an explicit endpoint: AWS_ENDPOINT_URL in this process's environment does not apply
         return boto3.client(service, endpoint_url=self.endpoint, region_name=self.region,
                             aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                             aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
@@ -83,27 +80,3 @@ def _start_moto(port: int) -> Any:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return server
-
-
-def _localstack_session(endpoint: str, region: str) -> Any:
-    """A localstack-client session bound to ``endpoint``. The library resolves
-    its endpoints once, from AWS_ENDPOINT_URL if set, else ``localstack_host``:
-    the given endpoint is put in both while the session is built."""
-    from localstack_client.session import Session
-
-    parsed = urlparse(endpoint)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    saved = {name: os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "USE_SSL")}
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    os.environ["USE_SSL"] = "1" if parsed.scheme == "https" else "0"
-    try:
-        return Session(aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                       aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                       aws_session_token=FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
-                       region_name=region, localstack_host=f"{parsed.hostname}:{port}")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -100,11 +100,11 @@ def configured_event_source(target: Target) -> str:
     configured = target.value("event_source", env="RTSTREAM_EVENT_SOURCE")
     if configured:
         return str(configured)
-    from .template import load_template
-
     try:
+        from .cloudformation import load_template  # the [local] extra (samtranslator)
+
         return str(load_template()["Parameters"]["EventSource"]["Default"])
-    except OSError:  # an install without template.yaml: the template's default
+    except (ImportError, OSError):  # a light install, or none with template.yaml: the template's default
         return "rtstream"
 
 

@@ -1,65 +1,13 @@
-"""Reading `template.yaml`: the one source of the local system's wiring.
-
-The emulator, `rtstream dev`, `deploy-local` and the tests all read tables,
-routes and functions from here, so local and cloud cannot drift.
+"""The template's DynamoDB tables, created locally (moto, `rtstream dev`, tests)
+exactly as `template.yaml` declares them. Loading and intrinsics live in
+:mod:`rtstream_cli.cloudformation`.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_PATH = PROJECT_ROOT / "template.yaml"
-
-_INTRINSICS = (
-    "Ref", "Condition", "GetAtt", "Sub", "Join", "Select", "Split", "FindInMap", "GetAZs",
-    "ImportValue", "If", "Not", "Equals", "And", "Or", "Base64", "Cidr", "Transform",
-)
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that turns CloudFormation short tags into their long form."""
-
-
-def _make_constructor(name: str):
-    key = "Ref" if name in ("Ref", "Condition") else f"Fn::{name}"
-
-    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
-        if isinstance(node, yaml.ScalarNode):
-            value: Any = loader.construct_scalar(node)
-            if name == "GetAtt":
-                value = value.split(".", 1)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)
-        if name == "Condition":
-            return {"Condition": value}
-        return {key: value}
-
-    return construct
-
-
-for _name in _INTRINSICS:
-    _CfnLoader.add_constructor(f"!{_name}", _make_constructor(_name))
-
-
-def load_template(path: str | Path = TEMPLATE_PATH) -> dict[str, Any]:
-    return _load(str(Path(path).resolve()))
-
-
-@lru_cache(maxsize=8)
-def _load(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
-
-
-def resources_of_type(template: dict[str, Any], type_name: str) -> dict[str, dict[str, Any]]:
-    return {lid: r for lid, r in (template.get("Resources") or {}).items() if r.get("Type") == type_name}
+from .cloudformation import load_template, resources_of_type
 
 
 def table_definitions(template: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 
-from rtstream_cli.template import TEMPLATE_PATH
+from rtstream_cli.cloudformation import TEMPLATE_PATH
 
 from .server import GatewayEmulator
 

@@ -12,12 +12,13 @@ caller's environment overrides supply it.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtstream_cli.template import load_template, resources_of_type
+from rtstream_cli.cloudformation import (
+    NO_VALUE, Intrinsics, Unresolved, load_template, referenced_ids, resources_of_type, scalar,
+)
 
 log = logging.getLogger("rtstream_gateway")
 
@@ -29,16 +30,10 @@ ROUTE_RESPONSE = "AWS::ApiGatewayV2::RouteResponse"
 STAGE = "AWS::ApiGatewayV2::Stage"
 FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
 
-ACCOUNT_ID = "123456789012"
-_SUB_VARIABLE = re.compile(r"\$\{([^}!]+)\}")
 
 
 class TemplateError(ValueError):
     """template.yaml does not describe a WebSocket API the emulator can run."""
-
-
-class Unresolved(Exception):
-    """An intrinsic whose value only exists in a deployed stack."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ class ApiSpec:
     stage: str
     route_selection_expression: str
     routes: dict[str, RouteSpec]
-    environment: dict[str, str] = field(default_factory=dict)  # union of the routed functions'
+    environment: dict[str, str] = field(default_factory=dict)  # union of the routed functions' (each runs with its own)
 
     @property
     def functions(self) -> list[FunctionSpec]:
@@ -87,127 +82,6 @@ class ApiSpec:
         return list(seen.values())
 
 
-class Resolver:
-    """Resolves CloudFormation intrinsics to local values."""
-
-    def __init__(self, template: dict[str, Any], *, region: str, resources: dict[str, str] | None = None,
-                 parameters: dict[str, str] | None = None, stack_name: str = "rtstream-local"):
-        self.template = template
-        self.resources = dict(resources or {})
-        self.parameters: dict[str, str] = {}
-        for name, spec in (template.get("Parameters") or {}).items():
-            if isinstance(spec, dict) and "Default" in spec:
-                self.parameters[name] = _scalar(spec["Default"])
-        self.parameters.update(parameters or {})
-        self.pseudo = {
-            "AWS::Region": region,
-            "AWS::AccountId": ACCOUNT_ID,
-            "AWS::StackName": stack_name,
-            "AWS::StackId": f"arn:aws:cloudformation:{region}:{ACCOUNT_ID}:stack/{stack_name}/local",
-            "AWS::Partition": "aws",
-            "AWS::URLSuffix": "amazonaws.com",
-            "AWS::NoValue": None,
-        }
-
-    def ref(self, name: str) -> str:
-        if name in self.pseudo and self.pseudo[name] is not None:
-            return str(self.pseudo[name])
-        if name in self.resources:
-            return self.resources[name]
-        if name in self.parameters:
-            return self.parameters[name]
-        raise Unresolved(name)
-
-    def resolve(self, value: Any) -> Any:
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            return value
-        if isinstance(value, list):
-            return [self.resolve(v) for v in value]
-        if isinstance(value, dict) and len(value) == 1:
-            (key, arg), = value.items()
-            if key == "Ref":
-                return self.ref(arg)
-            if key == "Fn::GetAtt":
-                target = ".".join(arg) if isinstance(arg, list) else str(arg)
-                if target in self.resources:
-                    return self.resources[target]
-                raise Unresolved(target)
-            if key == "Fn::Sub":
-                text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
-                extra = {k: self.resolve(v) for k, v in extra.items()}
-
-                def sub(match: re.Match) -> str:
-                    name = match.group(1)
-                    if name in extra:
-                        return str(extra[name])
-                    if "." in name and name not in self.pseudo:
-                        if name in self.resources:
-                            return self.resources[name]
-                        raise Unresolved(name)
-                    return self.ref(name)
-
-                return _SUB_VARIABLE.sub(sub, text)
-            if key == "Fn::Join":
-                sep, items = arg
-                return str(sep).join(str(self.resolve(i)) for i in self.resolve(items))
-            if key == "Fn::Select":
-                index, items = arg
-                return self.resolve(items)[int(self.resolve(index))]
-            if key == "Fn::If":
-                cond, yes, no = arg
-                return self.resolve(yes if self.condition(cond) else no)
-            if key == "Fn::Equals":
-                a, b = arg
-                return str(self.resolve(a)) == str(self.resolve(b))
-            if key == "Fn::Not":
-                return not self.resolve(arg[0])
-            if key == "Fn::And":
-                return all(self.resolve(a) for a in arg)
-            if key == "Fn::Or":
-                return any(self.resolve(a) for a in arg)
-            if key == "Condition":
-                return self.condition(arg)
-            if key.startswith("Fn::"):
-                raise Unresolved(key)
-        if isinstance(value, dict):
-            return {k: self.resolve(v) for k, v in value.items()}
-        raise Unresolved(repr(value))
-
-    def condition(self, name: str) -> bool:
-        conditions = self.template.get("Conditions") or {}
-        if name not in conditions:
-            raise Unresolved(f"Condition {name}")
-        return bool(self.resolve(conditions[name]))
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def referenced_ids(value: Any) -> set[str]:
-    """Every logical id an intrinsic value refers to (Ref, GetAtt, ${X} / ${X.Attr})."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for key, arg in value.items():
-            if key == "Ref" and isinstance(arg, str):
-                found.add(arg)
-            elif key == "Fn::GetAtt":
-                found.add(arg[0] if isinstance(arg, list) else str(arg).split(".", 1)[0])
-            elif key == "Fn::Sub":
-                text = arg if isinstance(arg, str) else arg[0]
-                found.update(m.group(1).split(".", 1)[0] for m in _SUB_VARIABLE.finditer(text))
-                if not isinstance(arg, str):
-                    found.update(referenced_ids(arg[1]))
-            else:
-                found.update(referenced_ids(arg))
-    elif isinstance(value, list):
-        for item in value:
-            found.update(referenced_ids(item))
-    return found
-
-
 def _one_ref_of_type(value: Any, candidates: dict[str, dict[str, Any]], what: str, where: str) -> str:
     ids = [i for i in referenced_ids(value) if i in candidates]
     if len(ids) != 1:
@@ -215,7 +89,7 @@ def _one_ref_of_type(value: Any, candidates: dict[str, dict[str, Any]], what: st
     return ids[0]
 
 
-def _environment(resolver: Resolver, variables: dict[str, Any] | None, owner: str) -> dict[str, str]:
+def _environment(resolver: Intrinsics, variables: dict[str, Any] | None, owner: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, raw in (variables or {}).items():
         try:
@@ -223,13 +97,13 @@ def _environment(resolver: Resolver, variables: dict[str, Any] | None, owner: st
         except Unresolved as exc:
             log.debug("%s: %s has no local value (%s); the emulator's environment supplies it", owner, name, exc)
             continue
-        if value is None:
+        if value is None or value is NO_VALUE:
             continue
-        out[name] = _scalar(value)
+        out[name] = scalar(value)
     return out
 
 
-def _function_spec(resolver: Resolver, template: dict[str, Any], logical_id: str, base_dir: Path) -> FunctionSpec:
+def _function_spec(resolver: Intrinsics, template: dict[str, Any], logical_id: str, base_dir: Path) -> FunctionSpec:
     resource = template["Resources"][logical_id]
     if resource.get("Type") != "AWS::Serverless::Function":
         raise TemplateError(f"{logical_id}: only AWS::Serverless::Function (CodeUri + Handler) can run locally")
@@ -279,7 +153,7 @@ def load_api(template_path: str | Path, *, region: str = "us-east-1", stage: str
     template_path = Path(template_path).resolve()
     template = load_template(template_path)
     base_dir = template_path.parent
-    resolver = Resolver(template, region=region, resources=resources, parameters=parameters)
+    resolver = Intrinsics(template, region=region, resources=resources, parameters=parameters)
 
     apis = {lid: r for lid, r in resources_of_type(template, WS_API).items()
             if (r.get("Properties") or {}).get("ProtocolType") == "WEBSOCKET"}
@@ -347,11 +221,7 @@ def load_api(template_path: str | Path, *, region: str = "us-east-1", stage: str
 
     environment: dict[str, str] = {}
     for spec in function_specs.values():
-        for name, value in spec.environment.items():
-            if name in environment and environment[name] != value:
-                log.warning("%s differs between functions; the emulator runs them in one process and uses %r",
-                            name, value)
-            environment[name] = value
+        environment.update(spec.environment)
     return ApiSpec(api_logical_id=api_id, stage=stage, route_selection_expression=str(selection),
                    routes=route_specs, environment=environment)
 

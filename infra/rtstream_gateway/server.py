@@ -32,12 +32,12 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from rtstream_cli.template import TEMPLATE_PATH
+from rtstream_cli.cloudformation import ACCOUNT_ID, TEMPLATE_PATH
 
 from . import events as ev
 from . import urls
-from .api import ACCOUNT_ID, ApiSpec, AuthorizerSpec, load_api, select_route
-from .lambda_runtime import LambdaRuntime
+from .api import ApiSpec, AuthorizerSpec, FunctionSpec, load_api, select_route
+from .lambda_host import LocalLambdaHost
 
 log = logging.getLogger("rtstream_gateway")
 
@@ -533,15 +533,13 @@ class GatewayEmulator:
         self.head_timeout = float(head_timeout)
         self.api: ApiSpec | None = None
         self.api_id = ev.api_id()
-        self._runtime: LambdaRuntime | None = None
+        self._host: LocalLambdaHost | None = None
         self._server: asyncio.base_events.Server | None = None
         self._sessions: dict[str, WsSession] = {}
         self._tcp: set[_Connection] = set()
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
         self._bucket = _TokenBucket(post_throttle) if post_throttle else None
-        self._saved_env: dict[str, str | None] = {}
-        self._applied_env: dict[str, str] = {}
         self._management_prefix = ""
         self._stopping = False
 
@@ -562,14 +560,14 @@ class GatewayEmulator:
     def connection_ids(self) -> list[str]:
         return list(self._sessions)
 
-    @property
-    def handler_environment(self) -> dict[str, str]:
-        """The environment the handlers run with. Precedence: the template's values
-        (parameter defaults), then this process's environment (local configuration
-        overrides defaults), then the emulator's own endpoint, then ``env``."""
-        assert self.api is not None
-        template_env = {k: v for k, v in self.api.environment.items() if k not in os.environ}
-        return {**template_env, "RTSTREAM_MANAGEMENT_ENDPOINT": self.management_endpoint,
+    def function_environment(self, spec: FunctionSpec) -> dict[str, str]:
+        """The environment one function runs with (given to it, never written to
+        ``os.environ``). Precedence: the template's values (parameter defaults),
+        then this process's environment (local configuration overrides defaults),
+        then the emulator's own endpoint, then ``env``."""
+        process = dict(os.environ)
+        template_env = {k: v for k, v in spec.environment.items() if k not in process}
+        return {**process, **template_env, "RTSTREAM_MANAGEMENT_ENDPOINT": self.management_endpoint,
                 "AWS_REGION": self.region, **self.env}
 
     def set_post_behaviour(self, *, latency_ms: float = 0, throttle: float | None = None) -> None:
@@ -587,12 +585,12 @@ class GatewayEmulator:
         self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
         try:
-            self._apply_environment()
-            self._runtime = LambdaRuntime(self.api.functions, region=self.region)
-            self._runtime.load()
+            functions = self.api.functions
+            self._host = LocalLambdaHost(functions, region=self.region,
+                                         environments={f.logical_id: self.function_environment(f) for f in functions})
+            self._host.load()
         except BaseException:
             self._server.close()
-            self._restore_environment()
             raise
         self._sweeper = asyncio.create_task(self._sweep())
         log.info("gateway emulator on %s (management %s)", self.ws_url, self.management_url)
@@ -621,10 +619,9 @@ class GatewayEmulator:
             conn.transport.abort()
         self._server = None
         self._stopping = False
-        if self._runtime is not None:
-            self._runtime.close()
-            self._runtime = None
-        self._restore_environment()
+        if self._host is not None:
+            self._host.close()
+            self._host = None
 
     async def __aenter__(self) -> "GatewayEmulator":
         await self.start()
@@ -632,29 +629,6 @@ class GatewayEmulator:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
-
-    # ---- environment
-    def _apply_environment(self) -> None:
-        """Handlers run in this process and read os.environ (as on Lambda, at cold
-        start and on first use), so the handler environment is set process-wide
-        while the emulator runs."""
-        self._applied_env = self.handler_environment
-        for name, value in self._applied_env.items():
-            if name not in self._saved_env:
-                self._saved_env[name] = os.environ.get(name)
-            os.environ[name] = value
-
-    def _restore_environment(self) -> None:
-        # Only what still holds our value: another emulator started since keeps its own.
-        applied = self._applied_env
-        for name, value in self._saved_env.items():
-            if os.environ.get(name) != applied.get(name):
-                continue
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self._saved_env.clear()
 
     # ---- bookkeeping
     def _spawn(self, coro) -> asyncio.Task:
@@ -737,7 +711,7 @@ class GatewayEmulator:
                 self._refuse(conn, 500, "Internal server error")
 
     async def _open_session(self, conn: _Connection, request: _HttpRequest) -> None:
-        assert self.api is not None and self._runtime is not None
+        assert self.api is not None and self._host is not None
         transport = conn.transport
         # One protocol object validates the handshake; the session's starts OPEN
         # (its parser then reads frames, not an HTTP request).
@@ -772,7 +746,7 @@ class GatewayEmulator:
         connect_ran = False
         if route is not None and route.function is not None:
             try:
-                result = await self._runtime.invoke(route.function, ev.connect_event(info, ev.now_ms()))
+                result = await self._host.invoke(route.function, ev.connect_event(info, ev.now_ms()))
             except Exception:
                 log.exception("$connect handler failed")
                 return self._refuse(conn, 500, "Internal server error")
@@ -815,7 +789,7 @@ class GatewayEmulator:
             conn.transport.close()
 
     async def _authorize(self, spec: AuthorizerSpec, info: ev.ConnectionInfo) -> tuple[int, dict[str, Any] | None]:
-        assert self._runtime is not None
+        assert self._host is not None
         for kind, name in spec.identity_sources:
             if kind == "header":
                 present = any(k.lower() == name.lower() and v for k, v in info.headers)
@@ -826,7 +800,7 @@ class GatewayEmulator:
         event = ev.authorizer_event(info, ev.now_ms(), region=self.region, account_id=ACCOUNT_ID)
         started = time.monotonic()
         try:
-            result = await self._runtime.invoke(spec.function, event)
+            result = await self._host.invoke(spec.function, event)
         except Exception as exc:
             if str(exc) == "Unauthorized":
                 return 401, None
@@ -844,7 +818,7 @@ class GatewayEmulator:
 
     # ---- messages and $disconnect
     async def _dispatch_message(self, session: WsSession, message: str | bytes) -> None:
-        assert self.api is not None and self._runtime is not None
+        assert self.api is not None and self._host is not None
         body: Any = None
         if isinstance(message, str) and self.api.route_selection_expression.startswith("$request.body."):
             try:
@@ -863,7 +837,7 @@ class GatewayEmulator:
             return
         event = ev.message_event(session.info, key, message, ev.now_ms())
         try:
-            result = await self._runtime.invoke(route.function, event)
+            result = await self._host.invoke(route.function, event)
         except Exception:
             log.exception("route %s handler failed", key)
             if session.open:
@@ -876,13 +850,13 @@ class GatewayEmulator:
                 session.send(reply)
 
     async def _run_disconnect(self, session: WsSession) -> None:
-        assert self.api is not None and self._runtime is not None
+        assert self.api is not None and self._host is not None
         route = self.api.routes.get("$disconnect")
         if route is None or route.function is None:
             return
         code, reason = session.disconnect_status()
         try:
-            await self._runtime.invoke(route.function, ev.disconnect_event(session.info, code, reason, ev.now_ms()))
+            await self._host.invoke(route.function, ev.disconnect_event(session.info, code, reason, ev.now_ms()))
         except Exception:
             log.exception("$disconnect handler failed")
 

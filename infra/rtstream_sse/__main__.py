@@ -32,7 +32,7 @@ log = logging.getLogger("rtstream_sse")
 class GracefulServer(uvicorn.Server):
     """uvicorn, with the SSE drain between "stop accepting" and "wait for connections"."""
 
-    def __init__(self, config: uvicorn.Config, app: SSEApplication, grace_seconds: float):
+    def __init__(self, config: uvicorn.Config, app: Any, grace_seconds: float):
         super().__init__(config)
         self.rt_app = app
         self.grace_seconds = grace_seconds
@@ -59,7 +59,7 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
 
     # RTSTREAM_JWT_SECRET_PARAM (an SSM SecureString) when no literal secret / JWKS URL is set
     settings = settings_with_jwt_secret(Settings.from_env(env, own=("sse",)))
-    config = SSEConfig.from_settings(settings.sse)
+    config = settings.sse
 
     from rtstream.adapters.redis_client import sync_client
     from rtstream.adapters.redis_eventlog import RedisEventLog
@@ -82,11 +82,20 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
 
 
 def main() -> None:
-    env = dict(os.environ)
-    settings = Settings.from_env(env, own=("sse",))
-    logging.basicConfig(level=settings.runtime.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    config = SSEConfig.from_settings(settings.sse)
-    app = build_app(env)
+    configure_logging()
+    serve(build_app())
+
+
+def configure_logging() -> None:
+    from rtstream.settings import RuntimeSettings
+
+    logging.basicConfig(level=RuntimeSettings.from_env(os.environ).log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def serve(app: Any) -> None:
+    """Run ``app`` (the SSE app, or an ASGI app wrapping it with an ``rt`` of its
+    own: `rtstream dev`'s) with uvicorn until SIGTERM / SIGINT, then drain."""
+    config = SSEConfig.from_env()
     try:
         import uvloop  # noqa: F401
 

@@ -3,36 +3,34 @@
 - ``GET /events``: the stream (see :class:`EventsEndpoint`); served before the
   Starlette middleware stack on purpose, so every write to a client is one
   coroutine step into the server's ``send``, nothing wrapped around it;
-- ``GET /presence``, ``/healthz``, ``/metrics``;
-- the dashboard: ``/``, ``/static/{file}``, ``/dashboard/config``.
+- ``GET /presence``, ``/healthz``, ``/metrics``.
+
+Nothing else: the dashboard, dev tokens and metrics federation are
+`rtstream dev`'s (:mod:`rtstream_cli.dev_sse` wraps this app).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
-import mimetypes
 import random
-import re
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from rtstream import keys, protocol
-from rtstream.auth import TokenVerifier, extract_token, issue_dev_token
+from rtstream.auth import TokenVerifier, extract_token
 from rtstream.errors import BackendUnavailable, Forbidden, MethodNotAllowed, NotFound, RealtimeError, ReplayGap, TooManyConnections, Unauthorized
-from rtstream.history import MAX_REWIND, ZERO_CURSOR, RewindScan, id_key
+from rtstream.history import ZERO_CURSOR, RewindScan, id_key
 from rtstream.models import Event, Principal
 from rtstream.service import presence_refusal
 from rtstream.settings import Settings
@@ -40,7 +38,6 @@ from rtstream.topics import PRESENCE
 
 from . import frames
 from .config import SSEConfig
-from .federate import federated
 from .hub import Client, Hub
 from .metrics import SSEMetrics
 from .presence_queue import PresenceQueue
@@ -55,7 +52,6 @@ STREAM_HEADERS = [
     # proxies (nginx and friends) must not buffer the stream
     (b"x-accel-buffering", b"no"),
 ]
-STATIC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 class History:
@@ -443,18 +439,6 @@ class SSEApplication(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def static_dir() -> Path | None:
-    """``rtstream_client/static`` when that package is installed or present."""
-    spec = importlib.util.find_spec("rtstream_client")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "static"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
 def create_app(
     settings: Settings,
     *,
@@ -501,7 +485,6 @@ def create_app(
 
     state = ServerState(settings, config, redis_url=redis_url, verifier=verifier, service=service, presence=presence,
                         redis_factory=redis_factory, event_log=event_log)
-    static = static_dir()
 
     async def healthz(request: Request) -> Response:
         # Redis reachability and the shared reader's progress (contract: rtstream_sse.health)
@@ -513,8 +496,6 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         text = state.metrics.render(active_connections=state.hub.count, redis_connected=state.reader.connected)
-        if config.metrics_federate:
-            text = await federated("sse", text, config.metrics_federate)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def presence_route(request: Request) -> Response:
@@ -528,32 +509,6 @@ def create_app(
         except RealtimeError as exc:
             return _json_error(exc, _error_headers(exc))
         return JSONResponse(protocol.presence_reply(users), headers={"cache-control": "no-store"})
-
-    async def dashboard(request: Request) -> Response:
-        if static is None or not (static / "dashboard.html").is_file():
-            return _json_error(NotFound("dashboard not installed (package rtstream_client)"))
-        return FileResponse(static / "dashboard.html", media_type="text/html; charset=utf-8", headers={"cache-control": "no-cache"})
-
-    async def static_file(request: Request) -> Response:
-        name = request.path_params["name"]
-        path = static / name if static is not None and STATIC_NAME.match(name) else None
-        if path is None or not path.is_file():
-            return _json_error(NotFound("no such static file"))
-        media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if name.endswith(".js"):
-            media_type = "text/javascript; charset=utf-8"
-        return FileResponse(path, media_type=media_type, headers={"cache-control": "no-cache"})
-
-    async def dashboard_config(request: Request) -> Response:
-        sse_url = config.public_sse_url or str(request.url_for("events_url"))
-        # rewind: a freshly opened dashboard starts with the entity's latest events
-        body: dict[str, Any] = {"wsUrl": config.public_ws_url or None, "sseUrl": sse_url, "token": None, "entityId": None, "userId": None, "rewind": MAX_REWIND}
-        if config.dashboard_dev_token and settings.jwt_secret:
-            # Dev only (rtstream dev sets RTSTREAM_DASHBOARD_DEV_TOKEN=1): never otherwise.
-            body["token"] = issue_dev_token(settings.jwt_secret, user_id=config.dev_user, entity_id=config.dev_entity, role="user", ttl_seconds=3600)
-            body["entityId"] = config.dev_entity
-            body["userId"] = config.dev_user
-        return JSONResponse(body, headers={"cache-control": "no-store"})
 
     async def events_placeholder(request: Request) -> Response:  # pragma: no cover - served by EventsEndpoint
         return PlainTextResponse("", status_code=404)
@@ -581,9 +536,6 @@ def create_app(
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/presence", presence_route),
-        Route("/", dashboard),
-        Route("/static/{name}", static_file),
-        Route("/dashboard/config", dashboard_config),
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         # Starlette's own refusals (unknown path, method) as coded JSON, like every other refusal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import socket
 
 import pytest
@@ -28,9 +29,12 @@ async def ping(system) -> dict:
 async def test_defaults_children_state_and_restarts_on_the_same_ports(tmp_path, monkeypatch):
     monkeypatch.setenv("RTSTREAM_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("RTSTREAM_JWT_SECRET", raising=False)
+    environ_before = dict(os.environ)
     system = LocalSystem(settings_overrides={"RTSTREAM_HISTORY_MAXLEN": "50"}, gateway_options={"idle_timeout": 30})
     await system.start()
     try:
+        # no component writes the process environment: handlers get theirs from the emulator
+        assert dict(os.environ) == environ_before
         assert system.aws.kind == "moto" and system.redis.kind == "redis-server"
         assert redis.Redis.from_url(system.redis_url).ping()
         assert (await ping(system))["type"] == "pong"
@@ -87,6 +91,7 @@ async def test_defaults_children_state_and_restarts_on_the_same_ports(tmp_path, 
         await system.stop()
     assert read_state() == {}
     assert system.redis._proc is None
+    assert dict(os.environ) == environ_before
 
 
 async def test_taken_port_is_refused_before_anything_starts(tmp_path, monkeypatch):
@@ -101,13 +106,14 @@ async def test_taken_port_is_refused_before_anything_starts(tmp_path, monkeypatc
     assert system.aws.endpoint is None and system.redis.url is None
 
 
-async def test_localstack_compatible_endpoint_through_localstack_client(moto_endpoint, monkeypatch):
-    # The flag wins over a different AWS_ENDPOINT_URL in the environment.
+async def test_localstack_compatible_endpoint_wins_over_the_environment_and_leaves_it_alone(moto_endpoint, monkeypatch):
+    # The flag wins over a different AWS_ENDPOINT_URL in the environment, which stays as it was.
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    before = dict(os.environ)
     aws = LocalAws(moto_endpoint)
     assert await aws.start() == moto_endpoint
     client = aws.client("dynamodb")
-    assert type(aws._session).__module__ == "localstack_client.session"
+    assert dict(os.environ) == before
     assert client.meta.endpoint_url == moto_endpoint
     assert isinstance(client.list_tables()["TableNames"], list)
     assert aws.environment()["AWS_ENDPOINT_URL"] == moto_endpoint

@@ -164,7 +164,7 @@ def test_rtstream_dev_restarts_killed_children_and_gives_up_on_a_crash_loop(tmp_
         _wait_line(err, seen, "the fan-out worker is running again", 20)
 
         # SSE killed, and its port taken before the restart: every restart fails
-        sse_pid = _child_pid(proc.pid, "rtstream_sse")
+        sse_pid = _child_pid(proc.pid, "rtstream_cli.dev_sse")
         os.kill(sse_pid, signal.SIGKILL)
         blocker = socket.socket()
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the killed server's TIME_WAITs

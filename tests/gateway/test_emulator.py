@@ -426,17 +426,22 @@ async def _drain(ws, count):
     return [await ws.recv() for _ in range(count)]
 
 
-async def test_environment_is_restored_and_overlapping_emulators_keep_theirs(fixture_gateway, monkeypatch):
+async def test_the_process_environment_is_never_changed_and_overlapping_emulators_keep_theirs(fixture_gateway, monkeypatch):
+    """Each emulator gives its functions their environment (the template's plus
+    ``env``) without writing os.environ; two running at once do not mix."""
     monkeypatch.setenv("FIXTURE_EXTRA", "before")
-    async with fixture_gateway(env={"FIXTURE_EXTRA": "alone"}):
-        assert os.environ["FIXTURE_EXTRA"] == "alone"
-    assert os.environ["FIXTURE_EXTRA"] == "before"
-
+    before = dict(os.environ)
     second = GatewayEmulator(FIXTURE_TEMPLATE, env={"FIXTURE_EXTRA": "second", "GATEWAY_TEST_RECORD": os.devnull})
-    async with fixture_gateway(env={"FIXTURE_EXTRA": "first"}):
+    async with fixture_gateway(env={"FIXTURE_EXTRA": "first"}) as first:
         await second.start()
-        assert os.environ["FIXTURE_EXTRA"] == "second"
-    try:
-        assert os.environ["FIXTURE_EXTRA"] == "second"  # the first stopped; the running one keeps its value
-    finally:
-        await second.stop()
+        try:
+            assert dict(os.environ) == before
+            for gw, expected in ((first, "first"), (second, "second")):
+                async with await connected(gw) as ws:
+                    await ws.send(json.dumps({"type": "echo", "show_env": True}))
+                    reply = await recv_json(ws)
+                assert reply["env"]["FIXTURE_EXTRA"] == expected
+                assert reply["env"]["FIXTURE_STAGE"] == "test"  # the template's value
+        finally:
+            await second.stop()
+    assert dict(os.environ) == before

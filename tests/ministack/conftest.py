@@ -174,7 +174,7 @@ def deploy_template(ministack_endpoint, e2e_redis_url, lambda_python_version):
 @pytest.fixture(scope="session")
 def e2e_template_path():
     """template.yaml, or RTSTREAM_E2E_TEMPLATE to run this suite against another copy."""
-    from rtstream_cli.template import TEMPLATE_PATH
+    from rtstream_cli.cloudformation import TEMPLATE_PATH
 
     return Path(os.environ.get("RTSTREAM_E2E_TEMPLATE") or TEMPLATE_PATH).resolve()
 

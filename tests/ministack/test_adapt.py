@@ -10,9 +10,10 @@ import json
 
 import pytest
 
-from rtstream_cli.localstack.adapt import DROPPED_TYPES, AdaptError, Resolver, adapt_for_emulator
+from rtstream_cli.cloudformation import Intrinsics, Unresolved
+from rtstream_cli.localstack.adapt import DROPPED_TYPES, AdaptError, adapt_for_emulator
 from rtstream_cli.localstack.transform import OfflineManagedPolicyLoader, sam_to_cloudformation
-from rtstream_cli.template import load_template
+from rtstream_cli.cloudformation import load_template
 
 ENDPOINT = "http://127.0.0.1:4566"
 
@@ -82,9 +83,9 @@ def test_a_real_reference_to_a_removed_resource_fails_loudly(template):
 
 
 def test_resolver_resolves_refs_and_subs_and_refuses_the_unknown():
-    resolve = Resolver({"Api": "abc123"}, {"StageName": "e2e"}, {"AWS::Region": "us-east-1"})
+    resolve = Intrinsics(resources={"Api": "abc123"}, parameters={"StageName": "e2e"}, region="us-east-1")
     assert resolve({"Fn::Sub": "${Api}/${StageName}@${AWS::Region}"}) == "abc123/e2e@us-east-1"
-    with pytest.raises(AdaptError):
+    with pytest.raises(Unresolved):
         resolve({"Ref": "Missing"})
 
 

@@ -323,7 +323,7 @@ async def test_sse_server_streams_the_same_events(deployed, services, e2e_redis_
 # skipped, the running system fails end to end where the intact stack works.
 
 def template_copy(source: Path, tmp_path: Path, mutate) -> Path:
-    from rtstream_cli.template import load_template
+    from rtstream_cli.cloudformation import load_template
 
     template = json.loads(json.dumps(load_template(source)))
     for resource in template["Resources"].values():  # the copy lives elsewhere: code paths stay the project's

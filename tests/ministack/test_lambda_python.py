@@ -103,7 +103,7 @@ def test_a_lambda_python_the_emulator_does_not_run_is_refused_with_the_flag_to_p
 def test_a_function_that_cannot_run_fails_the_deploy_with_its_error(emulator, e2e_redis_url, tmp_path, t):
     """A function whose code does not import: the deploy fails naming it and its error."""
     from rtstream_cli.localstack.stack import DeployError, deploy_stack, destroy_stack
-    from rtstream_cli.template import load_template
+    from rtstream_cli.cloudformation import load_template
 
     endpoint, version = emulator
     broken_code = tmp_path / "ping"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rtstream import metrics as names
-from rtstream_cli.template import load_template
+from rtstream_cli.cloudformation import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = load_template()

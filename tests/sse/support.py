@@ -22,13 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str], port: int, log_path: Path):
+    def __init__(self, env: dict[str, str], port: int, log_path: Path, module: str = "rtstream_sse"):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.env = env
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rtstream_sse"], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             wait_for_port("127.0.0.1", port, timeout=15)
             self.wait_healthy()
@@ -84,9 +84,12 @@ def server_env(redis_url: str, secret: str, port: int, **extra: str) -> dict[str
     return env
 
 
-def start_server(redis_url: str, secret: str, tmp_dir: Path, port: int | None = None, **extra: str) -> ServerProcess:
+def start_server(redis_url: str, secret: str, tmp_dir: Path, port: int | None = None, *,
+                 module: str = "rtstream_sse", **extra: str) -> ServerProcess:
+    """``python -m <module>``: the production entry point, or `rtstream dev`'s
+    wrapper of it (``rtstream_cli.dev_sse``)."""
     port = port or free_port()
-    return ServerProcess(server_env(redis_url, secret, port, **extra), port, tmp_dir / f"sse-{port}.log")
+    return ServerProcess(server_env(redis_url, secret, port, **extra), port, tmp_dir / f"sse-{port}.log", module)
 
 
 @dataclass

@@ -58,8 +58,10 @@ def test_emf_line_names_the_scaled_metric(capsys, monkeypatch):
 def test_dockerfile_runs_the_server_module():
     text = (ROOT / "infra" / "docker" / "sse.Dockerfile").read_text()
     assert 'CMD ["python", "-m", "rtstream_sse"]' in text
-    for path in ("layers/core/rtstream", "infra/rtstream_sse", "clients/rtstream_client"):
+    for path in ("layers/core/rtstream", "infra/rtstream_sse"):
         assert f"COPY {path} " in text and (ROOT / path).is_dir()
+    # dev only: the dashboard and the dev tooling never go into the production image
+    assert "COPY clients/" not in text and "COPY infra/rtstream_cli" not in text
     assert "/healthz" in text and "STOPSIGNAL SIGTERM" in text
 
 
@@ -90,10 +92,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from helpers import free_port, wait_for_port
+from rtstream_cli import cloudformation
 
 SAMCONFIG = ROOT / "samconfig.toml"
 NESTED = {"FanoutService": ("fanout", "rtstream_fanout"), "SseService": ("sse", "rtstream_sse")}
-_NO_VALUE = object()
 
 
 def samconfig_environments() -> dict[str, dict[str, str]]:
@@ -111,94 +113,24 @@ def samconfig_environments() -> dict[str, dict[str, str]]:
     return out
 
 
-class Intrinsics:
-    """Evaluates the intrinsics a template uses, for one set of parameter values."""
+class Intrinsics(cloudformation.Intrinsics):
+    """The shared resolver, strict: every parameter needs a value or a default,
+    and every resource of the template resolves to a placeholder."""
 
-    def __init__(self, template: dict, given: dict[str, str], pseudo: dict[str, str]):
-        self.template = template
-        self.params: dict[str, object] = {}
-        for name, spec in (template.get("Parameters") or {}).items():
-            raw = given.get(name, spec.get("Default"))
-            assert raw is not None, f"parameter {name} has no value and no default"
-            if spec["Type"] == "CommaDelimitedList" or spec["Type"].startswith("List<"):
-                raw = raw if isinstance(raw, list) else str(raw).split(",")
-            else:
-                raw = str(raw)
-            self.params[name] = raw
-        self.pseudo = pseudo
-        self.conditions: dict[str, bool] = {}
+    def __init__(self, template: dict, given: dict, pseudo: dict[str, str]):
+        missing = [n for n, spec in (template.get("Parameters") or {}).items() if n not in given and "Default" not in spec]
+        assert not missing, f"parameters without a value or a default: {missing}"
+        super().__init__(template, parameters=given, pseudo=pseudo,
+                         resources={lid: f"{lid}-physical-id" for lid in template["Resources"]})
 
-    def condition(self, name: str) -> bool:
-        if name not in self.conditions:
-            self.conditions[name] = bool(self(self.template["Conditions"][name]))
-        return self.conditions[name]
-
-    def ref(self, name: str):
-        if name in self.params:
-            return self.params[name]
-        if name == "AWS::NoValue":
-            return _NO_VALUE
-        if name in self.pseudo:
-            return self.pseudo[name]
-        assert name in self.template["Resources"], f"Ref to unknown {name}"
-        return f"{name}-physical-id"
-
-    def __call__(self, value):
-        if isinstance(value, list):
-            return [v for v in (self(x) for x in value) if v is not _NO_VALUE]
-        if not isinstance(value, dict):
-            return value
-        if len(value) == 1:
-            (key, arg), = value.items()
-            if key == "Ref":
-                return self.ref(arg)
-            if key == "Condition":
-                return self.condition(arg)
-            if key == "Fn::If":
-                return self(arg[1] if self.condition(arg[0]) else arg[2])
-            if key == "Fn::Equals":
-                a, b = self(arg[0]), self(arg[1])
-                return a == b
-            if key == "Fn::Not":
-                return not self(arg[0])
-            if key == "Fn::And":
-                return all(self(a) for a in arg)
-            if key == "Fn::Or":
-                return any(self(a) for a in arg)
-            if key == "Fn::Join":
-                return arg[0].join(str(v) for v in self(arg[1]))
-            if key == "Fn::Split":
-                return str(self(arg[1])).split(arg[0])
-            if key == "Fn::Select":
-                return self(arg[1])[int(self(arg[0]))]
-            if key == "Fn::GetAtt":
-                target, attr = arg if isinstance(arg, list) else arg.split(".", 1)
-                assert target in self.template["Resources"], f"GetAtt of unknown {target}"
-                return f"{target}.{attr}"
-            if key == "Fn::Sub":
-                text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], self(arg[1]))
-
-                def one(m):
-                    name = m.group(1)
-                    if name in variables:
-                        return str(variables[name])
-                    if "." in name:
-                        return str(self({"Fn::GetAtt": name.split(".", 1)}))
-                    return str(self.ref(name))
-
-                return re.sub(r"\$\{([A-Za-z0-9_.:]+)\}", one, text)
-            assert not key.startswith("Fn::"), f"unhandled intrinsic {key}"
-        out = {}
-        for k, v in value.items():
-            resolved = self(v)
-            if resolved is not _NO_VALUE:
-                out[k] = resolved
-        return out
+    def get_att(self, target: str) -> str:
+        assert target.split(".", 1)[0] in self.template["Resources"], f"GetAtt of unknown {target}"
+        return target
 
 
 def transformed_template(overrides: dict[str, str], region: str) -> dict:
     from rtstream_cli.localstack.transform import sam_to_cloudformation
-    from rtstream_cli.template import load_template
+    from rtstream_cli.cloudformation import load_template
 
     template = copy.deepcopy(load_template(ROOT / "template.yaml"))
     for logical_id, resource in template["Resources"].items():  # what `sam package` does
@@ -218,7 +150,7 @@ def dockerfile_env(name: str) -> dict[str, str]:
 
 def rendered_tasks() -> list[tuple[str, str, dict]]:
     """[(samconfig env, nested stack logical id, rendered container definition + env)]."""
-    from rtstream_cli.template import load_template
+    from rtstream_cli.cloudformation import load_template
 
     out = []
     for env, cfg in samconfig_environments().items():

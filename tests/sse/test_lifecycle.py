@@ -1,4 +1,4 @@
-"""Slow clients, SIGTERM, presence, dashboard routes, and the connection limit
+"""Slow clients, SIGTERM, presence, no dev routes, and the connection limit
 shared with the WebSocket side through the DynamoDB registry."""
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import httpx
 import pytest
 
 from rtstream.adapters.dynamodb import DynamoDBRegistry
-from rtstream.auth import TokenVerifier
 from rtstream.models import Connection, Principal
-from rtstream.settings import Settings
 
 from .conftest import publish
 from .support import free_port, start_server
@@ -143,30 +141,15 @@ async def test_presence_lists_sse_users_of_the_callers_entity(sse_server, entity
             await asyncio.sleep(0.05)
 
 
-async def test_dashboard_routes_without_dev_token(sse_server):
+async def test_the_production_server_serves_no_dev_routes(sse_server):
+    """The dashboard, its dev token and metrics federation are `rtstream dev`'s
+    (rtstream_cli.dev_sse); the container's entry point answers a coded 404."""
     async with httpx.AsyncClient() as http:
-        page = await http.get(sse_server.url + "/")
-        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        js = await http.get(sse_server.url + "/static/rtstream.js")
-        assert js.status_code == 200 and "javascript" in js.headers["content-type"]
-        assert (await http.get(sse_server.url + "/static/nope.js")).status_code == 404
-        assert (await http.get(sse_server.url + "/static/..%2Fapp.py")).status_code == 404
-        config = (await http.get(sse_server.url + "/dashboard/config")).json()
-    assert config["token"] is None and config["sseUrl"] == sse_server.url + "/events"
-    assert config["rewind"] == 100  # a fresh dashboard opens with the latest events
-
-
-async def test_dashboard_config_dev_token(redis_url, sse_secret, sse_logs):
-    server = start_server(
-        redis_url, sse_secret, sse_logs, RTSTREAM_DASHBOARD_DEV_TOKEN="1", RTSTREAM_DEV_ENTITY="dev-entity", RTSTREAM_PUBLIC_WS_URL="ws://127.0.0.1:1/dev"
-    )
-    try:
-        config = httpx.get(server.url + "/dashboard/config").json()
-    finally:
-        server.stop()
-    assert config["wsUrl"] == "ws://127.0.0.1:1/dev" and config["entityId"] == "dev-entity" and config["userId"] == "demo-user"
-    principal = TokenVerifier(Settings(jwt_secret=sse_secret)).verify(config["token"])
-    assert principal == Principal(user_id="demo-user", entity_id="dev-entity", role="user")
+        for path in ("/", "/static/rtstream.js", "/static/dashboard.html", "/dashboard/config"):
+            response = await http.get(sse_server.url + path)
+            assert response.status_code == 404 and response.json()["code"] == "not_found", path
+        metrics = (await http.get(sse_server.url + "/metrics")).text
+    assert "realtime_streaming_federated_up" not in metrics and 'component="' not in metrics
 
 
 async def test_limit_is_shared_with_websocket_connections_in_the_registry(redis_url, sse_secret, sse_logs, moto_endpoint, tables, entity, token_for, open_stream):

@@ -1,6 +1,5 @@
 """Presence events of SSE connections (with and without a registry), the batch
-presence refresh, the reconnection metrics (Prometheus and EMF) and the
-federated /metrics."""
+presence refresh and the reconnection metrics (Prometheus and EMF)."""
 
 from __future__ import annotations
 
@@ -10,13 +9,11 @@ import re
 import time
 
 import httpx
-import pytest
 
 from rtstream.inmemory.limits import InMemoryPresence
 from rtstream.settings import Settings
 from rtstream_sse.app import ServerState
 from rtstream_sse.config import SSEConfig
-from rtstream_sse.federate import merge, parse_targets
 from rtstream_sse.metrics import EMF_MAX_VALUES, emit_emf
 
 from .conftest import publish
@@ -154,50 +151,6 @@ def test_emf_reconnection_values_are_split_at_the_emf_limit(capsys):
     emit_emf("NS", "svc", active_connections=0, deliveries=0, resumed=0, fresh=0)
     quiet = emf_records(capsys)
     assert len(quiet) == 1 and "realtime_streaming.reconnection_rate" not in quiet[0]
-
-
-def test_merge_labels_each_part_and_keeps_one_help_and_type_per_family():
-    sse = ('# HELP realtime_streaming_active_connections Open SSE streams.\n# TYPE realtime_streaming_active_connections gauge\n'
-           'realtime_streaming_active_connections{transport="sse"} 2\n'
-           '# HELP realtime_streaming_message_latency_ms Latency.\n# TYPE realtime_streaming_message_latency_ms histogram\n'
-           'realtime_streaming_message_latency_ms_bucket{le="5"} 1\nrealtime_streaming_message_latency_ms_bucket{le="+Inf"} 1\n'
-           'realtime_streaming_message_latency_ms_sum 3.000\nrealtime_streaming_message_latency_ms_count 1\n')
-    worker = ('# HELP realtime_streaming_message_latency_ms Other help.\n# TYPE realtime_streaming_message_latency_ms histogram\n'
-              'realtime_streaming_message_latency_ms_bucket{le="5"} 4\nrealtime_streaming_message_latency_ms_bucket{le="+Inf"} 5\n'
-              'realtime_streaming_message_latency_ms_sum 40.5\nrealtime_streaming_message_latency_ms_count 5\n'
-              '# TYPE realtime_streaming_fanout_owned_partitions gauge\nrealtime_streaming_fanout_owned_partitions 16\n')
-    housekeeping = ('# HELP realtime_streaming_active_connections Live connections.\n# TYPE realtime_streaming_active_connections gauge\n'
-                    'realtime_streaming_active_connections{transport="websocket"} 7\n'
-                    '# TYPE realtime_streaming_active_connections counter\nrealtime_streaming_active_connections{transport="x"} 1\n')
-    text = merge([("sse", sse), ("worker", worker), ("housekeeping", housekeeping)])
-    lines = text.splitlines()
-    assert lines.count("# TYPE realtime_streaming_message_latency_ms histogram") == 1
-    assert [line for line in lines if line.startswith("# HELP realtime_streaming_active_connections ")] == [
-        "# HELP realtime_streaming_active_connections sse: Open SSE streams. | housekeeping: Live connections."]
-    assert lines.count("# HELP realtime_streaming_message_latency_ms sse: Latency. | worker: Other help.") == 1
-    latency = lines.index("# TYPE realtime_streaming_message_latency_ms histogram")
-    assert lines[latency + 1 : latency + 9] == [
-        'realtime_streaming_message_latency_ms_bucket{component="sse",le="5"} 1',
-        'realtime_streaming_message_latency_ms_bucket{component="sse",le="+Inf"} 1',
-        'realtime_streaming_message_latency_ms_sum{component="sse"} 3.000',
-        'realtime_streaming_message_latency_ms_count{component="sse"} 1',
-        'realtime_streaming_message_latency_ms_bucket{component="worker",le="5"} 4',
-        'realtime_streaming_message_latency_ms_bucket{component="worker",le="+Inf"} 5',
-        'realtime_streaming_message_latency_ms_sum{component="worker"} 40.5',
-        'realtime_streaming_message_latency_ms_count{component="worker"} 5',
-    ]
-    assert sample(text, "realtime_streaming_active_connections", component="housekeeping", transport="websocket") == 7
-    assert sample(text, "realtime_streaming_active_connections", transport="x") is None  # conflicting type: dropped
-    assert 'realtime_streaming_fanout_owned_partitions{component="worker"} 16' in lines
-
-
-def test_federation_targets_are_validated():
-    assert parse_targets("worker=http://127.0.0.1:9/metrics, hk=http://localhost:10/m") == (
-        ("worker", "http://127.0.0.1:9/metrics"), ("hk", "http://localhost:10/m"))
-    assert parse_targets("") == ()
-    for bad in ("http://127.0.0.1:9/metrics", "worker=https://h:1/m", "worker=http://h/m", "bad name=http://h:1/m"):
-        with pytest.raises(ValueError):
-            parse_targets(bad)
 
 
 async def test_agent_presence_refusals_are_security_events_in_emf_and_prometheus(redis_url, sse_secret, sse_logs, entity, token_for):

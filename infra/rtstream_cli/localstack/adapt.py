@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..cloudformation import Intrinsics, conditions_used, referenced_ids
+
 # (what, why) - printed on every deploy-local, documented in README.md ("Run against LocalStack")
 ADAPTATIONS: tuple[tuple[str, str], ...] = (
     (
@@ -66,9 +68,6 @@ DROPPED_TYPES = frozenset({
 _AWS_EXECUTE_API = re.compile(
     r"(https|wss)://\$\{([A-Za-z0-9]+)\}\.execute-api\.\$\{AWS::Region\}\.(?:amazonaws\.com|\$\{AWS::URLSuffix\})")
 
-_SUB_VAR = re.compile(r"\$\{([A-Za-z0-9_:]+)(?:\.[A-Za-z0-9_.]+)?\}")
-
-
 class AdaptError(ValueError):
     """The template references a removed resource somewhere an adaptation cannot handle."""
 
@@ -78,7 +77,7 @@ class PostDeployStep:
     """One API call that applies, after the deploy, a setting the emulator dropped."""
 
     description: str
-    apply: Callable[["Resolver", Any], None]  # (resolver, clients) -> None
+    apply: Callable[[Intrinsics, Any], None]  # (the deployed stack's intrinsics, clients) -> None
 
 
 @dataclass
@@ -88,83 +87,8 @@ class Adapted:
     removed: dict[str, str] = field(default_factory=dict)  # logical id -> type
 
 
-class Resolver:
-    """Resolves the small set of intrinsics the post-deploy steps need
-    (``Ref`` to resources/parameters/pseudo parameters, ``Fn::GetAtt`` of
-    outputs the emulator reports, ``Fn::Sub``) against the deployed stack."""
-
-    def __init__(self, physical_ids: dict[str, str], parameters: dict[str, str], pseudo: dict[str, str]):
-        self.physical_ids = physical_ids
-        self.parameters = parameters
-        self.pseudo = pseudo
-
-    def ref(self, name: str) -> str:
-        for table in (self.physical_ids, self.parameters, self.pseudo):
-            if name in table:
-                return table[name]
-        raise AdaptError(f"cannot resolve Ref {name!r} after the deploy")
-
-    def __call__(self, value: Any) -> Any:
-        if isinstance(value, dict) and len(value) == 1:
-            (key, arg), = value.items()
-            if key == "Ref":
-                return self.ref(arg)
-            if key == "Fn::Sub":
-                text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
-                resolved = {k: self(v) for k, v in variables.items()}
-                return _SUB_VAR.sub(lambda m: str(resolved.get(m.group(1)) or self.ref(m.group(1))), text)
-            if key.startswith("Fn::"):
-                raise AdaptError(f"post-deploy steps do not resolve {key}")
-        if isinstance(value, dict):
-            return {k: self(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self(v) for v in value]
-        return value
-
-
-def _conditions_used(value: Any) -> set[str]:
-    """Condition names a fragment uses (a resource's or output's ``Condition``,
-    ``Fn::If``'s first argument, ``{"Condition": name}`` inside conditions)."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for key, arg in value.items():
-            if key == "Condition" and isinstance(arg, str):
-                found.add(arg)
-            elif key == "Fn::If" and isinstance(arg, list) and arg:
-                found.add(str(arg[0]))
-                found.update(_conditions_used(arg[1:]))
-            else:
-                found.update(_conditions_used(arg))
-    elif isinstance(value, list):
-        for item in value:
-            found.update(_conditions_used(item))
-    return found
-
-
-def _referenced_ids(value: Any) -> set[str]:
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for key, arg in value.items():
-            if key == "Ref" and isinstance(arg, str):
-                found.add(arg)
-            elif key == "Fn::GetAtt":
-                target = arg[0] if isinstance(arg, list) else str(arg).split(".", 1)[0]
-                found.add(target)
-            elif key == "Fn::Sub":
-                text = arg if isinstance(arg, str) else arg[0]
-                found.update(_SUB_VAR.findall(text))
-                if isinstance(arg, list) and len(arg) > 1:
-                    found.update(_referenced_ids(arg[1]))
-            else:
-                found.update(_referenced_ids(arg))
-    elif isinstance(value, list):
-        for item in value:
-            found.update(_referenced_ids(item))
-    return found
-
-
 def _deployment_step(logical_id: str, stage_props: dict[str, Any]) -> PostDeployStep:
-    def apply(resolve: Resolver, clients) -> None:
+    def apply(resolve: Intrinsics, clients) -> None:
         api_id, stage = resolve(stage_props["ApiId"]), resolve(stage_props["StageName"])
         apigw = clients("apigatewayv2")
         deployment = apigw.create_deployment(ApiId=api_id, StageName=stage, Description="rtstream deploy-local")
@@ -174,7 +98,7 @@ def _deployment_step(logical_id: str, stage_props: dict[str, Any]) -> PostDeploy
 
 
 def _route_response_step(logical_id: str, props: dict[str, Any]) -> PostDeployStep:
-    def apply(resolve: Resolver, clients) -> None:
+    def apply(resolve: Intrinsics, clients) -> None:
         api_id, route_id = resolve(props["ApiId"]), resolve(props["RouteId"])
         # MiniStack's physical id for a Route is "{apiId}/{routeId}" (AWS's Ref is the route id)
         route_id = str(route_id).rsplit("/", 1)[-1]
@@ -191,7 +115,7 @@ def _route_response_step(logical_id: str, props: dict[str, Any]) -> PostDeploySt
 
 
 def _ttl_step(logical_id: str, spec: dict[str, Any]) -> PostDeployStep:
-    def apply(resolve: Resolver, clients) -> None:
+    def apply(resolve: Intrinsics, clients) -> None:
         table = resolve.ref(logical_id)
         ddb = clients("dynamodb")
         current = ddb.describe_time_to_live(TableName=table).get("TimeToLiveDescription", {})
@@ -268,7 +192,7 @@ def adapt_for_emulator(template: dict[str, Any], *, endpoint: str, lambda_endpoi
                 resource.pop("DependsOn")
         if resource.get("Type") == "AWS::ApiGatewayV2::Stage":
             deployment = props.get("DeploymentId")
-            if deployment is not None and _referenced_ids(deployment) & removed.keys():
+            if deployment is not None and referenced_ids(deployment) & removed.keys():
                 del props["DeploymentId"]
                 adapted.steps.append(_deployment_step(logical_id, props))
         if resource.get("Type") == "AWS::ApiGatewayV2::Authorizer" and props.get("AuthorizerType") == "REQUEST":
@@ -277,28 +201,28 @@ def adapt_for_emulator(template: dict[str, Any], *, endpoint: str, lambda_endpoi
             ttl = props.get("TimeToLiveSpecification") or {}
             if ttl.get("Enabled") in (True, "true", "True"):
                 adapted.steps.append(_ttl_step(logical_id, ttl))
-        dangling = _referenced_ids(resource) & removed.keys()
+        dangling = referenced_ids(resource) & removed.keys()
         if dangling:
             raise AdaptError(f"{logical_id} references {sorted(dangling)}, which the emulator adaptation removes")
 
-    dangling = _referenced_ids(cfn.get("Globals") or {}) & removed.keys()
+    dangling = referenced_ids(cfn.get("Globals") or {}) & removed.keys()
     if dangling:
         raise AdaptError(f"Globals reference {sorted(dangling)}, which the emulator adaptation removes")
     outputs = cfn.get("Outputs") or {}
-    for name in [n for n, o in outputs.items() if _referenced_ids(o) & removed.keys()]:
+    for name in [n for n, o in outputs.items() if referenced_ids(o) & removed.keys()]:
         del outputs[name]
     if removed:  # conditions, then parameters (container images, VPC ids) nothing left uses
         conditions = cfn.get("Conditions") or {}
         while True:
-            used = _conditions_used({k: v for k, v in cfn.items() if k != "Conditions"})
+            used = conditions_used({k: v for k, v in cfn.items() if k != "Conditions"})
             for body in conditions.values():
-                used |= _conditions_used(body)
+                used |= conditions_used(body)
             unused = [n for n in conditions if n not in used]
             if not unused:
                 break
             for name in unused:
                 del conditions[name]
-        still_used = _referenced_ids({k: v for k, v in cfn.items() if k != "Parameters"})
+        still_used = referenced_ids({k: v for k, v in cfn.items() if k != "Parameters"})
         parameters = cfn.get("Parameters") or {}
         for name in [n for n in parameters if n not in still_used]:
             del parameters[name]

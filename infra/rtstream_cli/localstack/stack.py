@@ -257,9 +257,9 @@ def deploy_stack(
     function once with a harmless event and fails the deploy with the error of
     any function that cannot run (``smoke.smoke_invoke``).
     """
-    from rtstream_cli.template import TEMPLATE_PATH, load_template
+    from rtstream_cli.cloudformation import TEMPLATE_PATH, Intrinsics, load_template
 
-    from .adapt import ADAPTATIONS, Resolver, adapt_for_emulator
+    from .adapt import ADAPTATIONS, adapt_for_emulator
     from .build import build_artifacts
     from .transform import artifact_bucket, package, sam_to_cloudformation
 
@@ -341,12 +341,9 @@ def deploy_stack(
     timings["cloudformation_s"] = time.monotonic() - t_deploy
 
     resources = _physical_ids(cfn, stack_name)
-    resolver = Resolver(
-        physical_ids={lid: r["id"] for lid, r in resources.items()},
-        parameters={**{k: str(v.get("Default", "")) for k, v in declared.items() if "Default" in v},
-                    **{k: str(v) for k, v in parameters.items()}},
-        pseudo={"AWS::Region": region, "AWS::AccountId": account_id, "AWS::Partition": "aws",
-                "AWS::StackName": stack_name, "AWS::URLSuffix": "amazonaws.com"},
+    resolver = Intrinsics(
+        adapted.template, region=region, stack_name=stack_name, pseudo={"AWS::AccountId": account_id},
+        resources={lid: r["id"] for lid, r in resources.items()}, parameters=parameters,
     )
     for step in adapted.steps:
         log(f"post-deploy: {step.description}")

@@ -91,7 +91,6 @@ class RuntimeSettings:
             aws_endpoint_url=env_str(env, "AWS_ENDPOINT_URL", d.aws_endpoint_url),
             metrics_namespace=env_str(env, "POWERTOOLS_METRICS_NAMESPACE", d.metrics_namespace),
             event_source=env_str(env, "RTSTREAM_EVENT_SOURCE", d.event_source),
-            dev_entity=env_str(env, "RTSTREAM_DEV_ENTITY", d.dev_entity),
             state_dir=env_str(env, "RTSTREAM_STATE_DIR", d.state_dir),
             cache_dir=env_str(env, "RTSTREAM_CACHE_DIR", d.cache_dir),
             uses_redis=bool(env_str(env, "REDIS_URL", "")),
@@ -147,24 +146,17 @@ class SSESettings:
     # Seconds to wait for clients to take the shutdown hint before the server stops
     shutdown_grace_seconds: float = 5.0  # RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS
     allowed_origins: tuple[str, ...] = ()  # RTSTREAM_ALLOWED_ORIGINS (comma separated; "*" = any)
-    public_ws_url: str = ""  # RTSTREAM_PUBLIC_WS_URL (dashboard config)
-    public_sse_url: str = ""  # RTSTREAM_PUBLIC_SSE_URL (dashboard config; default: this request's /events)
-    dashboard_dev_token: bool = False  # RTSTREAM_DASHBOARD_DEV_TOKEN=1: hand the dashboard a dev token
-    dev_entity: str = "demo-entity"  # RTSTREAM_DEV_ENTITY
-    dev_user: str = "demo-user"
     # CloudWatch EMF line with this task's active connections every N s on stdout
     # (awslogs turns it into a metric; the autoscaling policy tracks it). 0 = off.
     emf_interval_seconds: float = 0.0  # RTSTREAM_EMF_INTERVAL_S
     emf_namespace: str = "RealtimeStreaming"  # POWERTOOLS_METRICS_NAMESPACE
     emf_service: str = "rtstream-sse"  # RTSTREAM_SERVICE_NAME (the metric's ServiceName dimension)
-    # Other local Prometheus endpoints whose metrics /metrics appends
-    # (`rtstream dev`); rtstream_sse.config parses and validates them.
-    metrics_federate: str = ""  # RTSTREAM_METRICS_FEDERATE=name=http://h:p/metrics,...
     uvicorn_log_level: str = "warning"  # RTSTREAM_UVICORN_LOG_LEVEL
     forwarded_allow_ips: str = "127.0.0.1"  # FORWARDED_ALLOW_IPS (proxies trusted for X-Forwarded-*)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SSESettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SSESettings:
+        env = os.environ if env is None else env
         d = cls()
         return cls(
             host=env_str(env, "RTSTREAM_SSE_HOST", d.host),
@@ -178,14 +170,9 @@ class SSESettings:
             health_grace_seconds=env_float(env, "RTSTREAM_SSE_HEALTH_GRACE_SECONDS", d.health_grace_seconds, 0.0),
             shutdown_grace_seconds=env_float(env, "RTSTREAM_SSE_SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds, 0.0),
             allowed_origins=tuple(o.strip() for o in env_str(env, "RTSTREAM_ALLOWED_ORIGINS", "").split(",") if o.strip()),
-            public_ws_url=env_str(env, "RTSTREAM_PUBLIC_WS_URL", d.public_ws_url),
-            public_sse_url=env_str(env, "RTSTREAM_PUBLIC_SSE_URL", d.public_sse_url),
-            dashboard_dev_token=env_str(env, "RTSTREAM_DASHBOARD_DEV_TOKEN", "") == "1",
-            dev_entity=env_str(env, "RTSTREAM_DEV_ENTITY", d.dev_entity),
             emf_interval_seconds=env_float(env, "RTSTREAM_EMF_INTERVAL_S", d.emf_interval_seconds, 0.0),
             emf_namespace=env_str(env, "POWERTOOLS_METRICS_NAMESPACE", d.emf_namespace),
             emf_service=env_str(env, "RTSTREAM_SERVICE_NAME", d.emf_service),
-            metrics_federate=env_str(env, "RTSTREAM_METRICS_FEDERATE", d.metrics_federate),
             uvicorn_log_level=env_str(env, "RTSTREAM_UVICORN_LOG_LEVEL", d.uvicorn_log_level),
             forwarded_allow_ips=env_str(env, "FORWARDED_ALLOW_IPS", d.forwarded_allow_ips),
         )
@@ -194,7 +181,28 @@ class SSESettings:
         return _replace(self, **changes)
 
 
-PROCESS_KINDS = ("worker", "sse")
+@dataclass(frozen=True, slots=True)
+class DevSettings:
+    """What `rtstream dev` sets for its wrapper of the SSE server (``rtstream_cli.dev_sse``)."""
+
+    public_ws_url: str = ""  # RTSTREAM_PUBLIC_WS_URL (dashboard config)
+    public_sse_url: str = ""  # RTSTREAM_PUBLIC_SSE_URL (dashboard config; default: this request's /events)
+    dashboard_dev_token: bool = False  # RTSTREAM_DASHBOARD_DEV_TOKEN=1: hand the dashboard a dev token
+    # other local Prometheus endpoints its /metrics appends (rtstream_cli.federate parses them)
+    metrics_federate: str = ""  # RTSTREAM_METRICS_FEDERATE=name=http://h:p/metrics,...
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DevSettings:
+        d = cls()
+        return cls(
+            public_ws_url=env_str(env, "RTSTREAM_PUBLIC_WS_URL", d.public_ws_url),
+            public_sse_url=env_str(env, "RTSTREAM_PUBLIC_SSE_URL", d.public_sse_url),
+            dashboard_dev_token=env_str(env, "RTSTREAM_DASHBOARD_DEV_TOKEN", "") == "1",
+            metrics_federate=env_str(env, "RTSTREAM_METRICS_FEDERATE", d.metrics_federate),
+        )
+
+
+PROCESS_KINDS = ("worker", "sse", "dev")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +243,7 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     sse: SSESettings = field(default_factory=SSESettings)
+    dev: DevSettings = field(default_factory=DevSettings)
 
     @property
     def fanout_pipelining_flag(self) -> bool | None:
@@ -244,7 +253,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, own: Collection[str] = ()) -> Settings:
         """The shared and runtime variables, plus the own variables of the process
-        kinds named in ``own`` (``"worker"``, ``"sse"``; :data:`PROCESS_KINDS` = all):
+        kinds named in ``own`` (``"worker"``, ``"sse"``, ``"dev"``; :data:`PROCESS_KINDS` = all):
         a process validates what it uses, so a bad SSE variable stops the SSE
         server, not the CLI that starts it. The others keep their defaults."""
         env = os.environ if env is None else env
@@ -281,6 +290,7 @@ class Settings:
             runtime=RuntimeSettings.from_env(env),
             worker=WorkerSettings.from_env(env) if "worker" in own else d.worker,
             sse=SSESettings.from_env(env) if "sse" in own else d.sse,
+            dev=DevSettings.from_env(env) if "dev" in own else d.dev,
         )
 
     def replace(self, **changes: Any) -> Settings:

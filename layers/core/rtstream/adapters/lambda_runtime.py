@@ -7,17 +7,24 @@ handler that never touches Redis never connects to it.
 
 Wiring, from the environment (names in :mod:`rtstream.settings`):
 
-- DynamoDB (``CONNECTIONS_TABLE``, ``SUBSCRIPTIONS_TABLE``) through boto3, which
-  honours ``AWS_ENDPOINT_URL`` by itself (LocalStack, MiniStack, moto);
+- DynamoDB (``CONNECTIONS_TABLE``, ``SUBSCRIPTIONS_TABLE``) through boto3, with
+  the region, credentials and ``AWS_ENDPOINT_URL`` (LocalStack, MiniStack,
+  moto) of the function's environment;
 - Redis (``REDIS_URL``): event log (history / fan-out), rate limiter, presence;
 - JWT: ``RTSTREAM_JWT_SECRET``, or the SSM SecureString named by
   ``RTSTREAM_JWT_SECRET_PARAM`` (read once), or ``RTSTREAM_JWKS_URL``;
 - the Management API (``RTSTREAM_MANAGEMENT_ENDPOINT``, else derived from the
   event's domain and stage) to close a flooding client.
+
+The function's environment is ``os.environ`` on Lambda. A local host that runs
+several functions in one process (the gateway emulator) gives each function its
+own mapping through :data:`FUNCTION_ENVIRONMENT` while it imports and invokes
+it, so nothing changes the process environment.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import threading
@@ -33,6 +40,16 @@ CONNECTION_ID_PATH = "requestContext.connectionId"
 JWT_SECRET_PARAM_ENV = "RTSTREAM_JWT_SECRET_PARAM"
 # Socket timeouts: a handler must answer well within API Gateway's 29 s.
 _REDIS_TIMEOUT_S = 2.0
+
+# Set by a local host around a function's import and invocations; unset on Lambda.
+FUNCTION_ENVIRONMENT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "rtstream_function_environment", default=None)
+
+
+def function_environment() -> Mapping[str, str]:
+    """This function's environment: the host's mapping, else ``os.environ``."""
+    env = FUNCTION_ENVIRONMENT.get()
+    return os.environ if env is None else env
 
 
 def principal_from_event(event: Mapping[str, Any]) -> Principal:
@@ -67,7 +84,7 @@ class LambdaRuntime:
     """Settings now; clients, ports and the service on first use (then cached)."""
 
     def __init__(self, env: Mapping[str, str] | None = None):
-        self.env = dict(os.environ if env is None else env)
+        self.env = dict(function_environment() if env is None else env)
         self.settings = Settings.from_env(self.env)
         self.redis_url = self.settings.redis_url if self.settings.runtime.uses_redis else ""
         self._lock = threading.RLock()
@@ -90,7 +107,13 @@ class LambdaRuntime:
             from botocore.config import Config
 
             config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=5)
-            return boto3.session.Session().client(service, config=config, **kwargs)
+            env = self.env  # the function's environment, not necessarily this process's
+            session = boto3.session.Session(
+                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=env.get("AWS_SESSION_TOKEN"),
+                region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"))
+            options = {"endpoint_url": env.get("AWS_ENDPOINT_URL") or None, **kwargs}
+            return session.client(service, config=config, **options)
 
         return self._once(key, build)
 

@@ -2,16 +2,19 @@
 $GATEWAY_TEST_RECORD) and echoes what the tests need to see."""
 
 import json
-import os
 import time
 
 import helper  # a module beside app.py: Lambda puts the code directory on sys.path
+from rtstream.adapters.lambda_runtime import function_environment
 
-COLD_START_ENV = {k: v for k, v in os.environ.items() if k.startswith("FIXTURE_")}
+# The function's environment as this project's handlers read it (os.environ on
+# Lambda; the emulator's per-function mapping locally).
+ENV = dict(function_environment())
+COLD_START_ENV = {k: v for k, v in ENV.items() if k.startswith("FIXTURE_")}
 
 
 def handler(event, context):
-    with open(os.environ["GATEWAY_TEST_RECORD"], "a", encoding="utf-8") as fh:
+    with open(ENV["GATEWAY_TEST_RECORD"], "a", encoding="utf-8") as fh:
         fh.write(json.dumps(event) + "\n")
     route = event["requestContext"]["routeKey"]
     if route == "$connect":
