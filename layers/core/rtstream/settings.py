@@ -5,7 +5,8 @@ container start) and passed down explicitly.
 Configuration table lists them; a test keeps the two equal): the shared limits
 and names here, every process's in :class:`RuntimeSettings`, and the worker's
 and the SSE server's own in :class:`WorkerSettings` and :class:`SSESettings`
-(``own=("worker",)`` / ``own=("sse",)``), built from the same mapping.
+(``own=("worker",)`` / ``own=("sse",)``; `rtstream dev`'s SSE wrapper's in
+:class:`DevSettings`, ``own=("dev",)``), built from the same mapping.
 Nothing else reads ``os.environ``."""
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class RuntimeSettings:
             aws_endpoint_url=env_str(env, "AWS_ENDPOINT_URL", d.aws_endpoint_url),
             metrics_namespace=env_str(env, "POWERTOOLS_METRICS_NAMESPACE", d.metrics_namespace),
             event_source=env_str(env, "RTSTREAM_EVENT_SOURCE", d.event_source),
+            dev_entity=env_str(env, "RTSTREAM_DEV_ENTITY", d.dev_entity),
             state_dir=env_str(env, "RTSTREAM_STATE_DIR", d.state_dir),
             cache_dir=env_str(env, "RTSTREAM_CACHE_DIR", d.cache_dir),
             uses_redis=bool(env_str(env, "REDIS_URL", "")),
