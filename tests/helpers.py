@@ -102,33 +102,35 @@ class RestartableRedis:
             self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-def serialize_moto_dynamodb_writes() -> None:
-    """Give moto (running in this process) DynamoDB's per-item write atomicity.
 
-    DynamoDB applies each write to an item atomically with its condition; moto's
-    threaded server evaluates a ConditionExpression and then writes without a
-    lock, so two simultaneous ``ADD n :1 IF n < 10`` both pass at 9 (seen: 11 of
-    50 admitted against a limit of 10). Tests and benchmarks of concurrent
-    conditional writes call this once; idempotent."""
-    import threading
+class SerialMotoServer:
+    """moto's own WSGI app served one request at a time, for tests and benchmarks
+    of concurrent conditional writes: DynamoDB applies each write to an item
+    atomically with its condition, while moto's threaded server evaluates a
+    ConditionExpression and then writes without a lock, so two simultaneous
+    ``ADD n :1 IF n < 10`` both pass at 9 (seen: 11 of 50 admitted against a
+    limit of 10). moto's backends are per process, so this serves the same
+    tables as the session's threaded server. ``with SerialMotoServer() as s:``
+    then ``s.endpoint``."""
 
-    from moto.dynamodb.models import DynamoDBBackend
+    def __enter__(self) -> "SerialMotoServer":
+        import threading
 
-    if getattr(DynamoDBBackend, "_rtstream_serialized", False):
-        return
-    lock = threading.RLock()
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
 
-    def locked(method):
-        def run(self, *args, **kwargs):
-            with lock:
-                return method(self, *args, **kwargs)
+        # threaded=False: one request at a time (and HTTP/1.0, so no connection holds the server)
+        self.server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=False,
+                                  request_handler=MotoRequestHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="serial-moto", daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        return self
 
-        return run
-
-    for name in ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item"):
-        if hasattr(DynamoDBBackend, name):
-            setattr(DynamoDBBackend, name, locked(getattr(DynamoDBBackend, name)))
-    DynamoDBBackend._rtstream_serialized = True
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+        self.server.server_close()
 
 
 def _cluster_port() -> int:

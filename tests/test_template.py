@@ -203,7 +203,10 @@ def test_every_route_has_integration_handler_permission_and_response(template):
         module, _, attr = function.get("Handler", globals_["Handler"]).partition(".")
         source = code / f"{module}.py"
         assert source.is_file(), f"{key}: {source} missing"
-        defined = {n.name for n in ast.parse(source.read_text()).body if isinstance(n, ast.FunctionDef)}
+        body = ast.parse(source.read_text()).body
+        # `def handler` or `handler = build_handler(...)` at module level
+        defined = {n.name for n in body if isinstance(n, ast.FunctionDef)}
+        defined |= {t.id for n in body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
         assert attr in defined, f"{source} defines no {attr}()"
         perms = [p["Properties"] for p in permissions.values() if ref(p["Properties"]["FunctionName"]) == function_id]
         assert perms, f"{function_id} has no Lambda permission"
@@ -291,6 +294,25 @@ def test_functions_runtime_layer_and_environment(template):
     assert not (ROOT / "layers" / "core" / "python").exists()  # sam build creates it
     assert (ROOT / "layers" / "core" / "requirements.txt").is_file()
     assert template["Parameters"]["JwtSecret"]["NoEcho"] is True
+
+
+def test_message_routes_share_one_handler_module_with_a_function_each(template):
+    """One module answers every message route; each route keeps its own function
+    (its own IAM policy and Lambda metrics)."""
+    routes = ("Subscribe", "Unsubscribe", "Ping", "Presence", "Default")
+    props = {r: template["Resources"][f"{r}Function"]["Properties"] for r in routes}
+    assert {p["CodeUri"] for p in props.values()} == {"functions/messages/"}
+    assert all("Handler" not in p for p in props.values()) and template["Globals"]["Function"]["Handler"] == "app.handler"
+    assert (ROOT / "functions" / "messages" / "app.py").is_file()
+
+    def actions(p):
+        listed = [s["Action"] for s in p["Policies"][0]["Statement"]]
+        return {a for action in listed for a in ([action] if isinstance(action, str) else action)}
+
+    assert any(a.startswith("dynamodb:") for a in actions(props["Subscribe"]))
+    assert not any(a.startswith("dynamodb:") for a in actions(props["Ping"]) | actions(props["Default"]))
+    old = {"default", "ping", "presence", "subscribe", "unsubscribe"}
+    assert not old & {p.name for p in (ROOT / "functions").iterdir()}
 
 
 def test_eventbridge_bridge_rule(template):

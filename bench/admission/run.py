@@ -8,7 +8,7 @@ Parts (all against DynamoDB in an in-process moto server with the tables of
 template.yaml, and a private redis-server for presence and the event log):
 
 - ``admission``: connect+subscribe through the real Lambda handlers
-  (``functions/connect``, ``functions/subscribe``, captured API Gateway events)
+  (``functions/connect``, ``functions/messages`` as `subscribe`, captured API Gateway events)
   into an empty entity, then into an entity that already holds
   ``--fill`` connections; DynamoDB calls per operation (counted at botocore) and
   wall time, and the ratio full/empty (target <= 1.5).
@@ -28,6 +28,7 @@ transfers to AWS (it is what DynamoDB bills and what its latency follows).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import importlib.util
@@ -55,30 +56,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# ---- DynamoDB calls, counted where every boto3 client makes them ------------------------------
+# ---- DynamoDB calls, counted on each client the benchmark and the handlers use ------------------------------
 
 CALLS: Counter = Counter()
 ITEMS_READ: Counter = Counter()
 
 
-def count_dynamodb_calls() -> None:
-    import botocore.client
+def count_dynamodb_calls(client) -> None:
+    """Count ``client``'s successful DynamoDB calls and the items they read, through
+    botocore's own after-call hook (the call itself is untouched)."""
 
-    real = botocore.client.BaseClient._make_api_call
+    def counted(http_response, parsed, model, **_):
+        if http_response.status_code >= 300:  # a refused call reads nothing (as before: raised, uncounted)
+            return
+        operation_name, out = model.name, parsed
+        CALLS[operation_name] += 1
+        if operation_name in ("Query", "Scan"):
+            ITEMS_READ[operation_name] += int(out.get("ScannedCount", out.get("Count", 0)))
+        elif operation_name == "GetItem":
+            ITEMS_READ[operation_name] += 1 if "Item" in out else 0
+        elif operation_name == "BatchGetItem":
+            ITEMS_READ[operation_name] += sum(len(v) for v in out.get("Responses", {}).values())
 
-    def counted(self, operation_name, api_params):
-        out = real(self, operation_name, api_params)
-        if self.meta.service_model.service_name == "dynamodb":
-            CALLS[operation_name] += 1
-            if operation_name in ("Query", "Scan"):
-                ITEMS_READ[operation_name] += int(out.get("ScannedCount", out.get("Count", 0)))
-            elif operation_name == "GetItem":
-                ITEMS_READ[operation_name] += 1 if "Item" in out else 0
-            elif operation_name == "BatchGetItem":
-                ITEMS_READ[operation_name] += sum(len(v) for v in out.get("Responses", {}).values())
-        return out
-
-    botocore.client.BaseClient._make_api_call = counted
+    client.meta.events.register("after-call.dynamodb", counted)
 
 
 def snapshot() -> tuple[Counter, Counter]:
@@ -117,6 +117,7 @@ class Env:
         import boto3
 
         self.client = boto3.client("dynamodb", endpoint_url=self.endpoint, region_name="us-east-1")
+        count_dynamodb_calls(self.client)
 
     def tables(self) -> dict[str, str]:
         from rtstream_cli.template import create_tables
@@ -155,9 +156,10 @@ class LambdaContext:
 
 
 def load_handler(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "functions" / name / "app.py")
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "functions" / ("messages" if name in ("subscribe", "unsubscribe", "ping", "presence", "default") else name) / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    count_dynamodb_calls(module.runtime.boto3_client("dynamodb"))  # the client the handler's registry uses
     return lambda event: module.handler(event, LambdaContext(name))
 
 
@@ -191,9 +193,7 @@ def part_admission(env: Env, args) -> dict:
         calls_connect: Counter = Counter()
         calls_subscribe: Counter = Counter()
         t_connect = t_subscribe = 0.0
-        real_stdout = sys.stdout
-        sys.stdout = devnull  # Powertools prints EMF per invocation
-        try:
+        with contextlib.redirect_stdout(devnull):  # Powertools prints EMF per invocation
             for i in range(args.k):
                 cid = f"{tag}{i:05d}AAAA="
                 user = f"{tag}-user-{i}"
@@ -213,8 +213,6 @@ def part_admission(env: Env, args) -> dict:
                 assert reply["statusCode"] == 200, reply
                 t_connect += t1 - t0
                 t_subscribe += t3 - t2
-        finally:
-            sys.stdout = real_stdout
         return {
             "entity": entity,
             "connects": args.k,
@@ -248,44 +246,50 @@ def part_admission(env: Env, args) -> dict:
 
 
 def part_concurrency(env: Env, args) -> dict:
+    import boto3
+
+    from rtstream.adapters.dynamodb import DynamoDBRegistry
     from rtstream.errors import TooManyConnections
     from rtstream.models import Principal
     from rtstream.service import RealtimeService
     from rtstream.settings import Settings
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import serialize_moto_dynamodb_writes
+    from helpers import SerialMotoServer
 
-    serialize_moto_dynamodb_writes()  # DynamoDB writes an item atomically with its condition; moto does not
+    # DynamoDB writes an item atomically with its condition; moto's threaded server does not
     out = {}
-    for case in ("user", "entity"):
-        tables = env.tables()
-        settings = Settings(jwt_secret=SECRET, max_connections_per_user=10, max_connections_per_entity=10 if case == "entity" else 1000)
-        service = RealtimeService(registry=env.registry(tables), settings=settings)
-        barrier = threading.Barrier(50)
-        admitted, refused, errors = [], [], []
+    with SerialMotoServer() as serial:
+        serial_client = boto3.client("dynamodb", endpoint_url=serial.endpoint, region_name="us-east-1")
+        for case in ("user", "entity"):
+            tables = env.tables()
+            settings = Settings(jwt_secret=SECRET, max_connections_per_user=10, max_connections_per_entity=10 if case == "entity" else 1000)
+            registry = DynamoDBRegistry(serial_client, connections_table=tables["ConnectionsTable"], subscriptions_table=tables["SubscriptionsTable"])
+            service = RealtimeService(registry=registry, settings=settings)
+            barrier = threading.Barrier(50)
+            admitted, refused, errors = [], [], []
 
-        def one(i):
-            principal = Principal("alice" if case == "user" else f"user-{i}", "acme")
-            barrier.wait()
-            try:
-                service.connect(principal, f"c{i:02d}AAAA=")
-                admitted.append(i)
-            except TooManyConnections:
-                refused.append(i)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(repr(exc))
+            def one(i):
+                principal = Principal("alice" if case == "user" else f"user-{i}", "acme")
+                barrier.wait()
+                try:
+                    service.connect(principal, f"c{i:02d}AAAA=")
+                    admitted.append(i)
+                except TooManyConnections:
+                    refused.append(i)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(repr(exc))
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        wall = time.perf_counter() - t0
-        records = env.client.scan(TableName=tables["ConnectionsTable"], Select="COUNT", FilterExpression="attribute_exists(entityId)")["Count"]
-        out[case] = {"simultaneous": 50, "limit": 10, "admitted": len(admitted), "refused": len(refused), "errors": errors[:3],
-                     "records": records, "wall_s": round(wall, 2), "exact": len(admitted) == 10 == records and not errors}
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            wall = time.perf_counter() - t0
+            records = env.client.scan(TableName=tables["ConnectionsTable"], Select="COUNT", FilterExpression="attribute_exists(entityId)")["Count"]
+            out[case] = {"simultaneous": 50, "limit": 10, "admitted": len(admitted), "refused": len(refused), "errors": errors[:3],
+                         "records": records, "wall_s": round(wall, 2), "exact": len(admitted) == 10 == records and not errors}
     return out
 
 
@@ -400,7 +404,7 @@ def markdown(results: dict, args) -> list[str]:
                          f"{json.dumps(r['dynamodb_calls_per_connect'])} | {json.dumps(r['dynamodb_calls_per_subscribe'])} |")
         lines += ["", f"Ratio full/empty (connect+subscribe wall time): **{a['ratio_full_over_empty']}** (target <= 1.5); same DynamoDB calls: "
                       f"{a['same_dynamodb_calls']}; target {'met' if a['target_met'] else 'NOT met'}. {args.k} connects each, handler path "
-                      f"(functions/connect + functions/subscribe, Powertools, Redis presence) against moto in process.", ""]
+                      f"(functions/connect + functions/messages as subscribe, Powertools, Redis presence) against moto in process.", ""]
     c = results.get("concurrency")
     if c:
         lines += ["| 50 simultaneous connects (threads, RealtimeService.connect, moto) | limit | admitted | refused | records | exact |", "|---|---|---|---|---|---|"]
@@ -430,7 +434,6 @@ def main() -> None:
     ap.add_argument("--stale-share", type=float, default=0.01)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    count_dynamodb_calls()
     env = Env(args)
     results: dict = {"bench": "admission", "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     with open("/proc/loadavg") as f:

@@ -193,7 +193,7 @@ class BackgroundDemo:
 
         from rtstream.adapters.redis_client import sync_client
         from rtstream.errors import RealtimeError
-        from rtstream.publishing import publish
+        from rtstream.adapters.publishing import publish
 
         client = sync_client(self.redis_url, socket_connect_timeout=3, socket_timeout=5)
 
@@ -245,7 +245,7 @@ def run(args) -> int:
 
     from rtstream.adapters.redis_client import sync_client
     from rtstream.errors import RealtimeError
-    from rtstream.publishing import publish
+    from rtstream.adapters.publishing import publish
     from rtstream.settings import Settings
 
     from .state import NoSuchInstance, Target

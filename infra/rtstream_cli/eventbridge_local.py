@@ -85,11 +85,11 @@ class EventBridgeDrain:
         self._stopping = asyncio.Event()
 
     async def start(self) -> "EventBridgeDrain":
-        from rtstream.adapters.redis_eventlog import RedisEventLog
+        from rtstream.adapters.lambda_runtime import LambdaRuntime
 
-        self.bridge = load_bridge()
+        # the bridge's own composition root, on the system's Redis
         settings = self.system.settings.replace(redis_url=self.system.redis_url)
-        self.bridge._event_log = RedisEventLog.from_url(self.system.redis_url, settings)
+        self.handler = load_bridge().build_handler(LambdaRuntime(settings=settings))
         await asyncio.to_thread(self._create)
         self._task = asyncio.create_task(self._drain(), name="eventbridge-drain")
         return self
@@ -118,7 +118,7 @@ class EventBridgeDrain:
         attempts = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
             event = json.loads(message["Body"])
-            await asyncio.to_thread(self.bridge.handler, event, _Context())
+            await asyncio.to_thread(self.handler, event, _Context())
             self.handled += 1
         except Exception as exc:  # noqa: BLE001 - as Lambda: the message is retried
             self.failed += 1

@@ -50,7 +50,7 @@ def _fail(code: str, message: str, status: int = 2) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from rtstream.errors import BackendUnavailable, RealtimeError, Throttled
-    from rtstream.publishing import publish
+    from rtstream.adapters.publishing import publish
     from rtstream.settings import Settings
 
     try:

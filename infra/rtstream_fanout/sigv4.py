@@ -108,13 +108,15 @@ class SigV4Signer:
     """Signs requests for one region and service with cached signing keys."""
 
     def __init__(self, credentials: CredentialProvider, region: str, service: str = "execute-api",
-                 *, clock: Callable[[], float] = time.time):
+                 *, clock: Callable[[], float] = time.time,
+                 derive_key: Callable[[str, str, str, str], bytes] = derive_signing_key):
         if not region:
             raise ValueError("SigV4 signing needs a region")
         self.credentials = credentials
         self.region = region
         self.service = service
         self.clock = clock
+        self.derive_key = derive_key
         self._key_for: tuple[str, str] | None = None
         self._key = b""
 
@@ -127,7 +129,7 @@ class SigV4Signer:
     def signing_key(self, secret_key: str, date_stamp: str) -> bytes:
         # one cached key: it changes once a day, or when the credentials rotate
         if self._key_for != (secret_key, date_stamp):
-            self._key = derive_signing_key(secret_key, date_stamp, self.region, self.service)
+            self._key = self.derive_key(secret_key, date_stamp, self.region, self.service)
             self._key_for = (secret_key, date_stamp)
         return self._key
 

@@ -121,7 +121,7 @@ class SystemThread:
         return self._redis
 
     def publish(self, entity_id: str, topic: str, data: dict[str, Any], source: str = "tests") -> str:
-        from rtstream.publishing import publish
+        from rtstream.adapters.publishing import publish
 
         return publish(entity_id, topic, data, source=source, client=self.redis(), settings=self.system.settings)
 

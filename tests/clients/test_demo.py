@@ -6,7 +6,7 @@ import pytest
 
 from rtstream import keys
 from rtstream.models import parse_event_id
-from rtstream.publishing import publish
+from rtstream.adapters.publishing import publish
 from rtstream.settings import Settings
 from rtstream.topics import EVENT_TOPICS, validate_payload
 from rtstream_cli.demo import DemoFeed, run_demo

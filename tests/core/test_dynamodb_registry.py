@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack, contextmanager
 
 import boto3
 import pytest
+from botocore import xform_name
 
 from rtstream.adapters.dynamodb import DynamoDBRegistry, translate_error
 from rtstream.errors import BackendUnavailable, Throttled
 from rtstream.models import Connection, Filters, Principal, Subscription
 from rtstream.ports import ConnectionRegistry
+
+
+@contextmanager
+def watching(client, event, handler):
+    """botocore's own hooks (not a replaced method): ``handler`` sees each call
+    of ``event`` (its parameters, mutable before the request is built; the
+    parsed reply after it); the call itself still goes to moto."""
+    client.meta.events.register(event, handler)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, handler)
+
+
+@pytest.fixture
+def watch():
+    """``watch(client, event, handler)``: :func:`watching` until the test ends."""
+    with ExitStack() as stack:
+        yield lambda client, event, handler: stack.enter_context(watching(client, event, handler))
 
 
 @pytest.fixture
@@ -85,18 +106,16 @@ def test_subscriptions_by_channel(registry, dynamodb_client, tables):
     assert registry.connection_subscriptions("c2")[0].topic == "transactions.new"  # found via byConnection index
 
 
-def test_subscribers_is_one_paginated_query(registry, dynamodb_client, tables, monkeypatch):
+def test_subscribers_is_one_paginated_query(registry, dynamodb_client, tables, watch):
     for i in range(30):
         registry.put_subscription(sub(f"c{i:02d}", topic="balance.updated"))
     calls = []
-    real_query = dynamodb_client.query
 
-    def counting_query(**kwargs):
-        calls.append(kwargs)
-        kwargs = dict(kwargs, Limit=7)  # force pages
-        return real_query(**kwargs)
+    def counting_query(params, **_):
+        calls.append(dict(params))
+        params["Limit"] = 7  # force pages
 
-    monkeypatch.setattr(dynamodb_client, "query", counting_query)
+    watch(dynamodb_client, "before-parameter-build.dynamodb.Query", counting_query)
     found = registry.subscribers("e1", "balance.updated")
     assert len(found) == 30
     assert all(c["KeyConditionExpression"] == "channel = :ch" and "IndexName" not in c for c in calls)
@@ -204,9 +223,15 @@ from rtstream.inmemory import ManualClock  # noqa: E402
 
 def admit_concurrently(registry, connections, *, max_per_user, max_per_entity):
     """Admit every connection from its own thread, all released at once; (admitted ids, refused count)."""
-    from helpers import serialize_moto_dynamodb_writes
+    from helpers import SerialMotoServer
 
-    serialize_moto_dynamodb_writes()  # DynamoDB's per-item atomicity, which moto lacks
+    with SerialMotoServer() as serial:  # DynamoDB's per-item atomicity, which moto's threaded server lacks
+        client = boto3.client("dynamodb", endpoint_url=serial.endpoint, region_name="us-east-1")
+        on_serial = DynamoDBRegistry(client, connections_table=registry.connections_table, subscriptions_table=registry.subscriptions_table)
+        return _admit_concurrently(on_serial, connections, max_per_user=max_per_user, max_per_entity=max_per_entity)
+
+
+def _admit_concurrently(registry, connections, *, max_per_user, max_per_entity):
     barrier = threading.Barrier(len(connections))
     admitted, refused, errors = [], [], []
 
@@ -277,15 +302,12 @@ def test_expired_records_do_not_block_admission(registry):
     assert registry.get_connection("lost") is None
 
 
-def test_admission_cost_does_not_depend_on_the_entity(registry, dynamodb_client, monkeypatch):
+def test_admission_cost_does_not_depend_on_the_entity(registry, dynamodb_client):
     """Three single-item writes and no read, whether the entity holds 0 or 120 connections."""
     def calls_for(cid, user):
         seen = []
-        for op in ("query", "scan", "get_item", "update_item", "put_item", "transact_write_items", "batch_get_item"):
-            real = getattr(dynamodb_client, op)
-            monkeypatch.setattr(dynamodb_client, op, lambda _real=real, _op=op, **kw: (seen.append(_op), _real(**kw))[1])
-        registry.admit_connection(conn(cid, user=user), max_per_user=10, max_per_entity=1000)
-        monkeypatch.undo()
+        with watching(dynamodb_client, "before-call.dynamodb", lambda model, **_: seen.append(xform_name(model.name))):
+            registry.admit_connection(conn(cid, user=user), max_per_user=10, max_per_entity=1000)
         return seen
 
     empty = calls_for("first", "a")
@@ -318,7 +340,7 @@ def test_housekeeping_repairs_a_counter_left_by_a_killed_connect(dynamodb_client
     assert "Item" not in dynamodb_client.get_item(TableName=tables["ConnectionsTable"], Key={"connectionId": {"S": "#u#nobody"}})
 
 
-def test_sweep_reads_only_what_expired(dynamodb_client, tables, monkeypatch):
+def test_sweep_reads_only_what_expired(dynamodb_client, tables, watch):
     """stale_connections queries the expired buckets of the byExpiry index: the
     live records are never read, and past buckets found empty are not read again."""
     clock = ManualClock(start_ms=int(time.time()) * 1000)
@@ -329,17 +351,10 @@ def test_sweep_reads_only_what_expired(dynamodb_client, tables, monkeypatch):
     for i in range(5):
         reg.add_connection(conn(f"stale{i}", user=f"s{i}", expires_at=now - 7200 - i))
         reg.put_subscription(sub(f"stale{i}", expires_at=now - 7200 - i))
-    read, queries = [], []
-    real_query = dynamodb_client.query
-
-    def counting(**kw):
-        out = real_query(**kw)
-        queries.append(kw)
-        read.extend(out["Items"])
-        return out
-
-    monkeypatch.setattr(dynamodb_client, "query", counting)
-    monkeypatch.setattr(dynamodb_client, "scan", lambda **kw: pytest.fail("the sweep scanned"))
+    read, queries, scans = [], [], []
+    watch(dynamodb_client, "before-parameter-build.dynamodb.Query", lambda params, **_: queries.append(dict(params)))
+    watch(dynamodb_client, "after-call.dynamodb.Query", lambda parsed, **_: read.extend(parsed["Items"]))
+    watch(dynamodb_client, "before-call.dynamodb.Scan", lambda params, **_: scans.append(params))
     assert sorted(reg.stale_connections(now, 100)) == [f"stale{i}" for i in range(5)]
     assert len(read) == 5 and all(q["IndexName"] == "byExpiry" for q in queries)
     assert sorted(s.connection_id for s in reg.stale_subscriptions(now, 100)) == [f"stale{i}" for i in range(5)]
@@ -350,3 +365,4 @@ def test_sweep_reads_only_what_expired(dynamodb_client, tables, monkeypatch):
     assert reg.stale_connections(now, 100) == []
     # from now on a run reads only the previous and the current hour's shards
     assert len(queries) == 2 * 4
+    assert scans == []  # the sweep never scans

@@ -23,7 +23,7 @@ import websockets
 from helpers import free_port  # noqa: E402
 
 from rtstream.auth import issue_dev_token
-from rtstream.publishing import publish
+from rtstream.adapters.publishing import publish
 from rtstream_cli.dev import CrashWindow, LocalSystem, _http_ok
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc and POSIX signals")

@@ -13,9 +13,9 @@ import boto3
 import pytest
 
 from rtstream import keys
-from rtstream.adapters.redis_eventlog import RedisEventLog
+from rtstream.adapters.lambda_runtime import LambdaRuntime
 from rtstream.errors import BackendUnavailable
-from rtstream.publishing import publish
+from rtstream.adapters.publishing import publish
 from rtstream.settings import Settings
 from rtstream_cli import eventbridge_local
 from rtstream_cli.eventbridge_local import _Context, load_bridge
@@ -31,11 +31,14 @@ def eb_event(detail, detail_type="transactions.new", event_id="11111111-2222-333
     }
 
 
+def bridge_handler(settings: Settings):
+    """The bridge's handler as its module builds it, on a runtime over ``settings``."""
+    return load_bridge().build_handler(LambdaRuntime(settings=settings))
+
+
 @pytest.fixture
 def bridge(redis_client, redis_url):
-    module = load_bridge()
-    module._event_log = RedisEventLog.from_url(redis_url, Settings())
-    return module
+    return SimpleNamespace(handler=bridge_handler(Settings(redis_url=redis_url)))
 
 
 def history(redis_client, entity):
@@ -95,14 +98,9 @@ def test_invalid_event_is_logged_counted_and_dropped(bridge, redis_client, capsy
 
 
 def test_redis_down_raises_so_eventbridge_retries():
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-    import redis
-
-    module = load_bridge()
-    module._event_log = RedisEventLog(redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), Settings())
+    handler = bridge_handler(Settings(redis_url="redis://127.0.0.1:1/0"))  # nothing listens on port 1
     with pytest.raises(BackendUnavailable):
-        module.handler(eb_event({"entityId": "e1", "data": TX}), _Context())
+        handler(eb_event({"entityId": "e1", "data": TX}), _Context())
 
 
 async def test_put_events_reaches_history_through_the_local_drain(moto_endpoint, redis_url, redis_client):

@@ -25,7 +25,7 @@ import websockets
 from rtstream import keys
 from rtstream.auth import issue_dev_token
 from rtstream.models import parse_event_id
-from rtstream.publishing import publish
+from rtstream.adapters.publishing import publish
 from helpers import free_port  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

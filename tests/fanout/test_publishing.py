@@ -8,9 +8,10 @@ import boto3
 import pytest
 
 from rtstream import keys
+from rtstream.adapters.publishing import publish
 from rtstream.errors import InvalidMessage, InvalidPayload, MessageTooLarge, UnknownTopic
 from rtstream.fanout import decode_entry
-from rtstream.publishing import parse_raw, publish
+from rtstream.publishing import parse_raw
 from rtstream.settings import Settings
 
 TX = {"transactionId": "t1", "amount": 42.5, "merchant": "Cafe"}
@@ -122,3 +123,38 @@ def test_sdk_publish_with_an_idempotency_key_returns_the_first_id(redis_client):
     d = publish("idem-sdk", "transactions.new", tx, client=redis_client, settings=Settings())
     assert a == b and len({a, c, d}) == 3
     assert redis_client.xlen(keys.history("idem-sdk", Settings()).name) == 3
+
+
+# ---- the core's publish: a publisher injected, no client opened by the core ----------------
+
+
+def test_core_publish_validates_before_touching_the_publisher():
+    from rtstream import publishing
+
+    with pytest.raises(UnknownTopic):
+        publishing.publish("e1", "nope", TX, publisher=NoIO())
+    with pytest.raises(InvalidMessage):
+        publishing.publish("e1", "transactions.new", TX, publisher=NoIO(), idempotency_key="a b")
+
+
+def test_core_publish_through_an_event_log_publisher(redis_client):
+    """The same publication through the in-memory twin and the Redis adapter."""
+    from rtstream import publishing
+    from rtstream.adapters.redis_eventlog import RedisEventLog
+    from rtstream.inmemory import InMemoryEventLog
+
+    settings = Settings()
+    for log in (InMemoryEventLog(settings), RedisEventLog(redis_client, settings)):
+        publisher = publishing.EventLogPublisher(log)
+        first = publishing.publish("e9", "transactions.new", TX, publisher=publisher, source="pos", idempotency_key="k-1")
+        again = publishing.publish("e9", "transactions.new", TX, publisher=publisher, source="pos", idempotency_key="k-1")
+        other = publishing.publish("e9", "transactions.new", TX, publisher=publisher)
+        assert first == again != other
+        assert [(e.id, e.source) for e in log.replay("e9", "0-0")] == [(first, "pos"), (other, "sdk")]
+
+
+def test_eventbridge_detail_reads_back_as_the_same_publication():
+    from rtstream.publishing import eventbridge_detail, parse_eventbridge, validate
+
+    pub = validate("e1", "transactions.new", TX, "data_pool", "order-9")
+    assert parse_eventbridge("transactions.new", eventbridge_detail(pub), "ignored-event-id") == pub

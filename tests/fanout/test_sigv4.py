@@ -27,13 +27,27 @@ from rtstream_fanout.sigv4 import (
 SUITE = json.loads((Path(__file__).parent / "data" / "sigv4_test_suite.json").read_text())
 
 
-def botocore_headers(monkeypatch, *, method, url, headers, body, params, creds, region, service, when):
+class SigV4AuthAt(botocore.auth.SigV4Auth):
+    """botocore's SigV4Auth.add_auth, step for step, at a given instant instead of now."""
+
+    def __init__(self, credentials, service, region, when):
+        super().__init__(credentials, service, region)
+        self.when = when
+
+    def add_auth(self, request):
+        request.context["timestamp"] = self.when.strftime(botocore.auth.SIGV4_TIMESTAMP)
+        self._modify_request_before_signing(request)
+        canonical_request = self.canonical_request(request)
+        string_to_sign = self.string_to_sign(request, canonical_request)
+        self._inject_signature_to_request(request, self.signature(string_to_sign, request))
+
+
+def botocore_headers(*, method, url, headers, body, params, creds, region, service, when):
     """What botocore's SigV4Auth.add_auth adds, at the instant ``when``."""
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: when)
     request = AWSRequest(method=method, url=url, data=body, params=list(params))
     for name, value in headers:
         request.headers[name] = value
-    botocore.auth.SigV4Auth(Credentials(*creds), service, region).add_auth(request)
+    SigV4AuthAt(Credentials(*creds), service, region, when).add_auth(request)
     added = {"X-Amz-Date": request.headers["X-Amz-Date"], "Authorization": request.headers["Authorization"]}
     if creds[2]:
         added["X-Amz-Security-Token"] = request.headers["X-Amz-Security-Token"]
@@ -88,18 +102,18 @@ def _random_case(rng: random.Random):
     return tls, hostname, port, url_host, path, params, headers, body, method, creds, region, service, when
 
 
-def test_byte_identical_to_botocore_over_random_inputs(monkeypatch):
+def test_byte_identical_to_botocore_over_random_inputs():
     rng = random.Random(1205)
     for _ in range(600):
         tls, hostname, port, url_host, path, params, headers, body, method, creds, region, service, when = _random_case(rng)
-        expected = botocore_headers(monkeypatch, method=method, url=f"{'https' if tls else 'http'}://{url_host}{path}",
+        expected = botocore_headers(method=method, url=f"{'https' if tls else 'http'}://{url_host}{path}",
                                     headers=headers, body=body, params=params, creds=creds, region=region,
                                     service=service, when=when)
         signer = SigV4Signer(StaticCredentials(*creds), region, service, clock=when.timestamp)
         host = canonical_host(hostname, port, tls)
         assert dict(signer.sign(method, host, path, params=params, headers=headers, body=body)) == expected, (path, headers)
         # the batch form (what the poster uses: no extra headers, no query)
-        plain = botocore_headers(monkeypatch, method=method, url=f"{'https' if tls else 'http'}://{url_host}{path}",
+        plain = botocore_headers(method=method, url=f"{'https' if tls else 'http'}://{url_host}{path}",
                                  headers=[], body=body, params=[], creds=creds, region=region, service=service, when=when)
         lines = signer.batch(method, host, body).header_lines(canonical_uri(path).encode())
         order = ["X-Amz-Date", "X-Amz-Security-Token", "Authorization"]
@@ -118,13 +132,12 @@ class Rotating:
         return Credentials(*self.current).get_frozen_credentials()
 
 
-def test_signing_key_is_cached_per_day_and_credentials(monkeypatch):
+def test_signing_key_is_cached_per_day_and_credentials():
     provider = Rotating()
     now = [datetime.datetime(2026, 12, 5, 23, 59, 58, tzinfo=datetime.timezone.utc).timestamp()]
-    signer = SigV4Signer(provider, "eu-west-1", clock=lambda: now[0])
     derived = []
-    real = derive_signing_key
-    monkeypatch.setattr("rtstream_fanout.sigv4.derive_signing_key", lambda *a: derived.append(a) or real(*a))
+    signer = SigV4Signer(provider, "eu-west-1", clock=lambda: now[0],
+                         derive_key=lambda *a: derived.append(a) or derive_signing_key(*a))
 
     def sign_batch():
         return signer.batch("POST", "h.example", b"x").header_lines(b"/dev/%40connections/a")

@@ -104,7 +104,7 @@ class Publisher:
     def run(self) -> None:
         import redis
 
-        from rtstream.publishing import publish
+        from rtstream.adapters.publishing import publish
 
         client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
         interval = 1.0 / self.rate

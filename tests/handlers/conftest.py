@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rtstream.auth import issue_dev_token
+from rtstream_cli.template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "events"
@@ -78,22 +79,36 @@ def lambda_env(monkeypatch, tables, moto_endpoint, redis_url, redis_client, jwt_
     return env
 
 
+def handler_file(name: str) -> Path:
+    """The code of the function ``<Name>Function`` (``connect`` -> ConnectFunction,
+    ``ping`` -> PingFunction) as the template says: CodeUri + Handler's module."""
+    template = load_template()
+    logical_id = "".join(part.capitalize() for part in name.split("_")) + "Function"
+    props = template["Resources"][logical_id]["Properties"]
+    module = (props.get("Handler") or template["Globals"]["Function"]["Handler"]).rpartition(".")[0]
+    return ROOT / props["CodeUri"] / (module.replace(".", "/") + ".py")
+
+
 @pytest.fixture
 def load_handler(lambda_env):
-    """Import functions/<name>/app.py fresh (a cold start) and return a callable
-    ``invoke(event) -> result``."""
+    """Import the function's handler module fresh (a cold start; the file the
+    template names) and return a callable ``invoke(event) -> result``; with
+    ``runtime=``, the module's ``build_handler(runtime)`` instead of its ``handler``."""
     loaded = []
 
-    def load(name: str):
+    def load(name: str, runtime=None):
         module_name = f"_handler_test_{name}_{next(_counter)}"
-        spec = importlib.util.spec_from_file_location(module_name, ROOT / "functions" / name / "app.py")
+        spec = importlib.util.spec_from_file_location(module_name, handler_file(name))
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
         loaded.append(module_name)
 
+        # a runtime of the test's own (the composition root's ports, to watch them): the module's factory
+        handler = module.handler if runtime is None else module.build_handler(runtime)
+
         def invoke(event: dict):
-            return module.handler(event, LambdaContext(name))
+            return handler(event, LambdaContext(name))
 
         invoke.module = module
         return invoke

@@ -202,6 +202,17 @@ def test_unsubscribe(load_event, load_handler, registry):
 # ---- ping / presence / $default -----------------------------------------------------------------
 
 
+def test_route_response(load_handler):
+    module = load_handler("ping").module
+    assert module.route_response([]) == {"statusCode": 200}
+    assert module.route_response([{"type": "pong", "timestamp": 1}, {"type": "x"}]) == {"statusCode": 200, "body": '{"type":"pong","timestamp":1}'}
+
+
+def test_every_message_route_runs_the_same_module(load_handler):
+    files = {load_handler(name).module.__file__ for name in ("subscribe", "unsubscribe", "ping", "presence", "default")}
+    assert len(files) == 1 and files.pop().endswith("functions/messages/app.py")
+
+
 def test_ping(load_event, load_handler):
     before = int(time.time() * 1000)
     reply = body(load_handler("ping")(load_event("ping")))
@@ -256,23 +267,21 @@ def test_rate_limited_then_closed_through_management_api(load_event, load_handle
     monkeypatch.setenv("RTSTREAM_RATE_BURST", "2")
     monkeypatch.setenv("RTSTREAM_RATE_PER_SECOND", "0.001")
     monkeypatch.setenv("RTSTREAM_RATE_VIOLATIONS_BEFORE_CLOSE", "2")
-    ping = load_handler("ping")
-    deleted = []
-    pusher = ping.module.runtime.pusher(moto_endpoint)
-    real_delete = pusher.client.delete_connection
+    from rtstream.adapters.lambda_runtime import LambdaRuntime
 
-    def record_delete(**kwargs):
-        deleted.append(kwargs["ConnectionId"])
-        return real_delete(**kwargs)
+    # the handler over a runtime of our own, so its @connections client can be watched
+    runtime = LambdaRuntime()
+    ping = load_handler("ping", runtime=runtime)
+    deleted, posted = [], []
+    client = runtime.pusher(moto_endpoint).client
 
-    posted = []
+    def record(params, model, **_):  # botocore's hook: each call's parameters (the call then goes to moto)
+        if model.name == "DeleteConnection":
+            deleted.append(params["ConnectionId"])
+        elif model.name == "PostToConnection":
+            posted.append((params["ConnectionId"], json.loads(params["Data"]), list(deleted)))
 
-    def record_post(**kwargs):
-        posted.append((kwargs["ConnectionId"], json.loads(kwargs["Data"]), list(deleted)))
-        return {}
-
-    monkeypatch.setattr(pusher.client, "delete_connection", record_delete)
-    monkeypatch.setattr(pusher.client, "post_to_connection", record_post)
+    client.meta.events.register("before-parameter-build.apigatewaymanagementapi", record)
     replies = [ping(load_event("ping")) for _ in range(4)]
     codes = [body(r).get("code", "ok") for r in replies[:3]]
     assert codes == ["ok", "ok", "rate_limited"]

@@ -45,11 +45,6 @@ def test_management_endpoint():
     assert rt.management_endpoint_of(event_with({}), Settings()) == "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/prod"
 
 
-def test_route_response():
-    assert rt.route_response([]) == {"statusCode": 200}
-    assert rt.route_response([{"type": "pong", "timestamp": 1}, {"type": "x"}]) == {"statusCode": 200, "body": '{"type":"pong","timestamp":1}'}
-
-
 def test_runtime_reads_environment_without_io():
     runtime = rt.LambdaRuntime({"CONNECTIONS_TABLE": "c", "SUBSCRIPTIONS_TABLE": "s", "RTSTREAM_MAX_SUBSCRIPTIONS": "7"})
     assert runtime.settings.connections_table == "c" and runtime.settings.max_subscriptions == 7
@@ -77,7 +72,7 @@ def test_handler_modules_import_without_heavy_clients():
     root = Path(__file__).resolve().parents[2]
     code = (
         "import importlib.util, sys\n"
-        "for name in ['authorizer','connect','disconnect','subscribe','unsubscribe','ping','presence','default']:\n"
+        "for name in ['authorizer','connect','disconnect','messages','housekeeping','eventbridge_bridge']:\n"
         "    s = importlib.util.spec_from_file_location('app_'+name, f'functions/{name}/app.py')\n"
         "    m = importlib.util.module_from_spec(s); s.loader.exec_module(m)\n"
         "print(sorted(x for x in ('boto3', 'botocore.client', 'redis', 'aws_xray_sdk') if x in sys.modules))\n"

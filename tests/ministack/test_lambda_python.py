@@ -106,8 +106,8 @@ def test_a_function_that_cannot_run_fails_the_deploy_with_its_error(emulator, e2
     from rtstream_cli.cloudformation import load_template
 
     endpoint, version = emulator
-    broken_code = tmp_path / "ping"
-    shutil.copytree(t.ROOT / "functions" / "ping", broken_code)
+    broken_code = tmp_path / "messages"
+    shutil.copytree(t.ROOT / "functions" / "messages", broken_code)
     app = broken_code / "app.py"
     app.write_text("import rtstream_module_that_does_not_exist  # noqa\n" + app.read_text())
     template = json.loads(json.dumps(load_template(t.ROOT / "template.yaml")))

@@ -20,7 +20,7 @@ from rtstream import metrics as names
 from rtstream.adapters import lambda_runtime as rt
 from rtstream.auth import issue_dev_token
 from rtstream.models import Connection, Principal, Subscription
-from rtstream.publishing import publish
+from rtstream.adapters.publishing import publish
 from helpers import emf_documents  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

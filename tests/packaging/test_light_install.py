@@ -7,6 +7,7 @@ saying what to do. Builds the wheel and installs it into a fresh virtualenv
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -56,7 +57,7 @@ def test_light_install_publishes_connects_and_mints_tokens(light_venv, redis_url
     py = light_venv / "bin" / "python"
     code = (
         "import redis, rtstream_client\n"
-        "from rtstream.publishing import publish\n"
+        "from rtstream.adapters.publishing import publish\n"
         "from rtstream_client import RealtimeClient\n"
         f"print(publish('acme', 'transactions.new', {{'transactionId': 't1', 'amount': 1.5, 'merchant': 'Cafe'}}, client=redis.Redis.from_url({redis_url!r})))\n"
     )
@@ -77,11 +78,25 @@ def test_rtstream_dev_from_a_non_editable_install_says_in_one_line_what_to_do(li
     assert "[local]" in lines[0] and "./scripts/dev" in lines[0]
 
 
-def test_rtstream_dev_with_the_local_extra_but_no_source_tree_says_in_one_line_what_to_do(tmp_path, monkeypatch, capsys):
-    # a non-editable install with [local]: the packages are there, template.yaml is not
-    from rtstream_cli import dev, main
+def test_rtstream_dev_with_the_local_extra_but_no_source_tree_says_in_one_line_what_to_do(tmp_path):
+    # a non-editable install with [local]: the packages are there, template.yaml is
+    # not. The packages are copied into a site-packages of their own and run with
+    # this venv's dependencies, without site processing (the editable install's
+    # finder would map them back to the source tree).
+    import shutil
+    import sysconfig
 
-    monkeypatch.setattr(dev, "TEMPLATE_PATH", tmp_path / "site-packages" / "template.yaml")
-    assert main.main(["dev", "--no-demo"]) == 2
-    out = capsys.readouterr()
-    assert out.out == "" and len(out.err.strip().splitlines()) == 1 and "./scripts/dev" in out.err
+    site = tmp_path / "site-packages"
+    # every package the wheel carries (pyproject's packages.find roots)
+    packages = [p.parent for root in ("layers/core", "infra", "clients") for p in (ROOT / root).glob("*/__init__.py")]
+    assert {"rtstream", "rtstream_cli", "rtstream_gateway"} <= {p.name for p in packages}
+    for package in packages:
+        shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    deps = sysconfig.get_paths()["purelib"]
+    code = "import sys; from rtstream_cli import main; sys.exit(main.main(['dev', '--no-demo']))"
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": f"{site}{os.pathsep}{deps}", "HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    # not the light install's "[local] extra" message: the packages imported, the template is missing
+    assert "runs from a clone of the repository" in result.stderr and "./scripts/dev" in result.stderr

@@ -6,7 +6,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
+
+# A JSON value as json.loads returns it: event payloads are JSON objects.
+JsonValue: TypeAlias = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+JsonObject: TypeAlias = dict[str, JsonValue]
 
 Role = Literal["user", "agent", "admin"]
 ROLES: tuple[str, ...] = ("user", "agent", "admin")
@@ -185,3 +189,15 @@ class Event:
 
     def wire_json(self) -> str:
         return json.dumps(self.to_wire(), separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A validated event to publish (:func:`rtstream.publishing.validate`)."""
+
+    entity_id: str
+    topic: str
+    data: dict[str, Any]
+    source: str
+    # a repeat of the same key for the entity within the window is one event
+    idempotency_key: str | None = None

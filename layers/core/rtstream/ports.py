@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
-from .models import Connection, Event, Subscription
+from .models import Connection, Event, JsonObject, Publication, Subscription
 
 
 @runtime_checkable
@@ -99,11 +99,11 @@ class Appended(NamedTuple):
 class EventLog(Protocol):
     """Per-entity history plus the fan-out work streams (Redis on AWS)."""
 
-    def append(self, entity_id: str, topic: str, data: dict[str, Any], source: str, *, record_history: bool = True) -> Event:
+    def append(self, entity_id: str, topic: str, data: JsonObject, source: str, *, record_history: bool = True) -> Event:
         """Assign an id, record in history, queue for fan-out: atomically."""
         ...
 
-    def append_idempotent(self, entity_id: str, topic: str, data: dict[str, Any], source: str, idempotency_key: str) -> "Appended":
+    def append_idempotent(self, entity_id: str, topic: str, data: JsonObject, source: str, idempotency_key: str) -> "Appended":
         """:meth:`append` once per ``idempotency_key`` and entity within
         ``Settings.idempotency_window_seconds``: a repeat appends nothing and
         returns the first event's id (``duplicate`` set). Atomic."""
@@ -137,6 +137,14 @@ class EventLog(Protocol):
 
 
 @runtime_checkable
+class Publisher(Protocol):
+    """Publishes one validated event (the Redis event log, or EventBridge whose
+    bridge Lambda makes the same Redis publication); returns its id."""
+
+    def put(self, publication: Publication) -> str: ...
+
+
+@runtime_checkable
 class Pusher(Protocol):
     """Sends one message to one connection (API Gateway @connections on AWS)."""
 
@@ -167,19 +175,19 @@ class PresenceStore(Protocol):
     ``heartbeat`` and ``leave`` return the presence payloads (join/leave/changed)
     the change caused, for the service to publish on the ``presence`` topic."""
 
-    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict[str, Any]]: ...
+    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[JsonObject]: ...
 
-    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict[str, Any]]: ...
+    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[JsonObject]: ...
 
     def touch(self, entity_id: str, members: Sequence[tuple[str, str, str]]) -> None:
         """Refresh many already-announced connections ``(user, connection, transport)`` at once."""
         ...
 
-    def online(self, entity_id: str) -> list[dict[str, Any]]:
+    def online(self, entity_id: str) -> list[JsonObject]:
         """``[{"userId", "connections", "transports"}]`` of live (unexpired) connections."""
         ...
 
-    def sweep(self) -> dict[str, list[dict[str, Any]]]:
+    def sweep(self) -> dict[str, list[JsonObject]]:
         """Drop expired members of every entity; ``{entity: presence changes}``
         for the entities where something expired (their ``offline`` events)."""
         ...

@@ -10,7 +10,9 @@ members before and after each change; :func:`changes` turns that into the
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from .models import JsonObject, JsonValue
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -36,7 +38,7 @@ def decode_member(raw: str | bytes) -> Member | None:
     return Member(*parts)
 
 
-def summarize(members: Iterable[Member]) -> list[dict[str, Any]]:
+def summarize(members: Iterable[Member]) -> list[JsonObject]:
     """Members -> ``[{"userId", "connections", "transports"}]`` sorted by user."""
     by_user: dict[str, list[Member]] = {}
     for m in members:
@@ -45,22 +47,22 @@ def summarize(members: Iterable[Member]) -> list[dict[str, Any]]:
         {
             "userId": user,
             "connections": len(ms),
-            "transports": sorted({m.transport for m in ms}),
+            "transports": list[JsonValue](sorted({m.transport for m in ms})),
         }
         for user, ms in sorted(by_user.items())
     ]
 
 
-def changes(before: Iterable[Member], after: Iterable[Member]) -> list[dict[str, Any]]:
+def changes(before: Iterable[Member], after: Iterable[Member]) -> list[JsonObject]:
     """Presence payloads for users whose online state or connection set changed.
 
     A user appearing -> ``online``; disappearing -> ``offline``; a changed
     connection count or transport set while online -> ``online`` with the new
     figures (so dashboards can show "2 devices").
     """
-    old = {u["userId"]: u for u in summarize(before)}
-    new = {u["userId"]: u for u in summarize(after)}
-    out = []
+    old = {str(u["userId"]): u for u in summarize(before)}
+    new = {str(u["userId"]): u for u in summarize(after)}
+    out: list[JsonObject] = []
     for user in sorted(set(old) | set(new)):
         if user not in new:
             out.append({"userId": user, "state": OFFLINE, "connections": 0, "transports": []})

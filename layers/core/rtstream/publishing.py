@@ -1,28 +1,29 @@
-"""Publishing events: validation (before any I/O) and the raw-PUBLISH format.
+"""Publishing events: validation (before any I/O), the raw-PUBLISH and the
+EventBridge formats, and :func:`publish` over an injected :class:`~rtstream.ports.Publisher`.
 
-``publish()`` is the SDK entry point. Through Redis it appends to the entity's
-history and queues the fan-out in one atomic script and returns the event id;
-through EventBridge it puts one event (DetailType = topic) that the bridge
-Lambda turns into the same Redis publication, and returns EventBridge's id.
+The core opens no connection: the publisher (Redis event log or EventBridge)
+comes from the caller, or from :mod:`rtstream.adapters.publishing`, whose
+``publish(..., client=redis_client)`` is the SDK's one-call convenience.
 
-Raw seed-compatible publishes (``PUBLISH {topic}:entity:{entity} <json>``) are
-parsed and validated here too, so every path accepts exactly the same events.
+Raw seed-compatible publishes (``PUBLISH {topic}:entity:{entity} <json>``) and
+EventBridge events are parsed and validated here too, so every path accepts
+exactly the same events.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from . import keys
 from .errors import InvalidMessage, InvalidPayload, MessageTooLarge
-from .models import is_identifier
-from .settings import Settings
+from .models import Publication, is_identifier
+from .ports import EventLog, Publisher
 from .topics import require_publishable, validate_payload
 
-VIAS = ("redis", "eventbridge")
+__all__ = ["EventLogPublisher", "Publication", "eventbridge_detail", "parse_eventbridge", "parse_raw", "publish", "validate"]
+
 SOURCE = re.compile(r"^[A-Za-z0-9_.:@/-]{1,64}$")
 # Idempotency keys: what publishers use as such (UUIDs, EventBridge ids, order
 # numbers, "<system>:<id>"): printable ASCII without spaces, bounded.
@@ -30,18 +31,6 @@ IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,128}", re.ASCII)
 # API Gateway's message limit for post_to_connection; larger events could never be delivered.
 MAX_EVENT_BYTES = 128 * 1024
 RAW_SOURCE = "redis"
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """A validated event to publish."""
-
-    entity_id: str
-    topic: str
-    data: dict[str, Any]
-    source: str
-    # a repeat of the same key for the entity within the window is one event
-    idempotency_key: str | None = None
 
 
 def validate_idempotency_key(key: Any) -> str:
@@ -70,47 +59,40 @@ def validate(entity_id: Any, topic: Any, data: Any, source: Any, idempotency_key
     return Publication(entity_id, topic, data, source, idempotency_key)
 
 
+class EventLogPublisher:
+    """:class:`~rtstream.ports.Publisher` over an event log (Redis on AWS):
+    history + fan-out queue in one atomic append."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+
+    def put(self, publication: Publication) -> str:
+        pub = publication
+        if pub.idempotency_key is not None:
+            return self.event_log.append_idempotent(pub.entity_id, pub.topic, pub.data, pub.source, pub.idempotency_key).event.id
+        return self.event_log.append(pub.entity_id, pub.topic, pub.data, pub.source).id
+
+
 def publish(
     entity_id: str,
     topic: str,
     data: dict[str, Any],
     *,
+    publisher: Publisher,
     source: str = "sdk",
-    via: str = "redis",
-    client: Any = None,
-    settings: Settings | None = None,
-    events_client: Any = None,
-    event_bus: str = "default",
-    event_source: str = "rtstream",
     idempotency_key: str | None = None,
 ) -> str:
-    """Publish one event; returns its id (via EventBridge: the EventBridge event id).
+    """Validate, then publish through ``publisher``; returns the event id (via
+    EventBridge: the EventBridge event id).
 
     ``idempotency_key``: the same key for the same entity within
-    ``Settings.idempotency_window_seconds`` (default 5 minutes) is one event; a
-    repeat publishes nothing and returns the first event's id (via EventBridge
-    the key travels in the detail and the bridge applies it).
-
-    ``client``: a redis-py client (default: one from ``settings.redis_url``);
-    ``events_client``: a boto3 ``events`` client (default: one from the environment).
-    Bad input raises :class:`InvalidMessage`, :class:`UnknownTopic`,
-    :class:`InvalidPayload` or :class:`MessageTooLarge` before any I/O.
+    ``Settings.idempotency_window_seconds`` is one event; a repeat publishes
+    nothing and returns the first event's id. Bad input raises
+    :class:`InvalidMessage`, :class:`UnknownTopic`, :class:`InvalidPayload` or
+    :class:`MessageTooLarge` before the publisher is touched.
     """
-    if via not in VIAS:
-        raise InvalidMessage(f"via must be one of {', '.join(VIAS)}, got {via!r}")
-    pub = validate(entity_id, topic, data, source, idempotency_key)
-    settings = settings or Settings.from_env()
-    if via == "eventbridge":
-        from .adapters.eventbridge import EventBridgePublisher
-
-        return EventBridgePublisher(events_client).put(pub, event_bus=event_bus, event_source=event_source)
-
-    from .adapters.redis_eventlog import RedisEventLog
-
-    log = RedisEventLog(client, settings) if client is not None else RedisEventLog.from_url(settings.redis_url, settings)
-    if pub.idempotency_key is not None:
-        return log.append_idempotent(pub.entity_id, pub.topic, pub.data, pub.source, pub.idempotency_key).event.id
-    return log.append(pub.entity_id, pub.topic, pub.data, pub.source).id
+    publication = validate(entity_id, topic, data, source, idempotency_key)
+    return publisher.put(publication)
 
 
 # ---- raw PUBLISH ----------------------------------------------------------------
@@ -150,6 +132,15 @@ def parse_raw(channel: str | bytes, payload: str | bytes) -> Publication:
 
 
 EVENTBRIDGE_SOURCE = "eventbridge"
+
+
+def eventbridge_detail(pub: Publication) -> dict[str, Any]:
+    """The ``Detail`` of the EventBridge event carrying ``pub`` (its ``DetailType``
+    is the topic); :func:`parse_eventbridge` reads it back."""
+    detail: dict[str, Any] = {"entityId": pub.entity_id, "data": pub.data, "source": pub.source}
+    if pub.idempotency_key is not None:
+        detail["idempotencyKey"] = pub.idempotency_key
+    return detail
 
 
 def parse_eventbridge(detail_type: Any, detail: Any, event_id: Any = None) -> Publication:

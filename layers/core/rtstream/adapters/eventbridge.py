@@ -8,39 +8,32 @@ The bridge Lambda (functions/eventbridge_bridge) turns it into the Redis publica
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import BackendUnavailable, InvalidMessage, Throttled
-
-if TYPE_CHECKING:
-    from ..publishing import Publication
+from ..models import Publication
+from ..publishing import eventbridge_detail
 
 THROTTLE_CODES = frozenset({"ThrottlingException", "LimitExceededException", "TooManyRequestsException"})
 
 
-def detail_of(pub: "Publication") -> dict[str, Any]:
-    detail = {"entityId": pub.entity_id, "data": pub.data, "source": pub.source}
-    if pub.idempotency_key is not None:
-        detail["idempotencyKey"] = pub.idempotency_key
-    return detail
-
-
 class EventBridgePublisher:
-    def __init__(self, client: Any = None) -> None:
-        if client is None:
-            import boto3
+    """:class:`~rtstream.ports.Publisher` over a boto3 ``events`` client (injected)."""
 
-            client = boto3.client("events")
+    def __init__(self, client: Any, *, event_bus: str = "default", event_source: str = "rtstream") -> None:
         self.client = client
+        self.event_bus = event_bus
+        self.event_source = event_source
 
-    def put(self, pub: "Publication", *, event_bus: str = "default", event_source: str = "rtstream") -> str:
+    def put(self, pub: Publication, *, event_bus: str | None = None, event_source: str | None = None) -> str:
+        """Put one event; ``event_bus`` / ``event_source`` override the publisher's for this call."""
         entry = {
-            "Source": event_source,
+            "Source": event_source or self.event_source,
             "DetailType": pub.topic,
-            "Detail": json.dumps(detail_of(pub), separators=(",", ":"), ensure_ascii=False),
-            "EventBusName": event_bus,
+            "Detail": json.dumps(eventbridge_detail(pub), separators=(",", ":"), ensure_ascii=False),
+            "EventBusName": event_bus or self.event_bus,
         }
         try:
             reply = self.client.put_events(Entries=[entry])

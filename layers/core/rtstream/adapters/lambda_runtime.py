@@ -29,11 +29,19 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..errors import Unauthorized
 from ..models import ROLES, Principal, is_identifier
 from ..settings import Settings
+
+if TYPE_CHECKING:  # imported on first use below: a cold start pays only for what it touches
+    from ..auth import TokenVerifier
+    from ..hygiene import Housekeeping
+    from ..ports import ConnectionRegistry, EventLog, PresenceStore, Pusher, RateLimiter
+    from ..service import RealtimeService
+
+T = TypeVar("T")
 
 # Powertools Logger correlation id: the API Gateway connection id.
 CONNECTION_ID_PATH = "requestContext.connectionId"
@@ -83,19 +91,23 @@ def management_endpoint_of(event: Mapping[str, Any], settings: Settings) -> str:
 class LambdaRuntime:
     """Settings now; clients, ports and the service on first use (then cached)."""
 
-    def __init__(self, env: Mapping[str, str] | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None, *, settings: Settings | None = None):
+        """``settings``: given by a host that has them already (``rtstream dev``
+        runs the bridge on its own Redis); otherwise read from ``env`` (the
+        function's environment: see :func:`function_environment`)."""
         self.env = dict(function_environment() if env is None else env)
-        self.settings = Settings.from_env(self.env)
-        self.redis_url = self.settings.redis_url if self.settings.runtime.uses_redis else ""
+        self.settings = Settings.from_env(self.env) if settings is None else settings
+        # REDIS_URL unset in the environment: no Redis ports (settings.redis_url has a default)
+        self.redis_url = self.settings.redis_url if settings is not None or self.settings.runtime.uses_redis else ""
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
 
-    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+    def _once(self, name: str, build: Callable[[], T]) -> T:
         if name not in self._cache:
             with self._lock:
                 if name not in self._cache:
                     self._cache[name] = build()
-        return self._cache[name]
+        return cast(T, self._cache[name])
 
     # ---- vendor clients ----------------------------------------------------------
 
@@ -129,8 +141,8 @@ class LambdaRuntime:
 
     # ---- ports -----------------------------------------------------------------------
 
-    def registry(self) -> Any:
-        def build() -> Any:
+    def registry(self) -> ConnectionRegistry:
+        def build() -> ConnectionRegistry:
             from .dynamodb import DynamoDBRegistry
 
             from ..service import TTL_SLACK_SECONDS
@@ -144,8 +156,8 @@ class LambdaRuntime:
 
         return self._once("registry", build)
 
-    def event_log(self) -> Any:
-        def build() -> Any:
+    def event_log(self) -> EventLog | None:
+        def build() -> EventLog | None:
             client = self.redis()
             if client is None:
                 return None
@@ -155,8 +167,8 @@ class LambdaRuntime:
 
         return self._once("event_log", build)
 
-    def rate_limiter(self) -> Any:
-        def build() -> Any:
+    def rate_limiter(self) -> RateLimiter | None:
+        def build() -> RateLimiter | None:
             client = self.redis()
             if client is None:
                 return None
@@ -166,8 +178,8 @@ class LambdaRuntime:
 
         return self._once("rate_limiter", build)
 
-    def presence(self) -> Any:
-        def build() -> Any:
+    def presence(self) -> PresenceStore | None:
+        def build() -> PresenceStore | None:
             client = self.redis()
             if client is None:
                 return None
@@ -177,8 +189,8 @@ class LambdaRuntime:
 
         return self._once("presence", build)
 
-    def service(self) -> Any:
-        def build() -> Any:
+    def service(self) -> RealtimeService:
+        def build() -> RealtimeService:
             from ..service import RealtimeService
 
             return RealtimeService(
@@ -191,16 +203,16 @@ class LambdaRuntime:
 
         return self._once("service", build)
 
-    def housekeeping(self) -> Any:
-        def build() -> Any:
+    def housekeeping(self) -> Housekeeping:
+        def build() -> Housekeeping:
             from ..hygiene import Housekeeping
 
             return Housekeeping(registry=self.registry(), presence=self.presence(), event_log=self.event_log())
 
         return self._once("housekeeping", build)
 
-    def pusher(self, endpoint: str) -> Any:
-        def build() -> Any:
+    def pusher(self, endpoint: str) -> Pusher:
+        def build() -> Pusher:
             from .management_api import ApiGatewayPusher
 
             return ApiGatewayPusher(self.boto3_client("apigatewaymanagementapi", endpoint_url=endpoint))
@@ -232,8 +244,8 @@ class LambdaRuntime:
 
         return self._once("jwt_secret", build)
 
-    def verifier(self) -> Any:
-        def build() -> Any:
+    def verifier(self) -> TokenVerifier:
+        def build() -> TokenVerifier:
             from ..auth import TokenVerifier
 
             settings = self.settings if self.settings.jwks_url else self.settings.replace(jwt_secret=self.jwt_secret())
@@ -267,88 +279,3 @@ def lazy_tracer(service: str | None = None) -> Callable[[Callable], Callable]:
         return wrapper
 
     return decorate
-
-
-# ---- message routes: the one shape every message handler shares --------------------
-
-# Per-invocation counters of the message routes (CloudWatch EMF through Powertools).
-from ..metrics import MESSAGES  # noqa: E402  (kept importable from here)
-
-
-def route_response(frames: list[dict[str, Any]]) -> dict[str, Any]:
-    """API Gateway route response: the first reply frame as the body (none: no body)."""
-    from ..protocol import dumps
-
-    if not frames:
-        return {"statusCode": 200}
-    return {"statusCode": 200, "body": dumps(frames[0])}
-
-
-def handle_message_event(runtime: LambdaRuntime, event: Any, *, logger: Any = None, metrics: Any = None) -> dict[str, Any]:
-    """One WebSocket message (any route but $connect/$disconnect) -> route response.
-
-    ``event`` is Powertools' ``APIGatewayWebSocketEvent``. Extra reply frames
-    beyond the first (none today) and closing a flooder go through @connections.
-    """
-    from .. import metrics as names
-    from ..errors import RealtimeError
-
-    raw = event.raw_event
-    connection_id = event.request_context.connection_id
-    try:
-        principal = principal_from_event(raw)
-    except Unauthorized as exc:
-        return route_response([exc.to_frame()])
-    body: str | bytes = event.body or ""
-    if event.is_base64_encoded:
-        # binary frame: bytes, so the parser reports bad UTF-8 as invalid_message
-        import base64
-        import binascii
-
-        try:
-            body = base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError):
-            body = b"\xff"  # undecodable: refused as invalid below
-    reply = runtime.service().handle(connection_id, principal, body)
-    codes = [f.get("code") for f in reply.frames if f.get("type") == "error"]
-    if metrics is not None:
-        from aws_lambda_powertools.metrics import MetricUnit
-
-        metrics.add_metric(name=names.MESSAGES, unit=MetricUnit.Count, value=1)
-        if "rate_limited" in codes:
-            metrics.add_metric(name=names.RATE_LIMITED, unit=MetricUnit.Count, value=1)
-        if reply.security_event is not None:
-            metrics.add_metric(name=names.SECURITY_EVENTS, unit=MetricUnit.Count, value=1)
-        if reply.resumed is not None:
-            # Average = share of connections that resumed; Sum = reconnects (rtstream.metrics)
-            metrics.add_metric(name=names.RECONNECTION_RATE, unit=MetricUnit.Count, value=names.RESUMED if reply.resumed else names.FRESH)
-    if logger is not None and reply.security_event is not None:
-        logger.warning(
-            "security event",
-            extra={"securityEvent": reply.security_event, "userId": principal.user_id, "entityId": principal.entity_id, "role": principal.role},
-        )
-    elif logger is not None and codes:
-        logger.info("message refused", extra={"codes": codes, "route": event.request_context.route_key, "userId": principal.user_id})
-    if len(reply.frames) > 1 or reply.close:
-        from ..protocol import dumps
-
-        pusher = runtime.pusher(management_endpoint_of(raw, runtime.settings))
-        # Closing: API Gateway's DELETE @connections cannot set a close code (it
-        # closes with 1000), so the reason goes first as a coded frame through
-        # @connections; the route response would arrive after the close.
-        try:
-            for frame in reply.frames if reply.close else reply.frames[1:]:
-                pusher.post(connection_id, dumps(frame).encode())
-        except RealtimeError as exc:
-            if logger is not None:
-                logger.warning("management API call failed", extra={"code": exc.code})
-        if reply.close:
-            if logger is not None:
-                logger.warning("closing a connection that keeps sending refused messages", extra={"userId": principal.user_id})
-            try:
-                pusher.delete(connection_id)
-            except RealtimeError as exc:
-                if logger is not None:
-                    logger.warning("management API call failed", extra={"code": exc.code})
-            return route_response([])
-    return route_response(reply.frames)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import keys
 from ..errors import BackendUnavailable
+from ..models import JsonObject
 from ..presence import Member, changes, decode_member, encode_member, summarize
 from ..settings import Settings
 
@@ -184,7 +185,7 @@ class RedisPresence:
         decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731
         return decode(before), decode(after)
 
-    def apply_many(self, steps: Sequence[tuple[str, str, str, str, str]]) -> list[list[dict]]:
+    def apply_many(self, steps: Sequence[tuple[str, str, str, str, str]]) -> list[list[JsonObject]]:
         """Heartbeats and leaves ``(op 'beat'|'leave', entity, user, connection,
         transport)`` in order, in ONE pipelined round trip; the presence changes
         of each. For a server applying its streams' joins in batches."""
@@ -203,12 +204,12 @@ class RedisPresence:
         decode = lambda raws: [m for m in (decode_member(r) for r in raws) if m is not None]  # noqa: E731
         return [changes(decode(before), decode(after)) for before, after in replies]
 
-    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict]:
+    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[JsonObject]:
         """Mark the connection live now; returns presence changes (join etc.)."""
         before, after = self._run(entity_id, "beat", encode_member(user_id, connection_id, transport))
         return changes(before, after)
 
-    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict]:
+    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[JsonObject]:
         before, after = self._run(entity_id, "leave", encode_member(user_id, connection_id, transport))
         return changes(before, after)
 
@@ -225,17 +226,17 @@ class RedisPresence:
         except Exception as exc:
             raise _translate(exc) from exc
 
-    def online(self, entity_id: str) -> list[dict]:
+    def online(self, entity_id: str) -> list[JsonObject]:
         _, after = self._run(entity_id, "read", "")
         return summarize(after)
 
-    def sweep(self) -> dict[str, list[dict]]:
+    def sweep(self) -> dict[str, list[JsonObject]]:
         """Drop expired members of every entity (SCAN over the presence keys)."""
         try:
             names = list(self._client.scan_iter(match=keys.PRESENCE_SCAN_PATTERN, count=_SCAN_COUNT))
         except Exception as exc:
             raise _translate(exc) from exc
-        out: dict[str, list[dict]] = {}
+        out: dict[str, list[JsonObject]] = {}
         for name in names:
             entity_id = keys.presence_entity(name)
             if entity_id is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from .. import keys
+from ..models import JsonObject
 from ..ports import Clock, SystemClock
 from ..presence import Member, changes, summarize
 
@@ -70,7 +70,7 @@ class InMemoryPresence:
         # entity -> member -> last heartbeat ms
         self._entities: dict[str, dict[Member, int]] = {}
 
-    def _change(self, entity_id: str, member: Member, beat: bool) -> list[dict[str, Any]]:
+    def _change(self, entity_id: str, member: Member, beat: bool) -> list[JsonObject]:
         now = self._clock.now_ms()
         with self._lock:
             members = self._entities.setdefault(entity_id, {})
@@ -87,10 +87,10 @@ class InMemoryPresence:
                 del self._entities[entity_id]
         return changes(before, after)
 
-    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict[str, Any]]:
+    def heartbeat(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[JsonObject]:
         return self._change(entity_id, Member(user_id, connection_id, transport), beat=True)
 
-    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[dict[str, Any]]:
+    def leave(self, entity_id: str, user_id: str, connection_id: str, transport: str) -> list[JsonObject]:
         return self._change(entity_id, Member(user_id, connection_id, transport), beat=False)
 
     def touch(self, entity_id: str, members: Sequence[tuple[str, str, str]]) -> None:
@@ -100,15 +100,15 @@ class InMemoryPresence:
             for m in members:
                 current[Member(*m)] = now
 
-    def online(self, entity_id: str) -> list[dict[str, Any]]:
+    def online(self, entity_id: str) -> list[JsonObject]:
         cutoff = self._clock.now_ms() - self._ttl_ms
         with self._lock:
             live = [m for m, seen in self._entities.get(entity_id, {}).items() if seen >= cutoff]
         return summarize(live)
 
-    def sweep(self) -> dict[str, list[dict[str, Any]]]:
+    def sweep(self) -> dict[str, list[JsonObject]]:
         cutoff = self._clock.now_ms() - self._ttl_ms
-        out: dict[str, list[dict[str, Any]]] = {}
+        out: dict[str, list[JsonObject]] = {}
         with self._lock:
             for entity_id, members in list(self._entities.items()):
                 if all(seen >= cutoff for seen in members.values()):
