@@ -7,12 +7,14 @@ run the shared JSON vectors in ``clients/vectors/``."""
 from __future__ import annotations
 
 import json
-import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# the one full-jitter rule (the light install ships the core); re-exported for client.py
+from rtstream.backoff import backoff_delay as backoff_delay
 
 EVENT_TOPICS = ("transactions.new", "agent.action.completed", "balance.updated", "sync.completed")
 WILDCARD = "*"
@@ -71,13 +73,6 @@ class Cursor:
         if key is not None and (self._last_key is None or key > self._last_key):
             self._last_key = key
             self.last_id = event_id
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)).
-    Full jitter spreads a crowd of clients that lost the same server."""
-    ceiling = min(cap, base * (2 ** min(attempt, 30)))
-    return rand() * ceiling
 
 
 @dataclass

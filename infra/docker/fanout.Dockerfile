@@ -14,6 +14,7 @@ RUN pip install --no-cache-dir \
       "redis>=5.0,<9" \
       "boto3>=1.34" \
       "aws-lambda-powertools>=3.0" \
+      "prometheus-client>=0.20,<1" \
       "httptools>=0.6" \
       "uvloop>=0.19"
 

@@ -16,7 +16,8 @@ RUN pip install --no-cache-dir \
       "redis>=5.0,<9" \
       "PyJWT[crypto]>=2.8" \
       "boto3>=1.34" \
-      "aws-lambda-powertools>=3.0"
+      "aws-lambda-powertools>=3.0" \
+      "prometheus-client>=0.20,<1"
 
 WORKDIR /app
 # The core package (with its .lua scripts) and the server. The dashboard is not

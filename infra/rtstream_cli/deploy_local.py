@@ -12,6 +12,8 @@ import sys
 import tempfile
 import threading
 
+from rtstream.settings import Settings
+
 DEFAULT_STACK = "rtstream-local"
 DEFAULT_STAGE = "dev"
 
@@ -63,7 +65,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", default=None,
                         help="emulator endpoint (default: $AWS_ENDPOINT_URL, else http://localhost:4566)")
     parser.add_argument("--stack", default=DEFAULT_STACK, help="stack name (default: %(default)s)")
-    parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    parser.add_argument("--region", default=Settings.from_env().runtime.aws_region or "us-east-1")
 
 
 def _log(message: str, command: str = "deploy-local") -> None:
@@ -79,8 +81,9 @@ def _emulator_errors():
 
 def stack_parameters(stage: str, redis_url: str | None, jwt_secret: str | None) -> dict[str, str]:
     """The CloudFormation parameters deploy-local passes (JwtSecret, RedisUrl, StageName)."""
-    redis_url = redis_url or os.environ.get("REDIS_URL")
-    jwt_secret = jwt_secret or os.environ.get("RTSTREAM_JWT_SECRET")
+    settings = Settings.from_env()
+    redis_url = redis_url or (settings.redis_url if settings.runtime.uses_redis else None)
+    jwt_secret = jwt_secret or settings.jwt_secret
     if not jwt_secret:
         raise SystemExit("deploy-local: set RTSTREAM_JWT_SECRET (or --jwt-secret): the stack's authorizer needs it")
     if not redis_url:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rtstream.settings import Settings
 from rtstream_gateway import urls
 
 from .state import (  # noqa: F401  (dev_secret_path: re-exported)
@@ -65,7 +66,7 @@ class PortInUse(RuntimeError):
 
 def resolve_jwt_secret(explicit: str | None = None) -> str:
     """--jwt-secret, else RTSTREAM_JWT_SECRET, else the running dev system's, else the machine's dev secret."""
-    return explicit or os.environ.get("RTSTREAM_JWT_SECRET") or read_state().get("jwt_secret") or dev_jwt_secret()
+    return explicit or Settings.from_env().jwt_secret or read_state().get("jwt_secret") or dev_jwt_secret()
 
 
 def check_port_free(host: str, port: int, what: str) -> None:
@@ -153,8 +154,9 @@ class LocalSystem:
         self.ws_port = ws_port
         self.sse_port = sse_port
         self.template_path = Path(template_path)
-        self.region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-        self.jwt_secret = jwt_secret or os.environ.get("RTSTREAM_JWT_SECRET") or dev_jwt_secret()
+        process = Settings.from_env()  # this process's environment (the children's is built in start())
+        self.region = region or process.runtime.aws_region or "us-east-1"
+        self.jwt_secret = jwt_secret or process.jwt_secret or dev_jwt_secret()
         self.settings_overrides = dict(settings_overrides or {})
         self.with_worker = with_worker
         self.with_sse = with_sse
@@ -169,14 +171,14 @@ class LocalSystem:
         self.state_dir = Path(state_dir) if state_dir else None
         self.state_path: Path | None = None
         # the dashboard's dev-token entity (the `rtstream dev` demo feed publishes there)
-        self.dev_entity = os.environ.get("RTSTREAM_DEV_ENTITY") or DEV_ENTITY
+        self.dev_entity = process.runtime.dev_entity  # RTSTREAM_DEV_ENTITY, default DEV_ENTITY
         # seconds between housekeeping runs; None = min(60, presence TTL), 0 = never
         self.housekeeping_interval = housekeeping_interval
         self.housekeeping_report: Any = None  # the latest rtstream.hygiene.HousekeepingReport
         self._housekeeping_task: asyncio.Task | None = None
         self._housekeeping_run: _TrackedRun | None = None
         self._housekeeping_runtime: Any = None
-        self._report_server: asyncio.AbstractServer | None = None
+        self._report_server: Any = None  # rtstream.adapters.prometheus.MetricsEndpoint
         self.worker_metrics_port = 0
 
         from .localaws import LocalAws
@@ -277,7 +279,7 @@ class LocalSystem:
                 "REDIS_URL": self.redis.url,
                 # one worker here: a short lease lets a restarted worker take its
                 # partitions back within seconds of a crash (the default, 10 s, is for ECS)
-                "RTSTREAM_FANOUT_LEASE_MS": os.environ.get("RTSTREAM_FANOUT_LEASE_MS") or DEV_FANOUT_LEASE_MS,
+                "RTSTREAM_FANOUT_LEASE_MS": str(Settings.from_env(own=("worker",)).worker.lease_ms or DEV_FANOUT_LEASE_MS),
                 **self._gateway_settings(),
                 **self.settings_overrides,
             }
@@ -454,7 +456,7 @@ class LocalSystem:
         """The children's part of one ``/metrics``: the worker serves its own on a
         free port, the housekeeping report is served here; the SSE server (the
         dashboard port) fetches both into its ``/metrics``."""
-        from rtstream_fanout.metrics import serve_prometheus
+        from rtstream.adapters.prometheus import component_registry, serve_prometheus
 
         from .localredis import free_port
 
@@ -465,12 +467,19 @@ class LocalSystem:
             env.update({"RTSTREAM_WORKER_METRICS_PORT": str(self.worker_metrics_port), "RTSTREAM_WORKER_METRICS_HOST": "127.0.0.1"})
             targets.append(f"worker=http://127.0.0.1:{self.worker_metrics_port}/metrics")
         if self._housekeeping_seconds() > 0:
-            self._report_server = await serve_prometheus(_LatestReport(self), 0, "127.0.0.1")
+            self._report_server = await serve_prometheus(component_registry(self._housekeeping_families), 0, "127.0.0.1")
             port = self._report_server.sockets[0].getsockname()[1]
             targets.append(f"housekeeping=http://127.0.0.1:{port}/metrics")
         if targets:
             env["RTSTREAM_METRICS_FEDERATE"] = ",".join(targets)
         return env
+
+    def _housekeeping_families(self):
+        """The latest housekeeping report's metrics (none before the first run)."""
+        from rtstream.adapters.prometheus import housekeeping_families
+
+        report = self.housekeeping_report
+        return housekeeping_families(report) if report is not None else ()
 
     def _housekeeping_seconds(self) -> float:
         if self.housekeeping_interval is not None:
@@ -633,17 +642,6 @@ class _TrackedRun:
             self.idle.set()
 
 
-class _LatestReport:
-    """The latest housekeeping report as Prometheus text (for ``serve_prometheus``)."""
-
-    def __init__(self, system: LocalSystem):
-        self.system = system
-
-    def prometheus(self) -> str:
-        report = self.system.housekeeping_report
-        return report.prometheus() if report is not None else ""
-
-
 async def _http_ok(host: str, port: int, path: str) -> bool:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
@@ -669,9 +667,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"WebSocket + management API port (default {DEFAULT_WS_PORT}; 0 = any free port)")
     parser.add_argument("--sse-port", type=int, default=DEFAULT_SSE_PORT,
                         help=f"SSE + dashboard port (default {DEFAULT_SSE_PORT}; 0 = any free port)")
-    parser.add_argument("--aws-endpoint", default=os.environ.get("AWS_ENDPOINT_URL") or None,
+    process = Settings.from_env()
+    parser.add_argument("--aws-endpoint", default=process.runtime.aws_endpoint_url or None,
                         help="LocalStack-compatible endpoint (default AWS_ENDPOINT_URL; else an in-process moto server)")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or None,
+    parser.add_argument("--redis-url", default=process.redis_url if process.runtime.uses_redis else None,
                         help="Redis to use (default REDIS_URL; else a private redis-server, else fakeredis)")
     parser.add_argument("--jwt-secret", default=None,
                         help="HS256 signing key (default RTSTREAM_JWT_SECRET, else this machine's dev key)")

@@ -54,13 +54,13 @@ class DevConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "DevConfig":
-        d = cls()
+        settings = Settings.from_env(env, own=("dev",))  # the one reader of the environment
         return cls(
-            public_ws_url=env.get("RTSTREAM_PUBLIC_WS_URL", d.public_ws_url),
-            public_sse_url=env.get("RTSTREAM_PUBLIC_SSE_URL", d.public_sse_url),
-            dev_token=env.get("RTSTREAM_DASHBOARD_DEV_TOKEN", "") == "1",
-            dev_entity=env.get("RTSTREAM_DEV_ENTITY") or d.dev_entity,
-            metrics_federate=parse_targets(env.get("RTSTREAM_METRICS_FEDERATE", "")),
+            public_ws_url=settings.dev.public_ws_url,
+            public_sse_url=settings.dev.public_sse_url,
+            dev_token=settings.dev.dashboard_dev_token,
+            dev_entity=settings.runtime.dev_entity,
+            metrics_federate=parse_targets(settings.dev.metrics_federate),
         )
 
 

@@ -116,7 +116,9 @@ def _events_client(endpoint: str | None):
 
         raise BackendUnavailable("--via eventbridge needs boto3: pip install 'realtime-streaming[aws]'") from None
 
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    from rtstream.settings import Settings
+
+    region = Settings.from_env().runtime.aws_region or "us-east-1"
     if endpoint and not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):
         # local emulators accept any credentials
         return boto3.client("events", endpoint_url=endpoint, region_name=region, aws_access_key_id="test", aws_secret_access_key="test")

@@ -60,7 +60,9 @@ class Instance:
 
 
 def state_base() -> Path:
-    return Path(os.environ.get("RTSTREAM_STATE_DIR") or os.path.join(Path.home(), ".cache", "rtstream"))
+    from rtstream.settings import Settings
+
+    return Path(Settings.from_env().runtime.state_dir or os.path.join(Path.home(), ".cache", "rtstream"))
 
 
 def dev_secret_path() -> Path:

@@ -1,7 +1,7 @@
-"""``python -m rtstream_fanout``: the worker, configured from the environment.
-
-``Settings.from_env()`` names (REDIS_URL, CONNECTIONS_TABLE, SUBSCRIPTIONS_TABLE,
-RTSTREAM_FANOUT_PARTITIONS, ...) plus:
+"""``python -m rtstream_fanout``: the worker, configured from the environment
+through ``Settings.from_env()`` (the shared names: REDIS_URL, CONNECTIONS_TABLE,
+SUBSCRIPTIONS_TABLE, RTSTREAM_FANOUT_PARTITIONS, ...; the worker's own in
+``settings.worker``, see the README's Configuration table):
 
 - ``RTSTREAM_MANAGEMENT_ENDPOINT`` (required): ``https://{api}.execute-api.{region}.amazonaws.com/{stage}``
   or the emulator's ``http://127.0.0.1:port/{stage}``;
@@ -27,9 +27,10 @@ import os
 import signal
 import sys
 
+from rtstream.adapters.prometheus import serve_prometheus
 from rtstream.settings import Settings
 
-from .metrics import WorkerMetrics, serve_prometheus
+from .metrics import WorkerMetrics
 from .poster import ManagementPoster
 from .worker import FanoutWorker
 
@@ -55,15 +56,15 @@ def build_registry(settings: Settings):
     # AWS_ENDPOINT_URL is honoured by boto3 itself; pooled for concurrent Queries
     client = boto3.client(
         "dynamodb",
-        endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
+        endpoint_url=settings.runtime.aws_endpoint_url or None,
         config=Config(max_pool_connections=32, retries={"mode": "standard", "max_attempts": 3}),
     )
     return DynamoDBRegistry(client, connections_table=settings.connections_table, subscriptions_table=settings.subscriptions_table)
 
 
 async def amain(env: dict[str, str] | None = None) -> int:
-    env = dict(os.environ if env is None else env)
-    settings = Settings.from_env(env)
+    settings = Settings.from_env(dict(os.environ if env is None else env), own=("worker",))
+    own = settings.worker
     endpoint = settings.management_endpoint
     if not endpoint:
         log.error("RTSTREAM_MANAGEMENT_ENDPOINT is required")
@@ -71,32 +72,31 @@ async def amain(env: dict[str, str] | None = None) -> int:
     metrics = WorkerMetrics()
     poster = ManagementPoster(
         endpoint,
-        pool_size=int(env.get("RTSTREAM_MANAGEMENT_POOL") or 8),
-        sign=_should_sign(endpoint, (env.get("RTSTREAM_MANAGEMENT_SIGN") or "auto").lower()),
-        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        pool_size=own.management_pool,
+        sign=_should_sign(endpoint, own.management_sign),
+        region=settings.runtime.aws_region or None,
         pipelining=settings.fanout_pipelining_flag,
     )
     worker = FanoutWorker(
         settings,
         registry=build_registry(settings),
         poster=poster,
-        worker_id=env.get("RTSTREAM_WORKER_ID") or None,
+        worker_id=own.worker_id or None,
         metrics=metrics,
-        lease_ms=int(env.get("RTSTREAM_FANOUT_LEASE_MS") or 0) or None,
-        stall_s=float(env.get("RTSTREAM_WORKER_STALL_S") or 30),
+        lease_ms=own.lease_ms or None,
+        stall_s=own.stall_seconds,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
 
     server = None
-    port = env.get("RTSTREAM_WORKER_METRICS_PORT")
-    if port:
-        server = await serve_prometheus(metrics, int(port), env.get("RTSTREAM_WORKER_METRICS_HOST") or "127.0.0.1", health=worker.health)
+    if own.metrics_port:
+        server = await serve_prometheus(metrics.registry, own.metrics_port, own.metrics_host, health=worker.health)
     emf_task = None
-    emf_interval = float(env.get("RTSTREAM_EMF_INTERVAL_S") or 60)
-    if emf_interval > 0:
-        emf_task = asyncio.create_task(_emf_loop(metrics, emf_interval, worker))
+    namespace = settings.runtime.metrics_namespace
+    if own.emf_interval_seconds > 0:
+        emf_task = asyncio.create_task(_emf_loop(metrics, own.emf_interval_seconds, namespace))
 
     await worker.start()
     await worker.wait_stopped()
@@ -104,34 +104,36 @@ async def amain(env: dict[str, str] | None = None) -> int:
     if emf_task is not None:
         emf_task.cancel()
         await asyncio.gather(emf_task, return_exceptions=True)
-    _flush_emf(metrics)
+    _flush_emf(metrics, namespace)
     if server is not None:
         server.close()
         await server.wait_closed()
     return 0
 
 
-def _flush_emf(metrics: WorkerMetrics) -> None:
+def _flush_emf(metrics: WorkerMetrics, namespace: str) -> None:
     try:
-        from aws_lambda_powertools import Metrics
+        from aws_lambda_powertools.metrics import EphemeralMetrics
 
         from rtstream import metrics as names
 
-        emf = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or names.NAMESPACE, service=names.SERVICE_WORKER)
+        # Ephemeral: `Metrics` shares one metric set per process, so a flush here would
+        # also write (with this dimension) what in-process Lambda handlers added (`rtstream dev`)
+        emf = EphemeralMetrics(namespace=namespace, service=names.SERVICE_WORKER)
         metrics.flush_emf(emf)
     except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
         log.warning("EMF flush failed: %s", exc)
 
 
-async def _emf_loop(metrics: WorkerMetrics, interval: float, worker: FanoutWorker) -> None:
+async def _emf_loop(metrics: WorkerMetrics, interval: float, namespace: str) -> None:
     while True:
         await asyncio.sleep(interval)
-        _flush_emf(metrics)
+        _flush_emf(metrics, namespace)
 
 
 def main() -> int:
     logging.basicConfig(
-        level=os.environ.get("RTSTREAM_LOG_LEVEL", "INFO").upper(),
+        level=Settings.from_env().runtime.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -40,6 +39,7 @@ import redis.asyncio as aioredis
 from rtstream import keys
 from rtstream.adapters.redis_client import async_client, detect, node_client_async
 from rtstream.adapters.redis_eventlog import AsyncRedisEventLog
+from rtstream.backoff import backoff_delay
 from rtstream.errors import BackendUnavailable, InvalidMessage, RealtimeError
 from rtstream.fanout_engine import EngineLimits, FanoutEngine, strict_id_key
 from rtstream.models import Event
@@ -68,9 +68,9 @@ return 0
 """
 
 
-def backoff_s(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
-    """Capped exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))
+# reconnect/retry delays of the worker's Redis loops (rtstream.backoff rule)
+RETRY_BASE_SECONDS = 0.05
+RETRY_CAP_SECONDS = 5.0
 
 
 def default_worker_id() -> str:
@@ -205,7 +205,7 @@ class FanoutWorker:
         while await detect(self.redis_url) is None and not self._stopping.is_set():
             failures += 1
             self.metrics.add("redis_reconnects")
-            await self._sleep_or_stop(backoff_s(failures))
+            await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
         # socket_timeout above the XREADGROUP block time; connects fail fast
         self.redis = async_client(
             self.redis_url, socket_connect_timeout=3, socket_timeout=max(10.0, self.block_ms / 1000 + 5), health_check_interval=15
@@ -308,12 +308,12 @@ class FanoutWorker:
                 failures += 1
                 self.metrics.add("redis_reconnects")
                 log.warning("lease loop: redis unavailable (%s); retrying", exc)
-                await self._sleep_or_stop(backoff_s(failures))
+                await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
                 continue
             except Exception:  # noqa: BLE001 - the lease loop must outlive any error
                 failures += 1
                 log.exception("lease loop: unexpected error; retrying")
-                await self._sleep_or_stop(backoff_s(failures))
+                await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
                 continue
             await self._sleep_or_stop(self.renew_interval_s)
 
@@ -415,18 +415,18 @@ class FanoutWorker:
                 self.metrics.add("redis_reconnects")
                 log.warning("%s: redis unavailable (%s); retrying", stream, exc)
                 pending_from = "0"
-                await self._sleep_or_stop(backoff_s(failures))
+                await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
             except redis.ResponseError as exc:
                 failures += 1
                 log.error("%s: redis error %s", stream, exc)
                 pending_from = "0"
                 group_ready = False  # e.g. NOGROUP after the stream was deleted
-                await self._sleep_or_stop(backoff_s(failures))
+                await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
             except Exception:  # noqa: BLE001 - a bug must not silently stop a partition
                 failures += 1
                 log.exception("%s: unexpected error", stream)
                 pending_from = "0"
-                await self._sleep_or_stop(backoff_s(failures))
+                await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
 
     def _acker(self, lease: Lease, stream: str, entry_id: str, progress: "StreamProgress"):
         def done() -> None:
@@ -479,7 +479,7 @@ class FanoutWorker:
                 log.warning("ack: redis unavailable (%s); retrying", exc)
                 for stream, ids in batch.items():
                     self._to_ack.setdefault(stream, []).extend(ids)
-                await asyncio.sleep(backoff_s(failures))
+                await asyncio.sleep(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
 
     def _engine_idle(self) -> bool:
         return self.engine.in_flight == 0 and self.engine.replays_running == 0
@@ -544,11 +544,11 @@ class FanoutWorker:
                 failures += 1
                 self.metrics.add("redis_reconnects")
                 log.warning("ingest: redis unavailable (%s); resubscribing", exc)
-                await self._sleep_or_stop(backoff_s(failures))
+                await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
             except Exception:  # noqa: BLE001 - ingest must outlive any error
                 failures += 1
                 log.exception("ingest: unexpected error; resubscribing")
-                await self._sleep_or_stop(backoff_s(failures))
+                await self._sleep_or_stop(backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
             finally:
                 try:
                     await pubsub.aclose()
@@ -572,6 +572,6 @@ class FanoutWorker:
                 return
             except RealtimeError as exc:
                 log.warning("ingest of %s failed (%s); retrying", pub.topic, exc)
-                await asyncio.sleep(backoff_s(attempt + 1, cap=1.0))
+                await asyncio.sleep(backoff_delay(attempt + 1, base=RETRY_BASE_SECONDS, cap=1.0))
         self.metrics.add("delivery_errors")
         log.error("dropped a raw publish on %s:entity:%s after retries", pub.topic, pub.entity_id)

@@ -58,8 +58,8 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
     from rtstream.adapters.ssm_secret import settings_with_jwt_secret
 
     # RTSTREAM_JWT_SECRET_PARAM (an SSM SecureString) when no literal secret / JWKS URL is set
-    settings = settings_with_jwt_secret(Settings.from_env(env), env)
-    config = SSEConfig.from_env(env)
+    settings = settings_with_jwt_secret(Settings.from_env(env, own=("sse",)))
+    config = settings.sse
 
     from rtstream.adapters.redis_client import sync_client
     from rtstream.adapters.redis_eventlog import RedisEventLog
@@ -68,12 +68,12 @@ def build_app(env: dict[str, str] | None = None) -> SSEApplication:
     sync_redis = sync_client(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     presence = RedisPresence(sync_redis, settings)
     registry = None
-    if env.get("CONNECTIONS_TABLE"):
+    if settings.runtime.uses_registry:
         import boto3
 
         from rtstream.adapters.dynamodb import DynamoDBRegistry
 
-        dynamodb = boto3.client("dynamodb", endpoint_url=env.get("AWS_ENDPOINT_URL") or None)
+        dynamodb = boto3.client("dynamodb", endpoint_url=settings.runtime.aws_endpoint_url or None)
         from rtstream.service import TTL_SLACK_SECONDS
 
         registry = DynamoDBRegistry(dynamodb, connections_table=settings.connections_table, subscriptions_table=settings.subscriptions_table,
@@ -87,7 +87,9 @@ def main() -> None:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("RTSTREAM_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from rtstream.settings import RuntimeSettings
+
+    logging.basicConfig(level=RuntimeSettings.from_env(os.environ).log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def serve(app: Any) -> None:
@@ -108,12 +110,12 @@ def serve(app: Any) -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
-        log_level=os.environ.get("RTSTREAM_UVICORN_LOG_LEVEL", "warning"),
+        log_level=config.uvicorn_log_level,
         backlog=4096,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=max(1, int(config.shutdown_grace_seconds)),
         proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        forwarded_allow_ips=config.forwarded_allow_ips,
     )
     server = GracefulServer(uv_config, app, config.shutdown_grace_seconds)
     print(f"SSE: http://{config.host}:{config.port}/events", flush=True)

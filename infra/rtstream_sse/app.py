@@ -357,7 +357,9 @@ class ServerState:
 
     async def _emf(self) -> None:
         """Active connections per task for CloudWatch (autoscaling tracks its average)."""
-        from .metrics import emf_lines
+        import sys
+
+        from .metrics import emit_emf
 
         m = self.metrics
         sent = opened = resumed = security = 0
@@ -367,10 +369,9 @@ class ServerState:
             new_opened, opened = m.connections_opened - opened, m.connections_opened
             new_resumed, resumed = m.reconnects - resumed, m.reconnects
             new_security, security = m.security_events.total() - security, m.security_events.total()
-            for line in emf_lines(self.config.emf_namespace, self.config.emf_service, active_connections=self.hub.count, deliveries=delta,
-                                  resumed=new_resumed, fresh=max(0, new_opened - new_resumed), now_ms=int(time.time() * 1000),
-                                  security_events=new_security):
-                print(line, flush=True)
+            emit_emf(self.config.emf_namespace, self.config.emf_service, active_connections=self.hub.count, deliveries=delta,
+                     resumed=new_resumed, fresh=max(0, new_opened - new_resumed), security_events=new_security)
+            sys.stdout.flush()  # Powertools prints; CloudWatch Logs (and tests) read the stream as it comes
 
     async def _ticks(self) -> None:
         while True:

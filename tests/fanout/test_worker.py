@@ -133,9 +133,9 @@ async def test_gone_connections_are_pruned_and_throttling_is_retried(rig):
     await wait_for(lambda: rig.stub.event_ids("ok") == [first, second], what="second event")
     assert w.metrics.counts["pruned"] == 1 and w.metrics.counts["retries"] == 2
     assert w.metrics.counts["deliveries"] == 4
-    assert w.metrics.latency_count == 4
+    assert w.metrics.latency.count == 4
     text = w.metrics.prometheus()
-    assert "realtime_streaming_message_latency_ms_count 4" in text and "realtime_streaming_connections_pruned_total 1" in text
+    assert "realtime_streaming_message_latency_ms_count 4.0" in text and "realtime_streaming_connections_pruned_total 1.0" in text
 
 
 async def test_unsubscribe_stops_delivery(rig):
@@ -309,7 +309,7 @@ async def test_a_replay_with_an_id_redis_rejects_stalls_no_other_entity(rig):
     letters = [{k.decode(): v.decode() for k, v in f.items()} for _, f in rig.client.xrange(keys.dead_letter_stream().name)]
     assert sorted(l["f.since"] for l in letters) == sorted(["1-0\n", "18446744073709551616-0"])
     assert all(l["entity"] == "attacker-e" and l["lane"] == "replay" and l["reason"].startswith("invalid_message") for l in letters)
-    assert w.metrics.counts["dead_letters"] == 2 and "realtime_streaming_dead_letters_total 2" in w.metrics.prometheus()
+    assert w.metrics.counts["dead_letters"] == 2 and "realtime_streaming_dead_letters_total 2.0" in w.metrics.prometheus()
     # the attacker is told, and nothing stays pending in the replay lane
     assert rig.stub.frames("attacker-4")[0]["code"] == "invalid_message"
     p = keys.partition_of("attacker-e", rig.settings)
@@ -371,7 +371,7 @@ async def test_healthz_reports_redis_and_partition_progress(rig):
     owned partition holds work without progress (here: a registry that hangs)."""
     import threading
 
-    from rtstream_fanout.metrics import serve_prometheus
+    from rtstream.adapters.prometheus import serve_prometheus
 
     release = threading.Event()
 
@@ -383,7 +383,7 @@ async def test_healthz_reports_redis_and_partition_progress(rig):
 
     rig.registry = Hanging()
     w = await rig.worker(stall_s=1.5, lease_ms=2000)
-    server = await serve_prometheus(w.metrics, 0, health=w.health)
+    server = await serve_prometheus(w.metrics.registry, 0, health=w.health)
     port = server.sockets[0].getsockname()[1]
 
     async def get():

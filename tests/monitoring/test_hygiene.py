@@ -234,11 +234,14 @@ def test_report_as_prometheus_text(clock, settings):
     registry = InMemoryRegistry(clock)
     registry.add_connection(Connection("c1", ALICE, connected_at_ms=clock.now_ms(), expires_at=clock.now_ms() // 1000 + 60))
     registry.add_connection(Connection("c2", BOB, transport="sse", connected_at_ms=clock.now_ms(), expires_at=clock.now_ms() // 1000 - 1))
-    text = Housekeeping(registry=registry, clock=clock).run().prometheus()
+    from rtstream.adapters.prometheus import component_registry, exposition, housekeeping_families
+
+    report = Housekeeping(registry=registry, clock=clock).run()
+    text = exposition(component_registry(lambda: housekeeping_families(report)))
     lines = text.splitlines()
-    assert 'realtime_streaming_active_connections{transport="websocket"} 1' in lines
-    assert 'realtime_streaming_active_connections{transport="sse"} 0' in lines
-    assert "realtime_streaming_stale_connections_swept 1" in lines
+    assert 'realtime_streaming_active_connections{transport="websocket"} 1.0' in lines
+    assert 'realtime_streaming_active_connections{transport="sse"} 0.0' in lines
+    assert "realtime_streaming_stale_connections_swept 1.0" in lines
     assert "# TYPE realtime_streaming_active_connections gauge" in lines
 
 

@@ -197,7 +197,7 @@ def emitted(load_event, load_handler, token, monkeypatch, capsys):
     worker.add("pruned")
     worker.add("dead_letters")  # alarmed: realtime_streaming.dead_letters
     worker.observe_latency(12.5, n=3)
-    _flush_emf(worker)
+    _flush_emf(worker, NAMESPACE)
 
     return emf_metrics(capsys.readouterr().out)
 

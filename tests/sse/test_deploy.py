@@ -36,17 +36,23 @@ def test_stack_wiring():
     assert env["RTSTREAM_EMF_INTERVAL_S"] != "0" and env["RTSTREAM_SSE_PORT"] == "8080"
 
 
-def test_emf_line_names_the_scaled_metric():
+def test_emf_line_names_the_scaled_metric(capsys, monkeypatch):
     import json
 
     from rtstream_sse.config import SSEConfig
-    from rtstream_sse.metrics import emf_line
+    from rtstream_sse.metrics import emit_emf
 
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "realtime-streaming")  # must not add a `service` dimension
     config = SSEConfig.from_env({"RTSTREAM_EMF_INTERVAL_S": "60", "RTSTREAM_SERVICE_NAME": "stack-sse"})
-    record = json.loads(emf_line(config.emf_namespace, config.emf_service, active_connections=7, deliveries=3, now_ms=1))
+    import time
+
+    now_ms = int(time.time() * 1000)
+    emit_emf(config.emf_namespace, config.emf_service, active_connections=7, deliveries=3, now_ms=now_ms)
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     directive = record["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "RealtimeStreaming" and record["_aws"]["Timestamp"] == now_ms
     assert directive["Dimensions"] == [["ServiceName"]] and record["ServiceName"] == "stack-sse"
-    assert record["realtime_streaming.active_connections"] == 7
+    assert record["realtime_streaming.active_connections"] == [7]
 
 
 def test_dockerfile_runs_the_server_module():
@@ -393,13 +399,13 @@ def test_ssm_secret_adapter_reads_decrypts_and_reports_a_missing_parameter_with_
         monkeypatch.setenv(k, v)
     name = f"/rtstream/test/sse-{os.urandom(4).hex()}"
     boto3.client("ssm").put_parameter(Name=name, Value="s" * 40, Type="SecureString")
-    env = {"RTSTREAM_JWT_SECRET_PARAM": name}
-    assert settings_with_jwt_secret(Settings(), env).jwt_secret == "s" * 40
+    settings = Settings.from_env({"RTSTREAM_JWT_SECRET_PARAM": name})
+    assert settings_with_jwt_secret(settings).jwt_secret == "s" * 40
     # a literal secret or a JWKS URL wins; nothing is read
-    assert settings_with_jwt_secret(Settings(jwt_secret="literal"), env).jwt_secret == "literal"
-    assert settings_with_jwt_secret(Settings(jwks_url="https://idp/jwks"), env).jwt_secret == ""
+    assert settings_with_jwt_secret(settings.replace(jwt_secret="literal")).jwt_secret == "literal"
+    assert settings_with_jwt_secret(settings.replace(jwks_url="https://idp/jwks")).jwt_secret == ""
     with pytest.raises(BackendUnavailable) as missing:
-        settings_with_jwt_secret(Settings(), {"RTSTREAM_JWT_SECRET_PARAM": name + "-missing"})
+        settings_with_jwt_secret(Settings(jwt_secret_param=name + "-missing"))
     assert missing.value.code == "unavailable" and name + "-missing" in missing.value.message
 
 

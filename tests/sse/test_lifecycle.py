@@ -4,6 +4,7 @@ shared with the WebSocket side through the DynamoDB registry."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import time
@@ -19,11 +20,14 @@ from .conftest import publish
 from .support import free_port, start_server
 
 
-def metric(url: str, name: str) -> float:
+def metric(url: str, name: str, **labels: str) -> float:
+    """The first sample of ``name`` carrying ``labels`` (in any order), else 0."""
     text = httpx.get(url + "/metrics", timeout=5).text
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
@@ -64,7 +68,7 @@ async def test_slow_client_is_closed_and_others_keep_flowing(small_buffer_server
         for _ in range(60):  # up to ~60 MB, stops as soon as the server gives up on the client
             for i in range(50):
                 event_log.append(entity, "transactions.new", {"transactionId": f"t{i}", "amount": 1.0, "merchant": big}, "data_pool")
-            if metric(server.url, 'realtime_streaming_connections_dropped_total{transport="sse",reason="slow_client"}') >= 1:
+            if metric(server.url, "realtime_streaming_connections_dropped_total", transport="sse", reason="slow_client") >= 1:
                 return True
         return False
 

@@ -14,7 +14,7 @@ from rtstream.inmemory.limits import InMemoryPresence
 from rtstream.settings import Settings
 from rtstream_sse.app import ServerState
 from rtstream_sse.config import SSEConfig
-from rtstream_sse.metrics import EMF_MAX_VALUES, emf_lines
+from rtstream_sse.metrics import EMF_MAX_VALUES, emit_emf
 
 from .conftest import publish
 from .support import start_server
@@ -132,17 +132,24 @@ async def test_resumes_are_counted_for_the_reconnection_rate(redis_url, sse_secr
         server.stop()
 
 
-def test_emf_reconnection_values_are_split_at_the_emf_limit():
-    lines = [json.loads(line) for line in emf_lines("NS", "svc", active_connections=4, deliveries=9, resumed=130, fresh=20, now_ms=1)]
+def emf_records(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+
+
+def test_emf_reconnection_values_are_split_at_the_emf_limit(capsys):
+    emit_emf("NS", "svc", active_connections=4, deliveries=9, resumed=130, fresh=20)
+    lines = emf_records(capsys)
     assert len(lines) == 2
-    assert lines[0]["realtime_streaming.active_connections"] == 4 and lines[0]["realtime_streaming.deliveries"] == 9
+    assert lines[0]["realtime_streaming.active_connections"] == [4] and lines[0]["realtime_streaming.deliveries"] == [9]
     assert "realtime_streaming.active_connections" not in lines[1]  # counted once
     rates = [v for record in lines for v in record["realtime_streaming.reconnection_rate"]]
     assert len(rates) == 150 and sum(rates) == 130 and all(len(r["realtime_streaming.reconnection_rate"]) <= EMF_MAX_VALUES for r in lines)
     for record in lines:
         declared = {m["Name"] for m in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
         assert declared == {k for k in record if k.startswith("realtime_streaming.")}
-    quiet = [json.loads(line) for line in emf_lines("NS", "svc", active_connections=0, deliveries=0, resumed=0, fresh=0, now_ms=1)]
+        assert record["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["ServiceName"]] and record["ServiceName"] == "svc"
+    emit_emf("NS", "svc", active_connections=0, deliveries=0, resumed=0, fresh=0)
+    quiet = emf_records(capsys)
     assert len(quiet) == 1 and "realtime_streaming.reconnection_rate" not in quiet[0]
 
 
@@ -163,7 +170,7 @@ async def test_agent_presence_refusals_are_security_events_in_emf_and_prometheus
         total = 0
         while time.monotonic() < deadline and total < 2:
             await asyncio.sleep(0.1)
-            total = sum(json.loads(line).get("realtime_streaming.security_events", 0)
+            total = sum(sum(json.loads(line).get("realtime_streaming.security_events", []))
                         for line in server.log_text().splitlines() if line.startswith('{"_aws"'))
         assert total == 2
         assert f"agent agent-1 of entity {entity} attempted a forbidden operation" in server.log_text()

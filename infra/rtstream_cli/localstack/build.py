@@ -50,7 +50,9 @@ class Artifact:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("RTSTREAM_CACHE_DIR") or os.path.join(Path.home(), ".cache", "rtstream")
+    from rtstream.settings import Settings
+
+    base = Settings.from_env().runtime.cache_dir or os.path.join(Path.home(), ".cache", "rtstream")
     return Path(base) / "deploy-local"
 
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 import time
 from collections import deque
@@ -61,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import streams
+from .backoff import backoff_delay
 from .errors import BackendUnavailable, ConnectionGone, InvalidMessage, RealtimeError, ReplayGap, Throttled
 from .fanout import MarkerSet, SubscriberCache, decode_entry, keeps, lookup_topics, replay_frames, topic_covers
 from .history import ZERO_CURSOR, RewindScan, require_rewind
@@ -96,9 +96,9 @@ def _key(event_id: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def backoff_s(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
-    """Capped exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))
+# retry delays of transient failures (rtstream.backoff rule)
+RETRY_BASE_SECONDS = 0.05
+RETRY_CAP_SECONDS = 2.0
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -368,7 +368,7 @@ class FanoutEngine:
                     await self._dead_letter(reason, entry_id, fields, lane, entity_id)
                     return None
                 log.warning("entry %s of %s: %s; retrying", entry_id, entity_id[:60], exc)
-                await asyncio.sleep(min(left, backoff_s(failures)))
+                await asyncio.sleep(min(left, backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)))
 
     async def _dead_letter(self, reason: str, entry_id: str, fields: dict, lane: str, entity_id: str | None = None) -> None:
         text = _fields_text(fields)
@@ -476,7 +476,7 @@ class FanoutEngine:
             attempt += 1
             if retry and attempt < self.limits.max_post_attempts and not self._closing:
                 self.metrics.add("retries", len(retry))
-                await asyncio.sleep(backoff_s(attempt))
+                await asyncio.sleep(backoff_delay(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
                 ids = retry
                 continue
             if retry:
@@ -530,7 +530,7 @@ class FanoutEngine:
             if not retryable_status(status):
                 break
             self.metrics.add("retries")
-            await asyncio.sleep(backoff_s(attempt + 1))
+            await asyncio.sleep(backoff_delay(attempt + 1, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
         self.metrics.add("delivery_errors")
         return 0
 
@@ -690,7 +690,7 @@ class FanoutEngine:
                 if left <= 0:
                     await self._dead_letter(f"retries exhausted after {failures} attempts: {exc}", entry_id, fields, "replay", entity)
                     raise _DeadLettered() from exc
-                await asyncio.sleep(min(left, backoff_s(failures)))
+                await asyncio.sleep(min(left, backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)))
 
     async def _refuse_replay(self, req: streams.ReplayRequest, entry_id: str, fields: dict, exc: RealtimeError) -> None:
         """A request no retry can answer: dead letter, tell the client, drop the

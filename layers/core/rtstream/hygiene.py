@@ -67,23 +67,6 @@ class HousekeepingReport:
     def active_total(self) -> int:
         return sum(self.active.values())
 
-    def prometheus(self) -> str:
-        """The report as Prometheus text (``/metrics`` of `rtstream dev` or a container):
-        the active-connections gauge per transport, the sweep counts of this run."""
-        lines: list[str] = []
-        if self.active:
-            name = names.prometheus_name(names.ACTIVE_CONNECTIONS)
-            lines += [f"# HELP {name} Live connections in the registry, by transport.", f"# TYPE {name} gauge"]
-            lines += [f'{name}{{transport="{t}"}} {n}' for t, n in self.active.items()]
-        for metric, value, help_text in (
-            (names.STALE_CONNECTIONS_SWEPT, self.connections_swept, "Stale connection records removed by the last housekeeping run."),
-            (names.STALE_SUBSCRIPTIONS_SWEPT, self.subscriptions_swept, "Stale subscription records removed by the last housekeeping run."),
-            (names.STALE_PRESENCE_SWEPT, self.presence_expired, "Users announced offline by the last presence sweep."),
-        ):
-            name = names.prometheus_name(metric)
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
-
 
 class Housekeeping:
     def __init__(

@@ -98,7 +98,7 @@ class LambdaRuntime:
         self.env = dict(function_environment() if env is None else env)
         self.settings = Settings.from_env(self.env) if settings is None else settings
         # REDIS_URL unset in the environment: no Redis ports (settings.redis_url has a default)
-        self.redis_url = self.env.get("REDIS_URL", "") if settings is None else settings.redis_url
+        self.redis_url = self.settings.redis_url if settings is not None or self.settings.runtime.uses_redis else ""
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
 
@@ -228,7 +228,7 @@ class LambdaRuntime:
         def build() -> str:
             if self.settings.jwt_secret:
                 return self.settings.jwt_secret
-            name = self.env.get(JWT_SECRET_PARAM_ENV, "")
+            name = self.settings.jwt_secret_param  # RTSTREAM_JWT_SECRET_PARAM
             if not name:
                 return ""
             from .dynamodb import translate_error  # the same botocore -> coded error mapping

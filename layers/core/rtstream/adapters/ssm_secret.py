@@ -9,7 +9,6 @@ The Lambdas read the same parameter (``RTSTREAM_JWT_SECRET_PARAM``) through
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 
 from ..errors import BackendUnavailable
 from ..settings import Settings
@@ -34,10 +33,10 @@ def read_secure_string(name: str, *, max_age: int = CACHE_SECONDS) -> str:
     return value
 
 
-def settings_with_jwt_secret(settings: Settings, env: Mapping[str, str]) -> Settings:
+def settings_with_jwt_secret(settings: Settings) -> Settings:
     """``settings`` with ``jwt_secret`` filled from ``RTSTREAM_JWT_SECRET_PARAM``
     when neither a literal secret nor a JWKS URL is configured."""
-    name = env.get(JWT_SECRET_PARAM_ENV, "")
+    name = settings.jwt_secret_param
     if settings.jwt_secret or settings.jwks_url or not name:
         return settings
     return settings.replace(jwt_secret=read_secure_string(name))
