@@ -137,7 +137,10 @@ async def test_presence_events_reach_presence_subscribers_only(system):
             {"userId": "bob", "state": "online", "connections": 2, "transports": ["websocket"]},
         ]
         assert {u["userId"]: u["connections"] for u in await alice.presence()} == {"alice": 1, "bob": 2, "carol": 1}
+        # one close at a time: two concurrent $disconnects of one user can still
+        # publish their presence events out of order (known; see docs/DESIGN.md)
         await bob1.close()
+        await wait_for(lambda: alice.presence_of("bob")[-1]["connections"] == 1, what="bob down to one connection")
         await bob2.close()
         await wait_for(lambda: alice.presence_of("bob") and alice.presence_of("bob")[-1]["state"] == "offline", what="bob offline")
         assert [u["userId"] for u in await alice.presence()] == ["alice", "carol"]
