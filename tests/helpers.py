@@ -53,6 +53,40 @@ def handler_env(tables: dict[str, str], *, moto_endpoint: str, redis_url: str, j
     }
 
 
+class LambdaContext:
+    """The attributes of AWS's Python Lambda context that Powertools reads
+    (no emulated part exists for this plain object)."""
+
+    def __init__(self, name: str):
+        import uuid
+
+        self.function_name = f"rtstream-{name}"
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:rtstream-{name}"
+        self.memory_limit_in_mb = 256
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/rtstream-{name}"
+        self.log_stream_name = "2026/11/25/[$LATEST]0123456789abcdef"
+        self._deadline = time.monotonic() + 10
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def handler_file(name: str):
+    """The code of the function ``<Name>Function`` (``connect`` -> ConnectFunction,
+    ``ping`` -> PingFunction) as the template says: CodeUri + Handler's module."""
+    from pathlib import Path
+
+    from rtstream_cli.template import load_template
+
+    template = load_template()
+    logical_id = "".join(part.capitalize() for part in name.split("_")) + "Function"
+    props = template["Resources"][logical_id]["Properties"]
+    module = (props.get("Handler") or template["Globals"]["Function"]["Handler"]).rpartition(".")[0]
+    return Path(__file__).resolve().parents[1] / props["CodeUri"] / (module.replace(".", "/") + ".py")
+
+
 def loop_and_gateway_errors(records) -> list[str]:
     """Errors logged by asyncio (e.g. "Task exception was never retrieved") or by
     the gateway emulator, from pytest's ``caplog.records``."""

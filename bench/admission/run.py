@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import importlib.util
 import json
@@ -47,6 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "events"
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import LambdaContext, SerialMotoServer, handler_file  # noqa: E402  (tests/helpers.py)
 SECRET = "bench-secret-0123456789abcdef-0123456789abcdef"
 
 
@@ -141,22 +142,8 @@ class Env:
 # ---- part 1: handler path -------------------------------------------------------------------------
 
 
-class LambdaContext:
-    def __init__(self, name: str):
-        self.function_name = f"rtstream-{name}"
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:rtstream-{name}"
-        self.memory_limit_in_mb = 256
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/rtstream-{name}"
-        self.log_stream_name = "bench"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 10_000
-
-
 def load_handler(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "functions" / ("messages" if name in ("subscribe", "unsubscribe", "ping", "presence", "default") else name) / "app.py")
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", handler_file(name))  # the file template.yaml names
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     count_dynamodb_calls(module.runtime.boto3_client("dynamodb"))  # the client the handler's registry uses
@@ -253,9 +240,6 @@ def part_concurrency(env: Env, args) -> dict:
     from rtstream.models import Principal
     from rtstream.service import RealtimeService
     from rtstream.settings import Settings
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import SerialMotoServer
 
     # DynamoDB writes an item atomically with its condition; moto's threaded server does not
     out = {}

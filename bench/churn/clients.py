@@ -150,38 +150,32 @@ async def sse_session(c: Client, http: httpx.AsyncClient, url: str, token: str, 
 
 async def churner(c: Client, kind: str, args, token: str, publishing_done: asyncio.Event, stop: asyncio.Event, http) -> None:
     rng = random.Random(c.name)
-    if not args.churn:
-        # one connection for the whole run; if the server ends it, resume (counted)
-        while not stop.is_set():
-            try:
-                if kind == "ws":
-                    await ws_session(c, args.ws_url, token, None, stop)
-                else:
-                    await sse_session(c, http, args.sse_url, token, None, stop)
-            except Exception as exc:  # noqa: BLE001
-                c.errors.append(type(exc).__name__)
-            if not stop.is_set():
-                c.drops += 1
-                await asyncio.sleep(0.1)
-        return
-    while not publishing_done.is_set():
-        lifetime = rng.uniform(0.7, 2.0)
+
+    async def session(lifetime: float | None) -> bool:
+        """One connection (``lifetime`` None: until the run stops); False if it failed."""
         try:
             if kind == "ws":
                 await ws_session(c, args.ws_url, token, lifetime, stop)
             else:
                 await sse_session(c, http, args.sse_url, token, lifetime, stop)
+            return True
         except Exception as exc:  # noqa: BLE001 - counted; the client reconnects as a real one would
             c.errors.append(type(exc).__name__)
+            return False
+
+    if not args.churn:
+        # one connection for the whole run; if the server ends it, resume (counted)
+        while not stop.is_set():
+            await session(None)
+            if not stop.is_set():
+                c.drops += 1
+                await asyncio.sleep(0.1)
+        return
+    while not publishing_done.is_set():
+        if not await session(rng.uniform(0.7, 2.0)):
             await asyncio.sleep(0.1)
     # the tail: one last resume, until everything arrived or the bound
-    try:
-        if kind == "ws":
-            await ws_session(c, args.ws_url, token, None, stop)
-        else:
-            await sse_session(c, http, args.sse_url, token, None, stop)
-    except Exception as exc:  # noqa: BLE001
-        c.errors.append(type(exc).__name__)
+    await session(None)
 
 
 async def main() -> None:

@@ -9,35 +9,16 @@ import itertools
 import json
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from rtstream.auth import issue_dev_token
-from rtstream_cli.template import load_template
+from helpers import LambdaContext, handler_file  # noqa: F401 - LambdaContext re-exported to tests/monitoring
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "events"
 _counter = itertools.count()
-
-
-class LambdaContext:
-    """The attributes of AWS's Python Lambda context that Powertools reads
-    (no emulated part exists for this plain object)."""
-
-    def __init__(self, name: str):
-        self.function_name = f"rtstream-{name}"
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:rtstream-{name}"
-        self.memory_limit_in_mb = 256
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/rtstream-{name}"
-        self.log_stream_name = "2026/11/25/[$LATEST]0123456789abcdef"
-        self._deadline = time.monotonic() + 10
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def _load_event(name: str, **replacements: str) -> dict:
@@ -77,16 +58,6 @@ def lambda_env(monkeypatch, tables, moto_endpoint, redis_url, redis_client, jwt_
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
-
-
-def handler_file(name: str) -> Path:
-    """The code of the function ``<Name>Function`` (``connect`` -> ConnectFunction,
-    ``ping`` -> PingFunction) as the template says: CodeUri + Handler's module."""
-    template = load_template()
-    logical_id = "".join(part.capitalize() for part in name.split("_")) + "Function"
-    props = template["Resources"][logical_id]["Properties"]
-    module = (props.get("Handler") or template["Globals"]["Function"]["Handler"]).rpartition(".")[0]
-    return ROOT / props["CodeUri"] / (module.replace(".", "/") + ".py")
 
 
 @pytest.fixture

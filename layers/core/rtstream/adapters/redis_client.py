@@ -8,9 +8,8 @@ node that cannot be asked is never guessed about: :func:`is_cluster` raises
 ``redis.ConnectionError`` and the next call asks again. :func:`sync_client`
 then returns a :class:`PendingClient` that becomes the right client on first
 use (a Lambda cold-started during a Redis outage keeps working afterwards);
-:func:`async_client` falls back to a standalone client without caching, for
-loops that make a new client on every reconnect (long-lived async users call
-:func:`detect` first, off the event loop).
+:func:`async_client` never asks (it runs on event loops): it uses the mode
+:func:`detect` found, off the loop, and a standalone client while none is known.
 
 Pub/sub is not a keyed command: classic ``PUBLISH`` in a cluster reaches every
 node's subscribers, so :func:`node_client_async` (a plain connection to the
@@ -147,12 +146,12 @@ def sync_client(url: str, **options: Any) -> "redis.Redis | redis.cluster.RedisC
 
 
 def async_client(url: str, **options: Any) -> "redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster":
-    """``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` for ``url``;
-    a standalone client (not remembered) while the node cannot be asked."""
-    try:
-        cluster = is_cluster(url, timeout_s=1.0)
-    except redis.ConnectionError:
-        cluster = False
+    """``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` for ``url``,
+    as :func:`detect` found it (await that first); a standalone client while the
+    mode is unknown. Never probes: it is called on event loops, and a probe of a
+    node that is down would block the loop for its timeout."""
+    with _lock:
+        cluster = _modes.get(url, False)
     if cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(_cluster_url(url), **_cluster_options(options))
     return redis.asyncio.Redis.from_url(url, **options)
